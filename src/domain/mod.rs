@@ -1,0 +1,12 @@
+//! The pure domain core: auth types, transactions and their state machine, one-time codes, the
+//! attempt/resend/expiry rules and the ports (traits) that adapters implement.
+//!
+//! Owns every rule that decides whether a step-up succeeds. Knows nothing of HTTP, pingora, Redis,
+//! YAML or the network, and may import nothing else from this crate.
+
+pub mod auth_type;
+pub mod clock;
+pub mod code;
+pub mod ports;
+pub mod regulation;
+pub mod transaction;

@@ -1,0 +1,125 @@
+//! Ports: the traits the domain and services need from the outside world (stores and senders).
+//! Adapters in `store/` and `notify/` implement them; `app.rs` wires the concrete ones.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::code::CodeHash;
+use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use super::transaction::{Transaction, TransactionId};
+
+/// Why a store call did not complete. Every variant fails closed: callers never treat it as
+/// "allowed".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store holds data this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("transaction {0} already exists")]
+    AlreadyExists(TransactionId),
+}
+
+/// Transactions, with every multi-step change applied atomically (one Lua script on Redis, one
+/// critical section in memory). `None` means the transaction does not exist (or was evicted).
+#[async_trait]
+pub trait TransactionStore: Send + Sync {
+    /// A short name for logs and metric labels: `memory` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new transaction. It is kept until its expiry plus the configured retention, so
+    /// results can still be fetched for a while after it ends.
+    async fn insert(&self, tx: &Transaction) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError>;
+
+    /// Checks a code and counts the attempt, atomically (`regulation::verify`).
+    async fn verify_code(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+    ) -> Result<Option<VerifyOutcome>, StoreError>;
+
+    /// Counts a resend and replaces the code, atomically (`regulation::resend`).
+    async fn resend(
+        &self,
+        id: &TransactionId,
+        new_code: Option<&CodeHash>,
+    ) -> Result<Option<ResendOutcome>, StoreError>;
+
+    /// Moves a pending transaction to a terminal state, atomically (`regulation::finish`).
+    async fn finish(
+        &self,
+        id: &TransactionId,
+        update: &Finish,
+    ) -> Result<Option<FinishOutcome>, StoreError>;
+}
+
+/// The verdict of a rate limiter for one hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// Hits counted in the current window, this one included.
+    pub count: u32,
+    /// When the window resets; meaningful when not allowed (`Retry-After`).
+    pub retry_after: Duration,
+}
+
+/// Fixed-window counters shared by every instance of the gateway (atomic in the store), so that
+/// limits on cost and guessing hold across replicas.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Counts one hit on `key` and says whether it is within `limit` per `window`. Keys must not
+    /// contain personal data in clear; callers hash phone numbers and user ids first.
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError>;
+}
+
+/// One text message to deliver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmsMessage {
+    pub to: String,
+    /// The type's sender id; `None` uses the gateway's default number.
+    pub from: Option<String>,
+    /// The text, code included: it must never be logged.
+    pub body: String,
+}
+
+impl std::fmt::Debug for SmsMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsMessage")
+            .field("from", &self.from)
+            .field("body", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a provider call failed, which decides what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The provider refused the sender id; retry once with the default sender.
+    #[error("sender refused: {0}")]
+    SenderRefused(String),
+    /// A timeout, a 5xx or a network fault: worth retrying or falling back.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused the message itself (bad number, bad credentials): do not retry.
+    #[error("provider rejected the message: {0}")]
+    Rejected(String),
+}
+
+/// Delivers text messages through a gateway (Twilio, a generic HTTP hook, a file).
+#[async_trait]
+pub trait SmsSender: Send + Sync {
+    /// The gateway's name for logs and metric labels.
+    fn gateway(&self) -> &'static str;
+    async fn send(&self, message: &SmsMessage) -> Result<(), SendError>;
+}

@@ -1,0 +1,9 @@
+//! stepgate: a step-up (mobile) authentication gateway. A pingora sidecar that demands push, SMS
+//! or OTP approval on declared routes, and an Onegini-compatible mobile authentication API.
+//!
+//! Layering (see DESIGN.md): edges (`api`, `proxy`) call `service`; services use `domain` and its
+//! ports; adapters (`store`, `notify`) implement the ports; `app` is the composition root.
+
+pub mod domain;
+pub mod store;
+pub mod telemetry;
