@@ -4,6 +4,7 @@
 //! Layering (see DESIGN.md): edges (`api`, `proxy`) call `service`; services use `domain` and its
 //! ports; adapters (`store`, `notify`) implement the ports; `app` is the composition root.
 
+pub mod config;
 pub mod domain;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,119 @@
+//! `STEPGATE_*` environment overrides, read through a small trait so tests never touch the
+//! process environment. Secrets belong here rather than in files.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::schema::ConfigFile;
+
+/// Where variables come from.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl EnvSource for BTreeMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).map(|value| (*value).to_owned())
+    }
+}
+
+pub const SECRET_KEY: &str = "STEPGATE_SECRET_KEY";
+pub const REDIS_URL: &str = "STEPGATE_REDIS_URL";
+pub const STORE_BACKEND: &str = "STEPGATE_STORE_BACKEND";
+pub const PUBLIC_URL: &str = "STEPGATE_PUBLIC_URL";
+pub const LOG_LEVEL: &str = "STEPGATE_LOG_LEVEL";
+pub const API_CLIENT_SECRET_PREFIX: &str = "STEPGATE_API_CLIENT_SECRET_";
+
+/// The variable that carries the secret of `client_id`: upper case, other characters as `_`.
+pub fn api_client_secret_var(client_id: &str) -> String {
+    let suffix: String = client_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{API_CLIENT_SECRET_PREFIX}{suffix}")
+}
+
+/// Applies every override that is set and returns which config path each one replaced, so that
+/// a bad value is reported against its variable, not a line of the file.
+pub fn apply(file: &mut ConfigFile, env: &dyn EnvSource) -> BTreeMap<String, String> {
+    let mut origins = BTreeMap::new();
+    let mut take = |var: &str, path: &str, slot: &mut String| {
+        if let Some(value) = env.get(var) {
+            *slot = value;
+            origins.insert(path.to_owned(), var.to_owned());
+        }
+    };
+    let mut secret = file.secret_key.clone().unwrap_or_default();
+    take(SECRET_KEY, "secret_key", &mut secret);
+    if !secret.is_empty() {
+        file.secret_key = Some(secret);
+    }
+    let mut public_url = file.public_url.clone().unwrap_or_default();
+    take(PUBLIC_URL, "public_url", &mut public_url);
+    if !public_url.is_empty() {
+        file.public_url = Some(public_url);
+    }
+    take(REDIS_URL, "store.redis.url", &mut file.store.redis.url);
+    take(STORE_BACKEND, "store.backend", &mut file.store.backend);
+    take(LOG_LEVEL, "log.level", &mut file.log.level);
+    for (i, client) in file.api_clients.iter_mut().enumerate() {
+        let var = api_client_secret_var(&client.client_id);
+        if let Some(value) = env.get(&var) {
+            client.client_secret = Some(value);
+            origins.insert(format!("api_clients[{i}].client_secret"), var);
+        }
+    }
+    origins
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_file_values_and_remember_their_origin() {
+        let mut file = ConfigFile::default();
+        file.api_clients.push(super::super::schema::ApiClient {
+            client_id: "my-portal".into(),
+            ..Default::default()
+        });
+        let env = BTreeMap::from([
+            (SECRET_KEY, "s3cr3t"),
+            (REDIS_URL, "redis://cache:6379/1"),
+            ("STEPGATE_API_CLIENT_SECRET_MY_PORTAL", "client-secret"),
+        ]);
+        let origins = apply(&mut file, &env);
+        assert_eq!(file.secret_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(file.store.redis.url, "redis://cache:6379/1");
+        assert_eq!(
+            file.api_clients[0].client_secret.as_deref(),
+            Some("client-secret")
+        );
+        assert_eq!(
+            origins.get("store.redis.url").map(String::as_str),
+            Some(REDIS_URL)
+        );
+        assert_eq!(origins.len(), 3);
+    }
+}

@@ -1,0 +1,203 @@
+//! Configuration: the serde mirror of `config.yaml` (`schema`), `STEPGATE_*` overrides (`env`),
+//! validation that collects every problem with file, line and path (`validate`, `locate`), and
+//! the compiled `Settings` the gateway runs on.
+//!
+//! May import: domain.
+
+pub mod env;
+pub mod locate;
+pub mod schema;
+pub mod settings;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use self::env::EnvSource;
+use self::locate::{Position, PositionIndex};
+use self::schema::ConfigFile;
+pub use self::settings::Settings;
+
+/// One problem, located: in the file (line and column) or in the environment variable that
+/// supplied the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub file: PathBuf,
+    pub position: Position,
+    /// Set when the value came from this environment variable rather than the file.
+    pub env_var: Option<String>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Position { line, column } = self.position;
+        let file = self.file.display();
+        match &self.env_var {
+            Some(var) => write!(f, "{file}: {} (from {var}): {}", self.path, self.message),
+            None if self.path.is_empty() => write!(f, "{file}:{line}:{column}: {}", self.message),
+            None => write!(f, "{file}:{line}:{column}: {}: {}", self.path, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", display_issues(.0))]
+    Invalid(Vec<Issue>),
+}
+
+impl ConfigError {
+    pub fn issues(&self) -> &[Issue] {
+        match self {
+            ConfigError::Invalid(issues) => issues,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn display_issues(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(Issue::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads, checks and compiles one config file.
+pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path, env)
+}
+
+/// Checks and compiles config text; `path` names it in messages.
+pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
+    let index = PositionIndex::build(text);
+    let issue = |position: Position, path_in_file: String, message: String| Issue {
+        file: path.to_path_buf(),
+        position,
+        env_var: None,
+        path: path_in_file,
+        message,
+    };
+
+    let (parsed, unknown_keys) = match parse(text) {
+        Ok(parsed) => parsed,
+        Err((error_path, message, position)) => {
+            let position = position.unwrap_or_else(|| index.locate(&error_path));
+            return Err(ConfigError::Invalid(vec![issue(
+                position, error_path, message,
+            )]));
+        }
+    };
+    let mut issues: Vec<Issue> = unknown_keys
+        .into_iter()
+        .map(|key_path| {
+            let message =
+                "unknown key (expected one of the keys listed in the configuration reference)"
+                    .to_owned();
+            issue(index.locate(&key_path), key_path, message)
+        })
+        .collect();
+
+    let mut file = parsed;
+    let origins = env::apply(&mut file, env);
+    match validate::compile(file, path) {
+        Ok(settings) if issues.is_empty() => Ok(settings),
+        Ok(_) => Err(ConfigError::Invalid(issues)),
+        Err(problems) => {
+            issues.extend(problems.into_iter().map(|problem| Issue {
+                file: path.to_path_buf(),
+                position: index.locate(&problem.path),
+                env_var: origins.get(&problem.path).cloned(),
+                path: problem.path,
+                message: problem.message,
+            }));
+            issues.sort_by(|a, b| a.position.cmp(&b.position));
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+}
+
+type ParseFailure = (String, String, Option<Position>);
+
+/// The typed parse. Unknown keys do not stop it: they are collected with their paths. A shape
+/// error (wrong type, bad YAML) does stop it, and is reported with its path and position.
+fn parse(text: &str) -> Result<(ConfigFile, Vec<String>), ParseFailure> {
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let options = serde_saphyr::options! { with_snippet: false };
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+        serde_ignored::deserialize(tracked, |ignored| unknown.push(format_ignored(&ignored)))
+    });
+    match result {
+        Ok(file) => Ok((file, unknown)),
+        Err(error) => {
+            let path = format_tracked(&track.path());
+            let position = error.location().filter(|l| l.line() > 0).map(|l| Position {
+                line: l.line() as usize,
+                column: l.column().max(1) as usize,
+            });
+            Err((path, strip_location(&error.to_string()), position))
+        }
+    }
+}
+
+/// serde-saphyr prefixes messages with their location; ours is printed in front already.
+fn strip_location(message: &str) -> String {
+    let trimmed = message.trim();
+    match trimmed.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None => trimmed.to_owned(),
+    }
+}
+
+fn format_tracked(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn format_ignored(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", format_ignored(parent)),
+        Path::Map { parent, key } => {
+            let parent = format_ignored(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => format_ignored(parent),
+    }
+}
+
+#[cfg(test)]
+mod tests;

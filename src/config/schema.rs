@@ -1,0 +1,250 @@
+//! The serde mirror of `config.yaml`: what an operator may write, with defaults beside each
+//! struct. Values stay close to the YAML (strings, numbers); `validate` checks them all and
+//! compiles them into `Settings`. Unknown keys are collected (not silently ignored) by the loader,
+//! which reports each one with its line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConfigFile {
+    /// Listen addresses of the three listeners.
+    pub listen: Listen,
+    /// The externally visible base URL of the API listener (links, QR codes). Defaults to
+    /// `http://` + `listen.api`.
+    pub public_url: Option<String>,
+    /// At least 32 bytes; used for code hashing and grants. Prefer `STEPGATE_SECRET_KEY`.
+    pub secret_key: Option<String>,
+    /// Process settings: threads and shutdown timing.
+    pub server: Server,
+    /// Log level and format.
+    pub log: Log,
+    /// Where transactions and counters live.
+    pub store: Store,
+    /// Feature switches (system level).
+    pub features: Features,
+    /// Limits of the portal-facing API.
+    pub api: Api,
+    /// Portals and tools allowed to call the API.
+    pub api_clients: Vec<ApiClient>,
+    /// The named mobile authentication types.
+    pub auth_types: Vec<AuthType>,
+    /// Portal callback endpoints: whitelist and Basic credentials.
+    pub callbacks: Callbacks,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            public_url: None,
+            secret_key: None,
+            server: Server::default(),
+            log: Log::default(),
+            store: Store::default(),
+            features: Features::default(),
+            api: Api::default(),
+            api_clients: Vec::new(),
+            auth_types: Vec::new(),
+            callbacks: Callbacks::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Listen {
+    /// The reverse proxy (sidecar) listener, `host:port`.
+    pub proxy: String,
+    /// The REST API listener (mobile authentication API, health), `host:port`.
+    pub api: String,
+    /// The Prometheus `/metrics` listener, `host:port`.
+    pub metrics: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            proxy: "127.0.0.1:8080".into(),
+            api: "127.0.0.1:8081".into(),
+            metrics: "127.0.0.1:9100".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Server {
+    /// Worker threads per listener. 1 measured fastest on a 2-core machine shared with the load.
+    pub threads: u32,
+    /// After SIGTERM, how long listeners keep serving in-flight work before stopping.
+    pub grace_period_seconds: u64,
+    /// After the grace period, how long runtimes get to wind down before the process exits.
+    pub graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug`, `trace` or `off`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Store {
+    /// `memory` (embedded, single instance, lost on restart) or `redis`.
+    pub backend: String,
+    /// Redis connection, used when `backend: redis`.
+    pub redis: Redis,
+    /// How long a finished or expired transaction stays readable (for result fetches).
+    pub retention_seconds: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            backend: "memory".into(),
+            redis: Redis::default(),
+            retention_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS. `STEPGATE_REDIS_URL` overrides.
+    pub url: String,
+    /// Prepended to every key, so several gateways can share one Redis.
+    pub key_prefix: String,
+    pub connect_timeout_ms: u64,
+    /// Per-command timeout; a slower answer fails closed.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "stepgate:".into(),
+            connect_timeout_ms: 1000,
+            response_timeout_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Features {
+    /// The whole mobile authentication API; off answers error 1000.
+    pub mobile_authentication: bool,
+    /// Location context in the secure message.
+    pub geolocation: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            mobile_authentication: true,
+            geolocation: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Api {
+    /// Longest accepted `message`, in characters (the reference's default is 155).
+    pub max_message_length: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            max_message_length: 155,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ApiClient {
+    pub client_id: String,
+    /// Prefer `STEPGATE_API_CLIENT_SECRET_<CLIENT_ID>` (upper case, other characters as `_`).
+    pub client_secret: Option<String>,
+    /// Which APIs the client may call: `mobile_authentication`, `end_user`, `admin`.
+    pub apis: Vec<String>,
+    /// CIDRs the client may call from; empty allows any address.
+    pub allowed_networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthType {
+    /// Unique name, passed as `type` in the API.
+    pub name: String,
+    /// `push`, `push_with_pin`, `push_with_fingerprint`, `push_with_custom_authenticator`, `otp`, `sms`.
+    pub method: String,
+    /// Lifetime of a transaction; every attempt must happen within it.
+    pub ttl_seconds: Option<u64>,
+    /// Wrong codes before the transaction is invalidated (sms); 0 = unlimited until expiry.
+    pub max_attempts: Option<u32>,
+    /// Resends per transaction; 0 disables resend.
+    pub max_resends: Option<u32>,
+    /// SMS sender: alphanumeric id (up to 11 characters), short code or phone number.
+    pub sender_id: Option<String>,
+    /// Type to use when this one cannot be started (not allowed for otp).
+    pub fallback: Option<String>,
+    /// Messages per lower-case language code; `en` is the fallback language.
+    pub default_messages: BTreeMap<String, String>,
+    /// Whether `signing_data` is signed by the device (push types).
+    pub transaction_signing: bool,
+    /// Accepts an SMS default message without `{code}`; such an SMS then holds only the code.
+    pub allow_message_without_code: bool,
+}
+
+impl AuthType {
+    pub const DEFAULT_TTL_SECONDS: u64 = 300;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_MAX_RESENDS: u32 = 0;
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Callbacks {
+    /// When on, init only accepts a `callback_uri` that exactly matches an endpoint below.
+    pub only_allow_configured: bool,
+    pub endpoints: Vec<CallbackEndpoint>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CallbackEndpoint {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}

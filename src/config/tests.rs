@@ -1,0 +1,203 @@
+//! Config loading tests: the sample file, every documented mistake, and the report format.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+use crate::config::settings::StoreBackend;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn no_env() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::new()
+}
+
+fn issues_of(text: &str) -> Vec<Issue> {
+    match load_str(text, Path::new("bad.yaml"), &no_env()) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(error) => error.issues().to_vec(),
+    }
+}
+
+fn minimal(extra: &str) -> String {
+    format!("secret_key: \"{SECRET}\"\n{extra}")
+}
+
+#[test]
+fn the_sample_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let settings = load(&path, &no_env()).unwrap();
+    assert_eq!(settings.store.backend, StoreBackend::Memory);
+    assert_eq!(settings.auth_types.len(), 3);
+    assert_eq!(settings.listen.api.port(), 8081);
+}
+
+#[test]
+fn an_empty_file_with_a_secret_from_the_environment_uses_defaults() {
+    let env = BTreeMap::from([("STEPGATE_SECRET_KEY", SECRET)]);
+    let settings = load_str("{}\n", Path::new("c.yaml"), &env).unwrap();
+    assert_eq!(settings.listen.proxy.to_string(), "127.0.0.1:8080");
+    assert_eq!(settings.public_url.as_str(), "http://127.0.0.1:8081/");
+    assert!(settings.auth_types.is_empty());
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_lines_in_file_order() {
+    let text = minimal(
+        "listen:\n  api: \"localhost\"\nauth_types:\n  - name: sms\n    method: sms\n    ttl_secondz: 5\n  - name: push\n    method: push\n    fallback: sms_cod\n",
+    );
+    let rendered: Vec<String> = issues_of(&text).iter().map(Issue::to_string).collect();
+    assert_eq!(rendered.len(), 3, "{rendered:#?}");
+    assert!(
+        rendered[0]
+            .starts_with("bad.yaml:3:3: listen.api: 'localhost' is not a listen address (expected"),
+        "{}",
+        rendered[0]
+    );
+    assert!(
+        rendered[1].starts_with("bad.yaml:7:5: auth_types[0].ttl_secondz: unknown key"),
+        "{}",
+        rendered[1]
+    );
+    assert!(rendered[2].starts_with("bad.yaml:10:5: auth_types[1].fallback: auth type 'push' falls back to unknown type 'sms_cod' (expected one of: sms, push)"), "{}", rendered[2]);
+}
+
+#[test]
+fn every_unknown_key_is_reported() {
+    let issues = issues_of(&minimal(
+        "lisen: {}\nstore:\n  backend: memory\n  redis: { urll: x }\n",
+    ));
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(paths, ["lisen", "store.redis.urll"]);
+    assert_eq!(
+        issues[1].position,
+        Position {
+            line: 5,
+            column: 12
+        }
+    );
+}
+
+#[test]
+fn fallback_mistakes() {
+    let text = minimal(
+        "auth_types:
+  - { name: a, method: push, fallback: b }
+  - { name: b, method: push, fallback: a }
+  - { name: qr, method: otp, fallback: a }
+  - { name: a, method: sms }
+",
+    );
+    let rendered: Vec<String> = issues_of(&text).iter().map(Issue::to_string).collect();
+    let joined = rendered.join("\n");
+    assert!(
+        joined.contains("auth_types[0].fallback: fallback cycle: a -> b -> a"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains(
+            "auth_types[2].fallback: auth type 'qr' uses method otp, which cannot have a fallback"
+        ),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("auth_types[3].name: duplicate auth type name 'a'"),
+        "{joined}"
+    );
+}
+
+#[test]
+fn sms_template_without_code_is_an_error_unless_intended() {
+    let body = "auth_types:\n  - name: s\n    method: sms\n    default_messages: { en: \"Your code follows\" }\n";
+    let issues = issues_of(&minimal(body));
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].path, "auth_types[0].default_messages.en");
+    assert!(issues[0].message.contains("no {code} placeholder"));
+    let intended = format!("{body}    allow_message_without_code: true\n");
+    assert!(load_str(&minimal(&intended), Path::new("ok.yaml"), &no_env()).is_ok());
+}
+
+#[test]
+fn bad_redis_url_and_backend() {
+    let issues = issues_of(&minimal(
+        "store:\n  backend: redis\n  redis:\n    url: \"http://:pw@nowhere\"\n",
+    ));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "store.redis.url");
+    assert!(
+        !issues[0].message.contains(":pw@"),
+        "the password must not be echoed: {}",
+        issues[0].message
+    );
+    let issues = issues_of(&minimal("store: { backend: postgres }\n"));
+    assert!(issues[0].message.contains("expected memory or redis"));
+}
+
+#[test]
+fn values_from_the_environment_are_reported_against_their_variable() {
+    let env = BTreeMap::from([
+        ("STEPGATE_SECRET_KEY", SECRET),
+        ("STEPGATE_REDIS_URL", "nope://"),
+    ]);
+    let error = load_str("store: { backend: redis }\n", Path::new("c.yaml"), &env).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.starts_with("c.yaml: store.redis.url (from STEPGATE_REDIS_URL): "),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn secrets_are_required_and_long_enough() {
+    let issues = issues_of("log: { level: info }\n");
+    assert_eq!(issues[0].path, "secret_key");
+    assert!(issues[0].message.contains("STEPGATE_SECRET_KEY"));
+    let issues = issues_of("secret_key: short\n");
+    assert!(issues[0].message.contains("too short"));
+    let issues = issues_of(&minimal(
+        "api_clients:\n  - { client_id: p, apis: [mobile_authentication] }\n",
+    ));
+    assert_eq!(issues[0].path, "api_clients[0].client_secret");
+    assert!(issues[0].message.contains("STEPGATE_API_CLIENT_SECRET_P"));
+}
+
+#[test]
+fn shape_errors_stop_the_parse_but_are_located() {
+    let issues = issues_of(&minimal(
+        "auth_types:\n  - name: s\n    method: sms\n    ttl_seconds: soon\n",
+    ));
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].path, "auth_types[0].ttl_seconds");
+    assert_eq!(issues[0].position.line, 5);
+}
+
+#[test]
+fn api_clients_and_callbacks_are_checked() {
+    let text = minimal(
+        "api_clients:
+  - { client_id: p, client_secret: \"0123456789abcdef\", apis: [mobile_auth], allowed_networks: [\"10.0.0.0/33\"] }
+callbacks:
+  only_allow_configured: true
+  endpoints: [ { url: \"ftp://x\" }, { url: \"https://a.example/cb\", username: u } ]
+",
+    );
+    let paths: Vec<String> = issues_of(&text).into_iter().map(|i| i.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "api_clients[0].apis[0]",
+            "api_clients[0].allowed_networks[0]",
+            "callbacks.endpoints[0].url",
+            "callbacks.endpoints[1]",
+        ]
+    );
+}
+
+#[test]
+fn listeners_must_not_share_an_address() {
+    let issues = issues_of(&minimal(
+        "listen: { proxy: \"127.0.0.1:9000\", api: \"127.0.0.1:9000\" }\n",
+    ));
+    assert_eq!(issues[0].path, "listen.api");
+    assert!(issues[0].message.contains("already used by listen.proxy"));
+}
