@@ -4,7 +4,9 @@
 //! Layering (see DESIGN.md): edges (`api`, `proxy`) call `service`; services use `domain` and its
 //! ports; adapters (`store`, `notify`) implement the ports; `app` is the composition root.
 
+pub mod api;
 pub mod config;
 pub mod domain;
+pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -153,12 +153,20 @@ fn parse(text: &str) -> Result<(ConfigFile, Vec<String>), ParseFailure> {
     }
 }
 
-/// serde-saphyr prefixes messages with their location; ours is printed in front already.
+/// serde-saphyr adds the location to its messages; ours is printed in front already.
 fn strip_location(message: &str) -> String {
-    let trimmed = message.trim();
-    match trimmed.strip_prefix("error: ") {
-        Some(rest) => rest.to_owned(),
-        None => trimmed.to_owned(),
+    let first_line = message.trim().lines().next().unwrap_or_default();
+    let without_prefix = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    let without_suffix = match without_prefix.rfind(" at line ") {
+        Some(cut) => &without_prefix[..cut],
+        None => without_prefix,
+    };
+    match without_suffix {
+        "invalid u64" | "invalid u32" => {
+            "not a whole number (expected digits only, such as 300)".to_owned()
+        }
+        "invalid bool" => "not a boolean (expected true or false)".to_owned(),
+        other => other.to_owned(),
     }
 }
 

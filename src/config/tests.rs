@@ -201,3 +201,16 @@ fn listeners_must_not_share_an_address() {
     assert_eq!(issues[0].path, "listen.api");
     assert!(issues[0].message.contains("already used by listen.proxy"));
 }
+
+#[test]
+fn shape_error_messages_read_cleanly() {
+    let issues = issues_of(&minimal(
+        "auth_types:\n  - name: s\n    ttl_seconds: soon\n",
+    ));
+    let rendered = issues[0].to_string();
+    assert_eq!(
+        rendered,
+        "bad.yaml:4:18: auth_types[0].ttl_seconds: not a whole number (expected digits only, such as 300)"
+    );
+    assert!(!rendered.contains('\n'), "one line per issue: {rendered}");
+}

@@ -145,6 +145,12 @@ impl CodeHasher {
         mac.update(code.0.as_bytes());
         CodeHash(mac.finalize().into_bytes().into())
     }
+
+    /// Hashes whatever a user typed (trimmed), so input that is not a valid code still counts as
+    /// an attempt and can never match.
+    pub fn hash_input(&self, transaction: &TransactionId, typed: &str) -> CodeHash {
+        self.hash(transaction, &OneTimeCode(typed.trim().to_owned()))
+    }
 }
 
 impl fmt::Debug for CodeHasher {

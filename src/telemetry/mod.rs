@@ -3,6 +3,7 @@
 //!
 //! Imports nothing from this crate; everything else may import it.
 
+pub mod http;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

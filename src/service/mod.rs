@@ -1,0 +1,8 @@
+//! Use cases: start, verify, resend, finish and read transactions (`transactions`), and whether
+//! the gateway can serve (`health`). Edges (api, proxy) call these; they call the domain and its
+//! ports, never a concrete adapter.
+//!
+//! May import: domain, telemetry.
+
+pub mod health;
+pub mod transactions;
