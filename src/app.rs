@@ -32,7 +32,11 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot listen on {addr} (listen.{listener}): {source}")]
-    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot set up the store: {0}")]
     Store(#[from] StoreError),
 }
@@ -46,7 +50,10 @@ pub fn init_logging(settings: &Settings) {
     telemetry::init_tracing(&settings.log.level, format);
 }
 
-fn build_store(settings: &Settings, clock: SharedClock) -> Result<Arc<dyn TransactionStore>, AppError> {
+fn build_store(
+    settings: &Settings,
+    clock: SharedClock,
+) -> Result<Arc<dyn TransactionStore>, AppError> {
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
         StoreBackend::Memory => Arc::new(Instrumented::new(MemoryStore::new(clock, retention))),
@@ -57,7 +64,11 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Arc<dyn Transa
                 connect_timeout: redis.connect_timeout,
                 response_timeout: redis.response_timeout,
             };
-            Arc::new(Instrumented::new(RedisStore::new(adapter_settings, clock, retention)?))
+            Arc::new(Instrumented::new(RedisStore::new(
+                adapter_settings,
+                clock,
+                retention,
+            )?))
         }
     })
 }
@@ -65,15 +76,29 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Arc<dyn Transa
 fn describe_store(settings: &Settings) -> String {
     match &settings.store.backend {
         StoreBackend::Memory => "memory".to_owned(),
-        StoreBackend::Redis(redis) => format!("redis {} prefix {}", redact_url_password(&redis.url), redis.key_prefix),
+        StoreBackend::Redis(redis) => format!(
+            "redis {} prefix {}",
+            redact_url_password(&redis.url),
+            redis.key_prefix
+        ),
     }
 }
 
 /// Binds before the server starts, so a taken port fails the boot with a clear message instead
 /// of a background task dying later.
 fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
-    let socket = TcpListener::bind(addr).map_err(|source| AppError::Bind { listener, addr, source })?;
-    socket.set_nonblocking(true).map_err(|source| AppError::Bind { listener, addr, source })?;
+    let socket = TcpListener::bind(addr).map_err(|source| AppError::Bind {
+        listener,
+        addr,
+        source,
+    })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| AppError::Bind {
+            listener,
+            addr,
+            source,
+        })?;
     Ok(socket)
 }
 
@@ -99,15 +124,29 @@ impl BackgroundService for HttpListener {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(error) = axum::serve(listener, self.router.clone()).with_graceful_shutdown(stop).await {
+        if let Err(error) = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(listener = self.name, %error, "listener stopped");
         }
         tracing::info!(listener = self.name, "listener drained");
     }
 }
 
-fn http_service(name: &'static str, socket: TcpListener, router: axum::Router) -> impl pingora::services::ServiceWithDependents {
-    background_service(name, HttpListener { name, socket: Mutex::new(Some(socket)), router })
+fn http_service(
+    name: &'static str,
+    socket: TcpListener,
+    router: axum::Router,
+) -> impl pingora::services::ServiceWithDependents {
+    background_service(
+        name,
+        HttpListener {
+            name,
+            socket: Mutex::new(Some(socket)),
+            router,
+        },
+    )
 }
 
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
@@ -125,18 +164,30 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     let api_socket = bind("api", settings.listen.api)?;
     let metrics_socket = bind("metrics", settings.listen.metrics)?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = settings.server.threads;
-    conf.grace_period_seconds = Some(settings.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(settings.server.graceful_shutdown_timeout.as_secs());
-    // Several gateways may run on one host: keep pingora's upgrade socket per process.
-    conf.upgrade_sock = format!("/tmp/stepgate-upgrade-{}.sock", std::process::id());
-    conf.pid_file = format!("/tmp/stepgate-{}.pid", std::process::id());
+    let conf = ServerConf {
+        threads: settings.server.threads,
+        grace_period_seconds: Some(settings.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(
+            settings.server.graceful_shutdown_timeout.as_secs(),
+        ),
+        // Several gateways may run on one host: keep pingora's files per process.
+        upgrade_sock: format!("/tmp/stepgate-upgrade-{}.sock", std::process::id()),
+        pid_file: format!("/tmp/stepgate-{}.pid", std::process::id()),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    server.add_service(http_service("api", api_socket, api::router(ApiState { readiness })));
-    server.add_service(http_service("metrics", metrics_socket, telemetry::http::router()));
+    server.add_service(http_service(
+        "api",
+        api_socket,
+        api::router(ApiState { readiness }),
+    ));
+    server.add_service(http_service(
+        "metrics",
+        metrics_socket,
+        telemetry::http::router(),
+    ));
 
     tracing::info!(
         version = VERSION,

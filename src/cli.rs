@@ -15,7 +15,11 @@ use crate::config::{self, env::ProcessEnv};
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "stepgate", version, about = "Step-up (mobile) authentication gateway")]
+#[command(
+    name = "stepgate",
+    version,
+    about = "Step-up (mobile) authentication gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,9 +82,17 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 all_valid = false;
                 let count = error.issues().len().max(1);
                 eprintln!("{error}");
-                eprintln!("{}: {count} problem{}", file.display(), if count == 1 { "" } else { "s" });
+                eprintln!(
+                    "{}: {count} problem{}",
+                    file.display(),
+                    if count == 1 { "" } else { "s" }
+                );
             }
         }
     }
-    if all_valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_BAD_CONFIG) }
+    if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_CONFIG)
+    }
 }

@@ -5,6 +5,8 @@
 //! ports; adapters (`store`, `notify`) implement the ports; `app` is the composition root.
 
 pub mod api;
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod service;

@@ -122,7 +122,7 @@ pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings
                 path: problem.path,
                 message: problem.message,
             }));
-            issues.sort_by(|a, b| a.position.cmp(&b.position));
+            issues.sort_by_key(|issue| issue.position);
             Err(ConfigError::Invalid(issues))
         }
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ConfigFile {
     /// Listen addresses of the three listeners.
@@ -33,24 +33,6 @@ pub struct ConfigFile {
     pub auth_types: Vec<AuthType>,
     /// Portal callback endpoints: whitelist and Basic credentials.
     pub callbacks: Callbacks,
-}
-
-impl Default for ConfigFile {
-    fn default() -> Self {
-        Self {
-            listen: Listen::default(),
-            public_url: None,
-            secret_key: None,
-            server: Server::default(),
-            log: Log::default(),
-            store: Store::default(),
-            features: Features::default(),
-            api: Api::default(),
-            api_clients: Vec::new(),
-            auth_types: Vec::new(),
-            callbacks: Callbacks::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -39,7 +39,7 @@ pub struct Resent {
 /// What a resend request came to.
 #[derive(Debug)]
 pub enum ResendResult {
-    Resent(Resent),
+    Resent(Box<Resent>),
     Refused(ResendOutcome),
 }
 
@@ -144,7 +144,7 @@ impl TransactionEngine {
                     code_hash: Some(hash),
                     ..transaction
                 };
-                Ok(ResendResult::Resent(Resent { transaction, code }))
+                Ok(ResendResult::Resent(Box::new(Resent { transaction, code })))
             }
             Some(refused) => Ok(ResendResult::Refused(refused)),
         }
@@ -160,5 +160,197 @@ impl TransactionEngine {
             .finish(id, update)
             .await?
             .ok_or(EngineError::UnknownTransaction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::clock::ManualClock;
+    use crate::domain::code::SecretKey;
+    use crate::domain::transaction::Reason;
+    use crate::store::memory::MemoryStore;
+
+    fn sms_type(max_attempts: u32, max_resends: u32) -> AuthType {
+        AuthType {
+            name: "sms_code".into(),
+            method: Method::Sms,
+            ttl: Duration::from_secs(300),
+            max_attempts,
+            max_resends,
+            sender_id: None,
+            fallback: None,
+            default_messages: BTreeMap::new(),
+            transaction_signing: false,
+        }
+    }
+
+    fn engine() -> (TransactionEngine, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = Arc::new(MemoryStore::new(clock.clone(), Duration::from_secs(60)));
+        let hasher = CodeHasher::new(&SecretKey::new(vec![9u8; 32]));
+        (TransactionEngine::new(store, clock.clone(), hasher), clock)
+    }
+
+    #[tokio::test]
+    async fn sms_start_issues_a_code_that_verifies_once() {
+        let (engine, _) = engine();
+        let started = engine
+            .start(&sms_type(3, 0), Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        let code = started.code.expect("sms transactions get a code");
+        let id = started.transaction.id;
+        assert_eq!(
+            engine.verify(&id, "ann", code.expose()).await.unwrap(),
+            VerifyOutcome::Approved { attempts: 1 }
+        );
+        assert_eq!(
+            engine.verify(&id, "ann", code.expose()).await.unwrap(),
+            VerifyOutcome::NotPending(Status::Approved)
+        );
+        assert_eq!(
+            engine.get(&id).await.unwrap().unwrap().status,
+            Status::Approved
+        );
+    }
+
+    #[tokio::test]
+    async fn another_users_path_is_an_unknown_transaction_and_costs_no_attempt() {
+        let (engine, _) = engine();
+        let started = engine
+            .start(&sms_type(3, 0), Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        let id = started.transaction.id;
+        assert!(matches!(
+            engine.verify(&id, "bob", "000000").await,
+            Err(EngineError::UnknownTransaction)
+        ));
+        assert!(matches!(
+            engine.resend(&id, "bob").await,
+            Err(EngineError::UnknownTransaction)
+        ));
+        assert_eq!(engine.get(&id).await.unwrap().unwrap().attempts, 0);
+        assert!(matches!(
+            engine
+                .verify(&TransactionId::random(), "ann", "000000")
+                .await,
+            Err(EngineError::UnknownTransaction)
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_input_counts_as_a_wrong_code() {
+        let (engine, _) = engine();
+        let started = engine
+            .start(&sms_type(2, 0), Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        let id = started.transaction.id;
+        assert_eq!(
+            engine.verify(&id, "ann", "abc").await.unwrap(),
+            VerifyOutcome::WrongCode {
+                attempts: 1,
+                remaining: Some(1)
+            }
+        );
+        assert_eq!(
+            engine.verify(&id, "ann", "").await.unwrap(),
+            VerifyOutcome::Exhausted { attempts: 2 }
+        );
+        let tx = engine.get(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (tx.status, tx.reason),
+            (Status::Failed, Some(Reason::AttemptsExhausted))
+        );
+    }
+
+    #[tokio::test]
+    async fn resend_replaces_the_code_and_stops_at_the_limit() {
+        let (engine, _) = engine();
+        let started = engine
+            .start(&sms_type(5, 1), Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        let (id, first) = (started.transaction.id, started.code.unwrap());
+        let ResendResult::Resent(resent) = engine.resend(&id, "ann").await.unwrap() else {
+            panic!("first resend is allowed")
+        };
+        assert_eq!(resent.transaction.resends, 1);
+        assert!(matches!(
+            engine.resend(&id, "ann").await.unwrap(),
+            ResendResult::Refused(ResendOutcome::LimitReached)
+        ));
+        if first != resent.code {
+            assert!(matches!(
+                engine.verify(&id, "ann", first.expose()).await.unwrap(),
+                VerifyOutcome::WrongCode { .. }
+            ));
+        }
+        assert!(matches!(
+            engine
+                .verify(&id, "ann", resent.code.expose())
+                .await
+                .unwrap(),
+            VerifyOutcome::Approved { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_pending_transaction_reads_as_expired_after_its_ttl() {
+        let (engine, clock) = engine();
+        let started = engine
+            .start(&sms_type(3, 0), Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        let id = started.transaction.id;
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(
+            engine.get(&id).await.unwrap().unwrap().status,
+            Status::Expired
+        );
+        assert_eq!(
+            engine
+                .verify(&id, "ann", started.code.unwrap().expose())
+                .await
+                .unwrap(),
+            VerifyOutcome::Expired
+        );
+    }
+
+    #[tokio::test]
+    async fn push_transactions_have_no_code_and_finish_once() {
+        let (engine, _) = engine();
+        let push = AuthType {
+            method: Method::Push,
+            ..sms_type(0, 0)
+        };
+        let started = engine
+            .start(&push, Some("ann".into()), Details::default())
+            .await
+            .unwrap();
+        assert!(started.code.is_none());
+        let id = started.transaction.id;
+        assert_eq!(
+            engine.verify(&id, "ann", "123456").await.unwrap(),
+            VerifyOutcome::NoCode
+        );
+        let deny = Finish {
+            status: Status::Denied,
+            reason: Some(Reason::NotAccepted),
+            user_id: None,
+        };
+        assert_eq!(
+            engine.finish(&id, &deny).await.unwrap(),
+            FinishOutcome::Finished
+        );
+        assert_eq!(
+            engine.finish(&id, &deny).await.unwrap(),
+            FinishOutcome::NotPending(Status::Denied)
+        );
     }
 }

@@ -2,3 +2,11 @@
 //! trip each). Both implement the domain's store ports and pass one conformance suite.
 //!
 //! May import: domain, telemetry.
+
+pub mod instrumented;
+pub mod memory;
+pub mod redis;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
+mod conformance;

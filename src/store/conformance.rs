@@ -1,0 +1,739 @@
+//! The store conformance suite: one set of test bodies, written once against the ports
+//! (`Arc<dyn TransactionStore>`, `Arc<dyn RateLimitStore>`) and a manual clock, run against every
+//! backend (`on_memory`, `on_redis`). Both must give the same outcomes as `domain::regulation`.
+//!
+//! The Redis run uses `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) with a fresh
+//! key prefix per test, and deletes that prefix's keys afterwards, even when the test fails.
+//!
+//! May import: domain, the store adapters under test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use super::memory::MemoryStore;
+use super::redis::{RedisSettings, RedisStore, tx_key};
+use crate::domain::auth_type::Method;
+use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
+use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
+use crate::domain::ports::{RateLimitStore, StoreError, TransactionStore};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+
+/// The Redis server the tests use.
+pub(crate) fn test_redis_url() -> String {
+    std::env::var("STEPGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+const RETENTION: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(300);
+
+/// One backend under test.
+pub(super) struct Harness {
+    tx: Arc<dyn TransactionStore>,
+    rl: Arc<dyn RateLimitStore>,
+    clock: Arc<ManualClock>,
+    hasher: CodeHasher,
+    redis: Option<RedisKeys>,
+}
+
+/// The Redis run's key prefix; dropping it deletes every key under the prefix.
+struct RedisKeys {
+    client: ::redis::Client,
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// The key's remaining time to live, in ms (PTTL).
+    fn pttl(&self, key: &str) -> i64 {
+        let mut connection = self.client.get_connection().unwrap();
+        ::redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap()
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(mut connection) = self.client.get_connection() else {
+            return;
+        };
+        let pattern = format!("{}*", self.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, keys)) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query::<(u64, Vec<String>)>(&mut connection)
+            else {
+                return;
+            };
+            if !keys.is_empty() {
+                let _ = ::redis::cmd("DEL").arg(&keys).query::<i64>(&mut connection);
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}
+
+pub(super) async fn memory_harness() -> Harness {
+    let clock = Arc::new(ManualClock::starting_now());
+    let shared: SharedClock = clock.clone();
+    let store = Arc::new(MemoryStore::new(shared, RETENTION));
+    Harness {
+        tx: store.clone(),
+        rl: store,
+        clock,
+        hasher: hasher(),
+        redis: None,
+    }
+}
+
+pub(super) async fn redis_harness() -> Harness {
+    let clock = Arc::new(ManualClock::starting_now());
+    let shared: SharedClock = clock.clone();
+    let url = test_redis_url();
+    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
+    let settings = RedisSettings {
+        url: url.clone(),
+        key_prefix: prefix.clone(),
+        connect_timeout: Duration::from_secs(1),
+        // Generous: 200 scripts at once on a busy 2-core machine.
+        response_timeout: Duration::from_secs(5),
+    };
+    let store = Arc::new(RedisStore::new(settings, shared, RETENTION).unwrap());
+    Harness {
+        tx: store.clone(),
+        rl: store,
+        clock,
+        hasher: hasher(),
+        redis: Some(RedisKeys {
+            client: ::redis::Client::open(url).unwrap(),
+            prefix,
+        }),
+    }
+}
+
+fn hasher() -> CodeHasher {
+    CodeHasher::new(&SecretKey::new(vec![42u8; 32]))
+}
+
+impl Harness {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn code(&self, id: &TransactionId, digits: &str) -> CodeHash {
+        self.hasher.hash(id, &OneTimeCode::parse(digits).unwrap())
+    }
+
+    /// A pending SMS transaction whose code is 111111.
+    fn sms(&self, max_attempts: u32, max_resends: u32) -> Transaction {
+        let id = TransactionId::random();
+        let now = self.now();
+        Transaction {
+            id,
+            auth_type: "sms_login".into(),
+            method: Method::Sms,
+            user_id: Some("user-1".into()),
+            status: Status::Pending,
+            created_at: now,
+            expires_at: now.plus(TTL),
+            finished_at: None,
+            attempts: 0,
+            max_attempts,
+            resends: 0,
+            max_resends,
+            code_hash: Some(self.code(&id, "111111")),
+            reason: None,
+            details: Details::default(),
+        }
+    }
+
+    /// A pending push transaction: no code.
+    fn push(&self) -> Transaction {
+        Transaction {
+            auth_type: "push_login".into(),
+            method: Method::Push,
+            code_hash: None,
+            ..self.sms(0, 0)
+        }
+    }
+
+    async fn inserted(&self, tx: Transaction) -> Transaction {
+        self.tx.insert(&tx).await.unwrap();
+        tx
+    }
+
+    async fn stored(&self, id: &TransactionId) -> Transaction {
+        self.tx
+            .get(id)
+            .await
+            .unwrap()
+            .expect("transaction is stored")
+    }
+
+    async fn verify(&self, id: &TransactionId, digits: &str) -> VerifyOutcome {
+        let candidate = self.code(id, digits);
+        self.tx.verify_code(id, &candidate).await.unwrap().unwrap()
+    }
+}
+
+fn finish(status: Status, reason: Option<Reason>, user_id: Option<&str>) -> Finish {
+    Finish {
+        status,
+        reason,
+        user_id: user_id.map(str::to_owned),
+    }
+}
+
+// ---- the suite -----------------------------------------------------------------------------
+
+pub(super) async fn round_trip_keeps_every_field(h: &Harness) {
+    let now = h.now();
+    let id = TransactionId::random();
+    let full = Transaction {
+        id,
+        auth_type: "sms_fallback".into(),
+        method: Method::PushWithPin,
+        user_id: Some("ümlaut user \"quoted\"".into()),
+        status: Status::Denied,
+        created_at: Timestamp(now.millis() - 1_234),
+        expires_at: now.plus(Duration::from_millis(98_765)),
+        finished_at: Some(Timestamp(now.millis() - 10)),
+        attempts: 2,
+        max_attempts: 5,
+        resends: 1,
+        max_resends: 3,
+        code_hash: Some(h.code(&id, "654321")),
+        reason: Some(Reason::NotAccepted),
+        details: Details {
+            callback_uri: Some("https://portal.example/callback?x=1&y=2".into()),
+            message: Some("Sign in to Bank?".into()),
+            secure_message: Some("Transfer €100 to NL00 BANK 0123 4567 89\nline two".into()),
+            language: Some("nl".into()),
+            phone_number: Some("+31600000000".into()),
+            sender_id: Some("Bank".into()),
+        },
+    };
+    h.tx.insert(&full).await.unwrap();
+    assert_eq!(h.stored(&id).await, full);
+
+    // And the sparse shape: every optional part absent.
+    let sparse = Transaction {
+        user_id: None,
+        code_hash: None,
+        reason: None,
+        finished_at: None,
+        details: Details::default(),
+        method: Method::Otp,
+        ..h.sms(0, 0)
+    };
+    h.tx.insert(&sparse).await.unwrap();
+    assert_eq!(h.stored(&sparse.id).await, sparse);
+
+    // An empty user id is a user id, not its absence.
+    let empty_user = Transaction {
+        user_id: Some(String::new()),
+        ..h.sms(0, 0)
+    };
+    h.tx.insert(&empty_user).await.unwrap();
+    assert_eq!(h.stored(&empty_user.id).await, empty_user);
+}
+
+pub(super) async fn duplicate_insert_is_refused(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 0)).await;
+    let again = Transaction {
+        auth_type: "other".into(),
+        ..tx.clone()
+    };
+    assert_eq!(
+        h.tx.insert(&again).await,
+        Err(StoreError::AlreadyExists(tx.id))
+    );
+    assert_eq!(h.stored(&tx.id).await, tx, "the first one is untouched");
+}
+
+pub(super) async fn missing_ids_are_none(h: &Harness) {
+    let id = TransactionId::random();
+    let candidate = h.code(&id, "111111");
+    assert_eq!(h.tx.get(&id).await.unwrap(), None);
+    assert_eq!(h.tx.verify_code(&id, &candidate).await.unwrap(), None);
+    assert_eq!(h.tx.resend(&id, Some(&candidate)).await.unwrap(), None);
+    let deny = finish(Status::Denied, Some(Reason::NotAccepted), None);
+    assert_eq!(h.tx.finish(&id, &deny).await.unwrap(), None);
+    assert_eq!(h.tx.get(&id).await.unwrap(), None, "nothing was created");
+}
+
+pub(super) async fn right_code_approves_once(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 0)).await;
+    h.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.verify(&tx.id, "111111").await,
+        VerifyOutcome::Approved { attempts: 1 }
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.status, Status::Approved);
+    assert_eq!(stored.attempts, 1);
+    assert_eq!(stored.finished_at, Some(h.now()));
+    assert_eq!(stored.reason, None);
+    assert_eq!(
+        h.verify(&tx.id, "111111").await,
+        VerifyOutcome::NotPending(Status::Approved)
+    );
+    assert_eq!(
+        h.stored(&tx.id).await.attempts,
+        1,
+        "refusals are not counted"
+    );
+}
+
+pub(super) async fn wrong_codes_count_and_the_last_one_exhausts(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 0)).await;
+    assert_eq!(
+        h.verify(&tx.id, "222222").await,
+        VerifyOutcome::WrongCode {
+            attempts: 1,
+            remaining: Some(2)
+        }
+    );
+    assert_eq!(h.stored(&tx.id).await.attempts, 1);
+    assert_eq!(
+        h.verify(&tx.id, "333333").await,
+        VerifyOutcome::WrongCode {
+            attempts: 2,
+            remaining: Some(1)
+        }
+    );
+    h.clock.advance(Duration::from_millis(7));
+    assert_eq!(
+        h.verify(&tx.id, "444444").await,
+        VerifyOutcome::Exhausted { attempts: 3 }
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.status, Status::Failed);
+    assert_eq!(stored.reason, Some(Reason::AttemptsExhausted));
+    assert_eq!(stored.finished_at, Some(h.now()));
+    assert_eq!(
+        h.verify(&tx.id, "111111").await,
+        VerifyOutcome::NotPending(Status::Failed),
+        "even the right code is refused once exhausted"
+    );
+    assert_eq!(h.stored(&tx.id).await.attempts, 3);
+}
+
+pub(super) async fn a_single_allowed_attempt_exhausts_at_once(h: &Harness) {
+    let tx = h.inserted(h.sms(1, 0)).await;
+    assert_eq!(
+        h.verify(&tx.id, "999999").await,
+        VerifyOutcome::Exhausted { attempts: 1 }
+    );
+}
+
+pub(super) async fn zero_max_attempts_is_unlimited_until_expiry(h: &Harness) {
+    let tx = h.inserted(h.sms(0, 0)).await;
+    for n in 1..=25 {
+        assert_eq!(
+            h.verify(&tx.id, "222222").await,
+            VerifyOutcome::WrongCode {
+                attempts: n,
+                remaining: None
+            }
+        );
+    }
+    assert_eq!(
+        h.verify(&tx.id, "111111").await,
+        VerifyOutcome::Approved { attempts: 26 }
+    );
+
+    let late = h.inserted(h.sms(0, 0)).await;
+    h.clock.advance(TTL);
+    assert_eq!(h.verify(&late.id, "222222").await, VerifyOutcome::Expired);
+}
+
+pub(super) async fn expiry_ends_verify_resend_and_finish(h: &Harness) {
+    let by_verify = h.inserted(h.sms(3, 2)).await;
+    let by_resend = h.inserted(h.sms(3, 2)).await;
+    let by_finish = h.inserted(h.push()).await;
+
+    // One millisecond before expiry everything still works.
+    h.clock.advance(TTL - Duration::from_millis(1));
+    assert!(matches!(
+        h.verify(&by_verify.id, "222222").await,
+        VerifyOutcome::WrongCode { attempts: 1, .. }
+    ));
+    h.clock.advance(Duration::from_millis(1));
+    let expired_at = h.now();
+
+    assert_eq!(
+        h.verify(&by_verify.id, "111111").await,
+        VerifyOutcome::Expired,
+        "expiry wins over a right code"
+    );
+    let new_code = h.code(&by_resend.id, "555555");
+    assert_eq!(
+        h.tx.resend(&by_resend.id, Some(&new_code)).await.unwrap(),
+        Some(ResendOutcome::Expired)
+    );
+    let approve = finish(Status::Approved, None, Some("user-2"));
+    assert_eq!(
+        h.tx.finish(&by_finish.id, &approve).await.unwrap(),
+        Some(FinishOutcome::Expired)
+    );
+
+    for (tx, attempts) in [(&by_verify, 1), (&by_resend, 0), (&by_finish, 0)] {
+        let stored = h.stored(&tx.id).await;
+        assert_eq!(stored.status, Status::Expired);
+        assert_eq!(stored.reason, Some(Reason::Expired));
+        assert_eq!(stored.finished_at, Some(expired_at));
+        assert_eq!(
+            stored.attempts, attempts,
+            "the expiring call is not counted"
+        );
+        assert_eq!(stored.resends, 0);
+        assert_eq!(stored.user_id.as_deref(), Some("user-1"));
+        assert_eq!(
+            stored.code_hash, tx.code_hash,
+            "an expired resend keeps the code"
+        );
+    }
+    h.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.verify(&by_verify.id, "111111").await,
+        VerifyOutcome::NotPending(Status::Expired)
+    );
+    assert_eq!(
+        h.tx.resend(&by_resend.id, None).await.unwrap(),
+        Some(ResendOutcome::NotPending(Status::Expired))
+    );
+    assert_eq!(
+        h.tx.finish(&by_finish.id, &approve).await.unwrap(),
+        Some(FinishOutcome::NotPending(Status::Expired))
+    );
+    assert_eq!(
+        h.stored(&by_finish.id).await.finished_at,
+        Some(expired_at),
+        "a refused call leaves the record alone"
+    );
+}
+
+pub(super) async fn resends_are_bounded_and_replace_the_code(h: &Harness) {
+    let tx = h.inserted(h.sms(5, 2)).await;
+    let second = h.code(&tx.id, "222222");
+    assert_eq!(
+        h.tx.resend(&tx.id, Some(&second)).await.unwrap(),
+        Some(ResendOutcome::Resent { resends: 1 })
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.resends, 1);
+    assert_eq!(stored.code_hash, Some(second));
+    // A resend without a new code (e.g. a push re-sent) counts but keeps the code.
+    assert_eq!(
+        h.tx.resend(&tx.id, None).await.unwrap(),
+        Some(ResendOutcome::Resent { resends: 2 })
+    );
+    assert_eq!(h.stored(&tx.id).await.code_hash, Some(second));
+    let third = h.code(&tx.id, "333333");
+    assert_eq!(
+        h.tx.resend(&tx.id, Some(&third)).await.unwrap(),
+        Some(ResendOutcome::LimitReached)
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.resends, 2);
+    assert_eq!(
+        stored.code_hash,
+        Some(second),
+        "a refused resend keeps the code"
+    );
+
+    assert!(
+        matches!(
+            h.verify(&tx.id, "111111").await,
+            VerifyOutcome::WrongCode { attempts: 1, .. }
+        ),
+        "the replaced code stops working"
+    );
+    assert_eq!(
+        h.verify(&tx.id, "222222").await,
+        VerifyOutcome::Approved { attempts: 2 }
+    );
+    assert_eq!(
+        h.tx.resend(&tx.id, None).await.unwrap(),
+        Some(ResendOutcome::NotPending(Status::Approved))
+    );
+}
+
+pub(super) async fn resend_is_refused_when_disabled(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 0)).await;
+    let other = h.code(&tx.id, "222222");
+    assert_eq!(
+        h.tx.resend(&tx.id, Some(&other)).await.unwrap(),
+        Some(ResendOutcome::Disabled)
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.resends, 0);
+    assert_eq!(stored.code_hash, tx.code_hash);
+}
+
+pub(super) async fn finish_is_a_compare_and_set_from_pending(h: &Harness) {
+    let tx = h.inserted(h.push()).await;
+    h.clock.advance(Duration::from_millis(3));
+    let deny = finish(Status::Denied, Some(Reason::NotAccepted), None);
+    assert_eq!(
+        h.tx.finish(&tx.id, &deny).await.unwrap(),
+        Some(FinishOutcome::Finished)
+    );
+    let denied_at = h.now();
+    h.clock.advance(Duration::from_millis(3));
+    let approve = finish(Status::Approved, None, Some("intruder"));
+    assert_eq!(
+        h.tx.finish(&tx.id, &approve).await.unwrap(),
+        Some(FinishOutcome::NotPending(Status::Denied))
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.status, Status::Denied);
+    assert_eq!(stored.reason, Some(Reason::NotAccepted));
+    assert_eq!(stored.finished_at, Some(denied_at));
+    assert_eq!(stored.user_id.as_deref(), Some("user-1"));
+
+    // Pending is not a terminal state: nothing moves.
+    let other = h.inserted(h.push()).await;
+    let to_pending = finish(Status::Pending, None, None);
+    assert_eq!(
+        h.tx.finish(&other.id, &to_pending).await.unwrap(),
+        Some(FinishOutcome::NotPending(Status::Pending))
+    );
+    assert_eq!(h.stored(&other.id).await, other);
+}
+
+pub(super) async fn finish_links_the_user_and_keeps_it_otherwise(h: &Harness) {
+    let otp = Transaction {
+        method: Method::Otp,
+        user_id: None,
+        code_hash: None,
+        ..h.push()
+    };
+    h.tx.insert(&otp).await.unwrap();
+    let approve = finish(Status::Approved, None, Some("phone-user"));
+    assert_eq!(
+        h.tx.finish(&otp.id, &approve).await.unwrap(),
+        Some(FinishOutcome::Finished)
+    );
+    let stored = h.stored(&otp.id).await;
+    assert_eq!(stored.status, Status::Approved);
+    assert_eq!(stored.user_id.as_deref(), Some("phone-user"));
+    assert_eq!(stored.reason, None);
+
+    // No user in the update: the stored one stays.
+    let push = h.inserted(h.push()).await;
+    let fail = finish(Status::Failed, Some(Reason::FailedToSend), None);
+    assert_eq!(
+        h.tx.finish(&push.id, &fail).await.unwrap(),
+        Some(FinishOutcome::Finished)
+    );
+    let stored = h.stored(&push.id).await;
+    assert_eq!(stored.user_id.as_deref(), Some("user-1"));
+    assert_eq!(stored.reason, Some(Reason::FailedToSend));
+}
+
+pub(super) async fn verify_without_a_code_counts_nothing(h: &Harness) {
+    let tx = h.inserted(h.push()).await;
+    assert_eq!(h.verify(&tx.id, "111111").await, VerifyOutcome::NoCode);
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.attempts, 0);
+    assert_eq!(stored.status, Status::Pending);
+}
+
+pub(super) async fn rate_limit_counts_per_window_and_resets(h: &Harness) {
+    // Redis windows run on Redis's own (real) time, memory windows on the injected clock, so the
+    // test moves both. One second leaves room for a busy machine between the first four hits.
+    let window = Duration::from_secs(1);
+    for n in 1..=3 {
+        let decision = h.rl.hit("login:abc", 3, window).await.unwrap();
+        assert!(decision.allowed, "hit {n}");
+        assert_eq!(decision.count, n);
+        assert!(decision.retry_after <= window);
+    }
+    let refused = h.rl.hit("login:abc", 3, window).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.count, 4);
+    assert!(refused.retry_after > Duration::ZERO);
+    assert!(refused.retry_after <= window);
+
+    let other = h.rl.hit("login:def", 3, window).await.unwrap();
+    assert!(other.allowed, "keys are counted apart");
+    assert_eq!(other.count, 1);
+
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    h.clock.advance(window + Duration::from_millis(100));
+    let fresh = h.rl.hit("login:abc", 3, window).await.unwrap();
+    assert!(fresh.allowed, "a new window starts");
+    assert_eq!(fresh.count, 1);
+
+    let none_allowed = h.rl.hit("zero", 0, window).await.unwrap();
+    assert!(!none_allowed.allowed);
+}
+
+pub(super) async fn entries_are_evicted_after_expiry_plus_retention(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 1)).await;
+    if let Some(redis) = &h.redis {
+        // The key carries (expires_at - now) + retention, from the injected clock.
+        let expected = (TTL + RETENTION).as_millis() as i64;
+        let pttl = redis.pttl(&tx_key(&redis.prefix, &tx.id));
+        assert!(
+            pttl <= expected && pttl > expected - 5_000,
+            "PTTL {pttl} ms, expected about {expected} ms"
+        );
+    }
+    // Finished and past expiry: still readable during the retention.
+    let deny = finish(Status::Denied, Some(Reason::NotAccepted), None);
+    h.tx.finish(&tx.id, &deny).await.unwrap();
+    h.clock.advance(TTL + RETENTION - Duration::from_millis(1));
+    assert_eq!(h.stored(&tx.id).await.status, Status::Denied);
+
+    h.clock.advance(Duration::from_millis(1));
+    assert_eq!(h.tx.get(&tx.id).await.unwrap(), None);
+    let candidate = h.code(&tx.id, "111111");
+    assert_eq!(h.tx.verify_code(&tx.id, &candidate).await.unwrap(), None);
+    assert_eq!(h.tx.resend(&tx.id, None).await.unwrap(), None);
+    assert_eq!(h.tx.finish(&tx.id, &deny).await.unwrap(), None);
+    // The id is free again (it never is in practice: ids are random).
+    let reused = Transaction {
+        id: tx.id,
+        ..h.sms(3, 1)
+    };
+    h.tx.insert(&reused).await.unwrap();
+}
+
+pub(super) async fn concurrent_wrong_guesses_cannot_buy_extra_tries(h: &Harness) {
+    const GUESSES: usize = 200;
+    let tx = h.inserted(h.sms(3, 0)).await;
+    let wrong = h.code(&tx.id, "222222");
+    let start = Arc::new(Barrier::new(GUESSES));
+    let mut guesses = JoinSet::new();
+    for _ in 0..GUESSES {
+        let (store, start, id) = (h.tx.clone(), start.clone(), tx.id);
+        guesses.spawn(async move {
+            start.wait().await;
+            store.verify_code(&id, &wrong).await
+        });
+    }
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    while let Some(joined) = guesses.join_next().await {
+        let outcome = joined.unwrap().unwrap().unwrap();
+        let name = match outcome {
+            VerifyOutcome::WrongCode { .. } => "wrong_code".to_owned(),
+            VerifyOutcome::Exhausted { attempts } => {
+                assert_eq!(attempts, 3);
+                "exhausted".to_owned()
+            }
+            other => format!("{other:?}"),
+        };
+        *outcomes.entry(name).or_default() += 1;
+    }
+    let expected: HashMap<String, usize> = [
+        ("wrong_code".to_owned(), 2),
+        ("exhausted".to_owned(), 1),
+        (
+            format!("{:?}", VerifyOutcome::NotPending(Status::Failed)),
+            GUESSES - 3,
+        ),
+    ]
+    .into();
+    assert_eq!(outcomes, expected);
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.attempts, 3);
+    assert_eq!(stored.status, Status::Failed);
+    assert_eq!(
+        h.verify(&tx.id, "111111").await,
+        VerifyOutcome::NotPending(Status::Failed)
+    );
+}
+
+pub(super) async fn concurrent_finishes_have_one_winner(h: &Harness) {
+    const RACERS: usize = 50;
+    let tx = h.inserted(h.push()).await;
+    let start = Arc::new(Barrier::new(RACERS));
+    let mut racers = JoinSet::new();
+    for n in 0..RACERS {
+        let (store, start, id) = (h.tx.clone(), start.clone(), tx.id);
+        racers.spawn(async move {
+            let status = if n % 2 == 0 {
+                Status::Approved
+            } else {
+                Status::Denied
+            };
+            let update = finish(status, None, Some(&format!("racer-{n}")));
+            start.wait().await;
+            (n, store.finish(&id, &update).await.unwrap().unwrap())
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = racers.join_next().await {
+        let (n, outcome) = joined.unwrap();
+        match outcome {
+            FinishOutcome::Finished => winners.push(n),
+            FinishOutcome::NotPending(Status::Approved | Status::Denied) => {}
+            other => panic!("racer {n}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = h.stored(&tx.id).await;
+    let winner = winners[0];
+    assert_eq!(stored.user_id, Some(format!("racer-{winner}")));
+}
+
+// ---- instantiation -------------------------------------------------------------------------
+
+macro_rules! conformance_suite {
+    ($harness:path) => {
+        conformance_suite!(@each $harness, #[tokio::test];
+            round_trip_keeps_every_field,
+            duplicate_insert_is_refused,
+            missing_ids_are_none,
+            right_code_approves_once,
+            wrong_codes_count_and_the_last_one_exhausts,
+            a_single_allowed_attempt_exhausts_at_once,
+            zero_max_attempts_is_unlimited_until_expiry,
+            expiry_ends_verify_resend_and_finish,
+            resends_are_bounded_and_replace_the_code,
+            resend_is_refused_when_disabled,
+            finish_is_a_compare_and_set_from_pending,
+            finish_links_the_user_and_keeps_it_otherwise,
+            verify_without_a_code_counts_nothing,
+            rate_limit_counts_per_window_and_resets,
+            entries_are_evicted_after_expiry_plus_retention
+        );
+        conformance_suite!(@each $harness, #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
+            concurrent_wrong_guesses_cannot_buy_extra_tries,
+            concurrent_finishes_have_one_winner
+        );
+    };
+    (@each $harness:path, #[$attr:meta]; $($name:ident),+ $(,)?) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                let harness = $harness().await;
+                super::$name(&harness).await;
+            }
+        )+
+    };
+}
+
+mod on_memory {
+    conformance_suite!(super::memory_harness);
+}
+
+mod on_redis {
+    conformance_suite!(super::redis_harness);
+}

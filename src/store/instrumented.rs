@@ -1,0 +1,215 @@
+//! A decorator that times every store call and records it as
+//! `stepgate_store_operation_duration_seconds{backend, operation, outcome}`, so store latency is
+//! measured the same way whatever the backend. It delegates everything else unchanged.
+//!
+//! May import: domain, telemetry.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::domain::code::CodeHash;
+use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::transaction::{Transaction, TransactionId};
+use crate::telemetry::metrics;
+
+/// Wraps a store (memory, Redis or anything else implementing the ports) with latency metrics.
+#[derive(Debug)]
+pub struct Instrumented<S> {
+    inner: S,
+    backend: &'static str,
+}
+
+impl<S: TransactionStore> Instrumented<S> {
+    /// Labels the metrics with the store's own backend name.
+    pub fn new(inner: S) -> Self {
+        let backend = inner.backend();
+        Self { inner, backend }
+    }
+}
+
+impl<S> Instrumented<S> {
+    /// For a store that is only a rate limiter: names the backend label explicitly.
+    pub fn with_backend(inner: S, backend: &'static str) -> Self {
+        Self { inner, backend }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut timer = Timer {
+            backend: self.backend,
+            operation,
+            started: Instant::now(),
+            finished: false,
+        };
+        let result = call.await;
+        timer.finish(result.is_ok());
+        result
+    }
+}
+
+/// Records the call when it completes, or as an error if the caller gives up on it (a timeout
+/// around the store call drops the future), so slow calls never vanish from the histogram.
+struct Timer {
+    backend: &'static str,
+    operation: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl Timer {
+    fn finish(&mut self, ok: bool) {
+        self.finished = true;
+        self.record(ok, self.started.elapsed());
+    }
+
+    fn record(&self, ok: bool, elapsed: Duration) {
+        metrics::record_store_operation(self.backend, self.operation, ok, elapsed);
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(false, self.started.elapsed());
+        }
+    }
+}
+
+#[async_trait]
+impl<S: TransactionStore> TransactionStore for Instrumented<S> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn insert(&self, tx: &Transaction) -> Result<(), StoreError> {
+        self.timed("insert", self.inner.insert(tx)).await
+    }
+
+    async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError> {
+        self.timed("get", self.inner.get(id)).await
+    }
+
+    async fn verify_code(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+    ) -> Result<Option<VerifyOutcome>, StoreError> {
+        self.timed("verify_code", self.inner.verify_code(id, candidate))
+            .await
+    }
+
+    async fn resend(
+        &self,
+        id: &TransactionId,
+        new_code: Option<&CodeHash>,
+    ) -> Result<Option<ResendOutcome>, StoreError> {
+        self.timed("resend", self.inner.resend(id, new_code)).await
+    }
+
+    async fn finish(
+        &self,
+        id: &TransactionId,
+        update: &Finish,
+    ) -> Result<Option<FinishOutcome>, StoreError> {
+        self.timed("finish", self.inner.finish(id, update)).await
+    }
+}
+
+#[async_trait]
+impl<S: RateLimitStore> RateLimitStore for Instrumented<S> {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        self.timed("rate_limit", self.inner.hit(key, limit, window))
+            .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::clock::{ManualClock, Timestamp};
+    use crate::store::memory::MemoryStore;
+
+    /// A store that never answers, to show that abandoned calls are still recorded.
+    struct Stuck;
+
+    #[async_trait]
+    impl RateLimitStore for Stuck {
+        async fn hit(&self, _: &str, _: u32, _: Duration) -> Result<RateDecision, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    fn sample_count(text: &str, backend: &str, operation: &str, outcome: &str) -> u64 {
+        let needle = format!(
+            "stepgate_store_operation_duration_seconds_count{{backend=\"{backend}\",operation=\"{operation}\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
+    fn rendered() -> String {
+        String::from_utf8(metrics::render().1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_call_is_delegated_and_timed() {
+        metrics::register_all();
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000)));
+        let store = Instrumented::new(MemoryStore::new(clock, Duration::from_secs(1)));
+        assert_eq!(store.backend(), "memory");
+        let before = rendered();
+
+        store.ping().await.unwrap();
+        let missing = TransactionId::random();
+        assert_eq!(store.get(&missing).await.unwrap(), None);
+        assert_eq!(store.resend(&missing, None).await.unwrap(), None);
+        let decision = store.hit("k", 1, Duration::from_secs(1)).await.unwrap();
+        assert!(decision.allowed);
+
+        let after = rendered();
+        for operation in ["ping", "get", "resend", "rate_limit"] {
+            let grew = sample_count(&after, "memory", operation, "ok")
+                - sample_count(&before, "memory", operation, "ok");
+            assert!(grew >= 1, "{operation} not recorded:\n{after}");
+        }
+    }
+
+    #[tokio::test]
+    async fn abandoned_calls_are_recorded_as_errors() {
+        metrics::register_all();
+        let store = Instrumented::with_backend(Stuck, "stuck-test");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(10),
+            store.hit("k", 1, Duration::from_secs(1)),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(
+            sample_count(&rendered(), "stuck-test", "rate_limit", "error"),
+            1
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! The embedded store: transactions and rate-limit windows in a `HashMap` behind one std `Mutex`.
+//! The default for a single instance; everything is lost on restart.
+//!
+//! Every multi-step change is one critical section that applies the pure rules of
+//! `domain::regulation` (never a copy of them). Time comes from the injected clock: a transaction
+//! is evicted at `expires_at + retention`, a rate-limit window ends `window` after its first hit,
+//! and expired entries are swept at most once per second of clock time, so memory stays bounded.
+//! The lock is never held across an `.await` (there is none inside).
+//!
+//! May import: domain.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::clock::{SharedClock, Timestamp};
+use crate::domain::code::CodeHash;
+use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
+use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::transaction::{Transaction, TransactionId};
+
+/// How often (in clock time) expired entries are swept out.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The embedded store. Cheap to share behind an `Arc`.
+pub struct MemoryStore {
+    clock: SharedClock,
+    retention: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    transactions: HashMap<TransactionId, Transaction>,
+    windows: HashMap<String, Window>,
+    /// No sweep of transactions before this time.
+    next_sweep: Timestamp,
+    /// No sweep of rate-limit windows before this time.
+    next_window_sweep: Timestamp,
+}
+
+/// One fixed rate-limit window.
+struct Window {
+    count: u32,
+    ends: Timestamp,
+}
+
+impl MemoryStore {
+    /// A store that keeps each transaction until `expires_at + retention` by `clock`.
+    pub fn new(clock: SharedClock, retention: Duration) -> Self {
+        Self {
+            clock,
+            retention,
+            state: Mutex::new(State {
+                transactions: HashMap::new(),
+                windows: HashMap::new(),
+                next_sweep: Timestamp(0),
+                next_window_sweep: Timestamp(0),
+            }),
+        }
+    }
+
+    /// Locks the state. Nothing under the lock can leave it half-changed in a way that grants
+    /// more than the rules allow (the rules only count up and move to terminal states), so a
+    /// poisoned lock is recovered rather than taking the store down for good.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn evict_at(&self, tx: &Transaction) -> Timestamp {
+        tx.expires_at.plus(self.retention)
+    }
+
+    /// Runs `change` on a live (not evicted) transaction under the lock; `None` when there is none.
+    fn with_live<R>(
+        &self,
+        id: &TransactionId,
+        change: impl FnOnce(&mut Transaction, Timestamp) -> R,
+    ) -> Option<R> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        let evict_at = self.evict_at(state.transactions.get(id)?);
+        if now >= evict_at {
+            state.transactions.remove(id);
+            return None;
+        }
+        state.transactions.get_mut(id).map(|tx| change(tx, now))
+    }
+
+    /// How many transactions are held, evicted ones not yet swept included.
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.transactions.len(), state.windows.len())
+    }
+}
+
+impl State {
+    fn sweep_transactions(&mut self, now: Timestamp, retention: Duration) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.plus(SWEEP_INTERVAL);
+        self.transactions
+            .retain(|_, tx| now < tx.expires_at.plus(retention));
+    }
+
+    fn sweep_windows(&mut self, now: Timestamp) {
+        if now < self.next_window_sweep {
+            return;
+        }
+        self.next_window_sweep = now.plus(SWEEP_INTERVAL);
+        self.windows.retain(|_, window| now < window.ends);
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("retention", &self.retention)
+            .field("transactions", &state.transactions.len())
+            .field("rate_limit_windows", &state.windows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TransactionStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn insert(&self, tx: &Transaction) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.sweep_transactions(now, self.retention);
+        if let Some(existing) = state.transactions.get(&tx.id) {
+            // A leftover past its retention counts as evicted, as on Redis.
+            if now < self.evict_at(existing) {
+                return Err(StoreError::AlreadyExists(tx.id));
+            }
+        }
+        state.transactions.insert(tx.id, tx.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError> {
+        Ok(self.with_live(id, |tx, _| tx.clone()))
+    }
+
+    async fn verify_code(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+    ) -> Result<Option<VerifyOutcome>, StoreError> {
+        Ok(self.with_live(id, |tx, now| regulation::verify(tx, candidate, now)))
+    }
+
+    async fn resend(
+        &self,
+        id: &TransactionId,
+        new_code: Option<&CodeHash>,
+    ) -> Result<Option<ResendOutcome>, StoreError> {
+        Ok(self.with_live(id, |tx, now| regulation::resend(tx, new_code.copied(), now)))
+    }
+
+    async fn finish(
+        &self,
+        id: &TransactionId,
+        update: &Finish,
+    ) -> Result<Option<FinishOutcome>, StoreError> {
+        Ok(self.with_live(id, |tx, now| regulation::finish(tx, update, now)))
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for MemoryStore {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        // A zero window would never count past one; the Redis store clamps the same way.
+        let window = window.max(Duration::from_millis(1));
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.sweep_windows(now);
+        let ends = now.plus(window);
+        if let Some(current) = state.windows.get_mut(key) {
+            if now >= current.ends {
+                *current = Window { count: 0, ends };
+            }
+            current.count = current.count.saturating_add(1);
+            return Ok(current.decision(limit, now));
+        }
+        let fresh = Window { count: 1, ends };
+        let decision = fresh.decision(limit, now);
+        state.windows.insert(key.to_owned(), fresh);
+        Ok(decision)
+    }
+}
+
+impl Window {
+    fn decision(&self, limit: u32, now: Timestamp) -> RateDecision {
+        RateDecision {
+            allowed: self.count <= limit,
+            count: self.count,
+            retry_after: now.until(self.ends),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::auth_type::Method;
+    use crate::domain::clock::{Clock, ManualClock};
+    use crate::domain::transaction::{Details, Status};
+
+    fn pending(clock: &ManualClock, ttl: Duration) -> Transaction {
+        let now = clock.now();
+        Transaction {
+            id: TransactionId::random(),
+            auth_type: "push".into(),
+            method: Method::Push,
+            user_id: Some("u".into()),
+            status: Status::Pending,
+            created_at: now,
+            expires_at: now.plus(ttl),
+            finished_at: None,
+            attempts: 0,
+            max_attempts: 0,
+            resends: 0,
+            max_resends: 0,
+            code_hash: None,
+            reason: None,
+            details: Details::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_swept_on_insert_so_memory_stays_bounded() {
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000_000)));
+        let store = MemoryStore::new(clock.clone(), Duration::from_secs(10));
+        for _ in 0..100 {
+            store
+                .insert(&pending(&clock, Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.held().0, 100);
+        // Past expiry + retention, nothing is read, but the next insert sweeps them out.
+        clock.advance(Duration::from_secs(15));
+        store
+            .insert(&pending(&clock, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(store.held().0, 1);
+    }
+
+    #[tokio::test]
+    async fn sweeps_run_at_most_once_per_second_of_clock_time() {
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000_000)));
+        let store = MemoryStore::new(clock.clone(), Duration::ZERO);
+        let short = pending(&clock, Duration::from_millis(100));
+        store.insert(&short).await.unwrap();
+        clock.advance(Duration::from_millis(200));
+        // The first insert swept at t0; the next sweep is due at t0 + 1 s.
+        store
+            .insert(&pending(&clock, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(store.held().0, 2);
+        // Unswept but evicted: reads still never see it.
+        assert_eq!(store.get(&short.id).await.unwrap(), None);
+        assert_eq!(store.held().0, 1);
+    }
+
+    #[tokio::test]
+    async fn ended_rate_limit_windows_are_swept() {
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000_000)));
+        let store = MemoryStore::new(clock.clone(), Duration::ZERO);
+        for n in 0..50 {
+            store
+                .hit(&format!("k{n}"), 5, Duration::from_millis(500))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.held().1, 50);
+        clock.advance(Duration::from_secs(2));
+        store.hit("other", 5, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(store.held().1, 1);
+    }
+
+    #[test]
+    fn debug_shows_sizes_not_contents() {
+        let store = MemoryStore::new(Arc::new(ManualClock::new(Timestamp(0))), Duration::ZERO);
+        let text = format!("{store:?}");
+        assert!(text.contains("transactions: 0"), "{text}");
+    }
+}

@@ -1,0 +1,935 @@
+//! The Redis store: transactions as hashes and rate-limit counters, shared by every instance of
+//! the gateway. Each multi-step change is one Lua script (`lua/*.lua`), one round trip, that
+//! implements the rules of `domain::regulation` with `now` taken from the injected clock.
+//!
+//! Key layout (`{prefix}` is the configured key prefix, `stepgate:` by default):
+//! - `{prefix}tx:{<uuid>}`: a HASH per transaction (the braces are a cluster hash tag). Field
+//!   `data` holds the immutable parts as JSON (`auth_type`, `method`, `created_at`, `details`);
+//!   the scalar fields `status`, `attempts`, `max_attempts`, `resends`, `max_resends`,
+//!   `expires_at` (epoch ms), `code` (hex HMAC, empty when none), `reason` (empty when none),
+//!   `finished_at` (epoch ms, empty when none) and `user_id` (absent when none) are what the
+//!   scripts read and write. The key's TTL is `(expires_at - now) + retention`, set with a
+//!   relative PEXPIRE from the injected clock.
+//! - `{prefix}rl:<key>`: a fixed-window counter (INCR, PEXPIRE on the first hit).
+//!
+//! The connection (a `ConnectionManager`, which reconnects by itself) is made on first use, and a
+//! failed attempt is not remembered: the store can be built before any runtime exists or while
+//! Redis is down, and recovers when Redis comes back. Every call is bounded by the connect and
+//! response timeouts; every failure is `StoreError::Unavailable` with a message that never
+//! carries the URL or its password.
+//!
+//! May import: domain.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError, Script};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::domain::auth_type::Method;
+use crate::domain::clock::{SharedClock, Timestamp};
+use crate::domain::code::CodeHash;
+use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+
+const COMMON_LUA: &str = include_str!("lua/common.lua");
+const VERIFY_LUA: &str = include_str!("lua/verify.lua");
+const RESEND_LUA: &str = include_str!("lua/resend.lua");
+const FINISH_LUA: &str = include_str!("lua/finish.lua");
+const INSERT_LUA: &str = include_str!("lua/insert.lua");
+const HIT_LUA: &str = include_str!("lua/hit.lua");
+
+// The script replies' first element (see lua/common.lua).
+const R_MISSING: i64 = 0;
+const R_OK: i64 = 1;
+const R_WRONG: i64 = 2;
+const R_EXHAUSTED: i64 = 3;
+const R_EXPIRED: i64 = 4;
+const R_NOT_PENDING: i64 = 5;
+const R_NO_CODE: i64 = 6;
+const R_DISABLED: i64 = 7;
+const R_LIMIT: i64 = 8;
+const R_CORRUPT: i64 = 9;
+
+// Hash fields.
+const F_DATA: &str = "data";
+const F_STATUS: &str = "status";
+const F_ATTEMPTS: &str = "attempts";
+const F_MAX_ATTEMPTS: &str = "max_attempts";
+const F_RESENDS: &str = "resends";
+const F_MAX_RESENDS: &str = "max_resends";
+const F_EXPIRES_AT: &str = "expires_at";
+const F_CODE: &str = "code";
+const F_REASON: &str = "reason";
+const F_USER_ID: &str = "user_id";
+const F_FINISHED_AT: &str = "finished_at";
+
+/// Reconnection attempts inside one connect; kept low because every call is bounded anyway and
+/// the next call starts a fresh attempt.
+const CONNECT_RETRIES: usize = 1;
+
+/// What the Redis store needs to know; `app` builds it from the checked config.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db` or `rediss://…`.
+    pub url: String,
+    /// Prepended to every key, e.g. `stepgate:`.
+    pub key_prefix: String,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on one command's answer.
+    pub response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// The URL with its password (if any) masked.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+struct Scripts {
+    insert: Script,
+    verify: Script,
+    resend: Script,
+    finish: Script,
+    hit: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_common = |body: &str| Script::new(&format!("{COMMON_LUA}\n{body}"));
+        Self {
+            insert: Script::new(INSERT_LUA),
+            verify: with_common(VERIFY_LUA),
+            resend: with_common(RESEND_LUA),
+            finish: with_common(FINISH_LUA),
+            hit: Script::new(HIT_LUA),
+        }
+    }
+}
+
+/// The shared store. Cheap to share behind an `Arc`; connects on first use.
+pub struct RedisStore {
+    client: Client,
+    manager_config: ConnectionManagerConfig,
+    connection: OnceCell<ConnectionManager>,
+    /// Bound on one whole call: connecting (if needed) plus the answer.
+    call_timeout: Duration,
+    prefix: String,
+    clock: SharedClock,
+    retention: Duration,
+    scripts: Scripts,
+    /// For logs only: the URL with its password masked.
+    shown_url: String,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shown_url)
+            .field("prefix", &self.prefix)
+            .field("retention", &self.retention)
+            .field("connected", &self.connection.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store error naming the operation and the kind of failure, never the URL or a secret.
+fn unavailable(operation: &str, err: &RedisError) -> StoreError {
+    let cause = if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connection_refusal() {
+        "connection refused".to_owned()
+    } else if err.is_connection_dropped() {
+        "connection lost".to_owned()
+    } else {
+        let category = match err.category() {
+            "" => "server error",
+            category => category,
+        };
+        match (err.code(), err.detail()) {
+            // Server replies (script errors, WRONGPASS, OOM) carry no secret of ours.
+            (Some(code), Some(detail)) if matches!(err.kind(), ::redis::ErrorKind::Server(_)) => {
+                format!("{category} ({code} {detail})")
+            }
+            (Some(code), _) => format!("{category} ({code})"),
+            _ => category.to_owned(),
+        }
+    };
+    StoreError::Unavailable(format!("redis {operation}: {cause}"))
+}
+
+fn corrupt(what: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("redis transaction: {what}"))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The transaction's key; the braces make the id a cluster hash tag.
+pub(crate) fn tx_key(prefix: &str, id: &TransactionId) -> String {
+    format!("{prefix}tx:{{{id}}}")
+}
+
+fn rl_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}rl:{key}")
+}
+
+/// The parts of a transaction that never change, stored as one JSON field.
+#[derive(Serialize, Deserialize)]
+struct Immutable {
+    auth_type: String,
+    method: String,
+    created_at: u64,
+    #[serde(default)]
+    details: Details,
+}
+
+/// `{kind, a, b, status}`, as every transaction script replies.
+type Reply = (i64, i64, i64, String);
+
+impl RedisStore {
+    /// Parses the URL and prepares the scripts; does not connect (that happens on first use, so
+    /// this works before any runtime exists and while Redis is down).
+    pub fn new(
+        settings: RedisSettings,
+        clock: SharedClock,
+        retention: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = Client::open(settings.url.as_str()).map_err(|err| unavailable("url", &err))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_number_of_retries(CONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Self {
+            client,
+            manager_config,
+            connection: OnceCell::new(),
+            call_timeout: settings.connect_timeout + settings.response_timeout,
+            prefix: settings.key_prefix,
+            clock,
+            retention,
+            scripts: Scripts::new(),
+            shown_url: redact(&settings.url),
+        })
+    }
+
+    /// The shared connection, made on first use. A failed connect leaves the cell empty, so the
+    /// next call tries again.
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| {
+                self.client
+                    .get_connection_manager_with_config(self.manager_config.clone())
+            })
+            .await
+            .map_err(|err| unavailable("connect", &err))?;
+        Ok(manager.clone())
+    }
+
+    /// Runs one call on the connection, bounded by the connect and response timeouts.
+    async fn call<T, F, Fut>(&self, operation: &'static str, run: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let attempt = async {
+            let connection = self.connection().await?;
+            run(connection)
+                .await
+                .map_err(|err| unavailable(operation, &err))
+        };
+        tokio::time::timeout(self.call_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "redis {operation}: timed out"
+                )))
+            })
+    }
+
+    /// Runs a transaction script: KEYS[1] the transaction, ARGV now, retention, then `extra`.
+    async fn run_tx_script(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        id: &TransactionId,
+        extra: &[&str],
+    ) -> Result<Reply, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(tx_key(&self.prefix, id))
+            .arg(self.clock.now().millis())
+            .arg(millis(self.retention));
+        for arg in extra {
+            invocation.arg(*arg);
+        }
+        self.call(operation, |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+    }
+
+    fn encode(&self, tx: &Transaction) -> Result<Vec<(&'static str, String)>, StoreError> {
+        let immutable = Immutable {
+            auth_type: tx.auth_type.clone(),
+            method: tx.method.as_str().to_owned(),
+            created_at: tx.created_at.millis(),
+            details: tx.details.clone(),
+        };
+        let data = serde_json::to_string(&immutable)
+            .map_err(|err| corrupt(format!("cannot encode: {err}")))?;
+        let mut fields = vec![
+            (F_DATA, data),
+            (F_STATUS, tx.status.as_str().to_owned()),
+            (F_ATTEMPTS, tx.attempts.to_string()),
+            (F_MAX_ATTEMPTS, tx.max_attempts.to_string()),
+            (F_RESENDS, tx.resends.to_string()),
+            (F_MAX_RESENDS, tx.max_resends.to_string()),
+            (F_EXPIRES_AT, tx.expires_at.millis().to_string()),
+            (
+                F_CODE,
+                tx.code_hash.map(|code| code.to_hex()).unwrap_or_default(),
+            ),
+            (
+                F_REASON,
+                tx.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            ),
+            (
+                F_FINISHED_AT,
+                tx.finished_at
+                    .map(|at| at.millis().to_string())
+                    .unwrap_or_default(),
+            ),
+        ];
+        if let Some(user_id) = &tx.user_id {
+            fields.push((F_USER_ID, user_id.clone()));
+        }
+        Ok(fields)
+    }
+}
+
+/// Rebuilds a transaction from its hash.
+fn decode(id: TransactionId, fields: &HashMap<String, String>) -> Result<Transaction, StoreError> {
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("field {name} missing")))
+    };
+    let number = |name: &str| -> Result<u64, StoreError> {
+        field(name)?
+            .parse()
+            .map_err(|_| corrupt(format!("field {name} is not a number")))
+    };
+    let counter = |name: &str| -> Result<u32, StoreError> {
+        u32::try_from(number(name)?).map_err(|_| corrupt(format!("field {name} out of range")))
+    };
+    let optional = |name: &str| fields.get(name).filter(|value| !value.is_empty());
+
+    let immutable: Immutable = serde_json::from_str(field(F_DATA)?)
+        .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+    let method: Method = immutable
+        .method
+        .parse()
+        .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+    let status: Status = field(F_STATUS)?
+        .parse()
+        .map_err(|err| corrupt(format!("field {F_STATUS}: {err}")))?;
+    let reason = optional(F_REASON)
+        .map(|text| text.parse::<Reason>())
+        .transpose()
+        .map_err(|err| corrupt(format!("field {F_REASON}: {err}")))?;
+    let code_hash = optional(F_CODE)
+        .map(|hex| CodeHash::from_hex(hex).ok_or_else(|| corrupt("field code is not a hash")))
+        .transpose()?;
+    let finished_at = match optional(F_FINISHED_AT) {
+        Some(_) => Some(Timestamp(number(F_FINISHED_AT)?)),
+        None => None,
+    };
+    Ok(Transaction {
+        id,
+        auth_type: immutable.auth_type,
+        method,
+        user_id: fields.get(F_USER_ID).cloned(),
+        status,
+        created_at: Timestamp(immutable.created_at),
+        expires_at: Timestamp(number(F_EXPIRES_AT)?),
+        finished_at,
+        attempts: counter(F_ATTEMPTS)?,
+        max_attempts: counter(F_MAX_ATTEMPTS)?,
+        resends: counter(F_RESENDS)?,
+        max_resends: counter(F_MAX_RESENDS)?,
+        code_hash,
+        reason,
+        details: immutable.details,
+    })
+}
+
+/// A counter from a script reply.
+fn reply_count(value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| corrupt("counter out of range in script reply"))
+}
+
+fn reply_status(text: &str) -> Result<Status, StoreError> {
+    text.parse()
+        .map_err(|err| corrupt(format!("script reply: {err}")))
+}
+
+fn unexpected(reply: &Reply) -> StoreError {
+    if reply.0 == R_CORRUPT {
+        corrupt("counters missing or not numbers")
+    } else {
+        corrupt(format!("unexpected script reply kind {}", reply.0))
+    }
+}
+
+#[async_trait]
+impl TransactionStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call("ping", |mut connection| async move {
+            ::redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn insert(&self, tx: &Transaction) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let ttl = millis(now.until(tx.expires_at) + self.retention).max(1);
+        let mut invocation = self.scripts.insert.prepare_invoke();
+        invocation
+            .key(tx_key(&self.prefix, &tx.id))
+            .arg(now.millis())
+            .arg(millis(self.retention))
+            .arg(ttl);
+        for (name, value) in self.encode(tx)? {
+            invocation.arg(name).arg(value);
+        }
+        let stored: i64 = self
+            .call("insert", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::AlreadyExists(tx.id))
+        }
+    }
+
+    async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError> {
+        let key = tx_key(&self.prefix, id);
+        let fields: HashMap<String, String> = self
+            .call("get", |mut connection| async move {
+                ::redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let tx = decode(*id, &fields)?;
+        // Gone by the injected clock even if Redis has not expired the key yet.
+        if self.clock.now() >= tx.expires_at.plus(self.retention) {
+            return Ok(None);
+        }
+        Ok(Some(tx))
+    }
+
+    async fn verify_code(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+    ) -> Result<Option<VerifyOutcome>, StoreError> {
+        let candidate = candidate.to_hex();
+        let reply = self
+            .run_tx_script("verify_code", &self.scripts.verify, id, &[&candidate])
+            .await?;
+        let outcome = match reply.0 {
+            R_MISSING => return Ok(None),
+            R_OK => VerifyOutcome::Approved {
+                attempts: reply_count(reply.1)?,
+            },
+            R_WRONG => VerifyOutcome::WrongCode {
+                attempts: reply_count(reply.1)?,
+                remaining: if reply.2 < 0 {
+                    None
+                } else {
+                    Some(reply_count(reply.2)?)
+                },
+            },
+            R_EXHAUSTED => VerifyOutcome::Exhausted {
+                attempts: reply_count(reply.1)?,
+            },
+            R_EXPIRED => VerifyOutcome::Expired,
+            R_NOT_PENDING => VerifyOutcome::NotPending(reply_status(&reply.3)?),
+            R_NO_CODE => VerifyOutcome::NoCode,
+            _ => return Err(unexpected(&reply)),
+        };
+        Ok(Some(outcome))
+    }
+
+    async fn resend(
+        &self,
+        id: &TransactionId,
+        new_code: Option<&CodeHash>,
+    ) -> Result<Option<ResendOutcome>, StoreError> {
+        let new_code = new_code.map(CodeHash::to_hex).unwrap_or_default();
+        let reply = self
+            .run_tx_script("resend", &self.scripts.resend, id, &[&new_code])
+            .await?;
+        let outcome = match reply.0 {
+            R_MISSING => return Ok(None),
+            R_OK => ResendOutcome::Resent {
+                resends: reply_count(reply.1)?,
+            },
+            R_DISABLED => ResendOutcome::Disabled,
+            R_LIMIT => ResendOutcome::LimitReached,
+            R_EXPIRED => ResendOutcome::Expired,
+            R_NOT_PENDING => ResendOutcome::NotPending(reply_status(&reply.3)?),
+            _ => return Err(unexpected(&reply)),
+        };
+        Ok(Some(outcome))
+    }
+
+    async fn finish(
+        &self,
+        id: &TransactionId,
+        update: &Finish,
+    ) -> Result<Option<FinishOutcome>, StoreError> {
+        let reason = update.reason.map(Reason::as_str).unwrap_or_default();
+        let (link, user_id) = match &update.user_id {
+            Some(user_id) => ("1", user_id.as_str()),
+            None => ("0", ""),
+        };
+        let reply = self
+            .run_tx_script(
+                "finish",
+                &self.scripts.finish,
+                id,
+                &[update.status.as_str(), reason, link, user_id],
+            )
+            .await?;
+        let outcome = match reply.0 {
+            R_MISSING => return Ok(None),
+            R_OK => FinishOutcome::Finished,
+            R_EXPIRED => FinishOutcome::Expired,
+            R_NOT_PENDING => FinishOutcome::NotPending(reply_status(&reply.3)?),
+            _ => return Err(unexpected(&reply)),
+        };
+        Ok(Some(outcome))
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for RedisStore {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        let mut invocation = self.scripts.hit.prepare_invoke();
+        invocation
+            .key(rl_key(&self.prefix, key))
+            .arg(millis(window).max(1));
+        let (count, ttl): (i64, i64) = self
+            .call("rate_limit", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let count = u32::try_from(count.max(0)).unwrap_or(u32::MAX);
+        Ok(RateDecision {
+            allowed: count <= limit,
+            count,
+            retry_after: Duration::from_millis(u64::try_from(ttl).unwrap_or(0).max(1)),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::{JoinHandle, JoinSet};
+
+    use super::*;
+    use crate::domain::clock::{Clock, ManualClock};
+    use crate::store::conformance::test_redis_url;
+
+    fn settings(url: &str) -> RedisSettings {
+        RedisSettings {
+            url: url.to_owned(),
+            key_prefix: format!("stepgate-test:{}:", uuid::Uuid::new_v4()),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn store(url: &str) -> RedisStore {
+        RedisStore::new(
+            settings(url),
+            Arc::new(ManualClock::starting_now()),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn builds_without_a_runtime_and_without_connecting() {
+        // No tokio runtime here, and nothing listens on port 1.
+        let store = store("redis://:hunter2@127.0.0.1:1/0");
+        let shown = format!("{store:?}");
+        assert!(shown.contains("connected: false"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            !format!("{:?}", settings("redis://:hunter2@h:1/0")).contains("hunter2"),
+            "settings debug must mask the password"
+        );
+    }
+
+    #[test]
+    fn a_url_that_is_not_redis_is_refused_without_echoing_it() {
+        let err = RedisStore::new(
+            settings("http://user:hunter2@nowhere/"),
+            Arc::new(ManualClock::starting_now()),
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_fast_with_unavailable() {
+        let store = store("redis://:hunter2@127.0.0.1:1/0");
+        let started = Instant::now();
+        let err = store.ping().await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let id = TransactionId::random();
+        assert!(matches!(
+            store.get(&id).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.hit("k", 1, Duration::from_secs(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_blackholed_redis_is_bounded_by_the_timeouts() {
+        // Accepts TCP but never answers: the response timeout must end the call.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut settings = settings(&format!("redis://127.0.0.1:{port}/0"));
+        settings.connect_timeout = Duration::from_millis(300);
+        settings.response_timeout = Duration::from_millis(300);
+        let store = RedisStore::new(
+            settings,
+            Arc::new(ManualClock::starting_now()),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let started = Instant::now();
+        let err = store.ping().await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Forwards every connection on `listener` to `upstream`; aborting the handle drops the
+    /// listener and every forwarded connection, which looks to the client like Redis going away.
+    fn forward(listener: TcpListener, upstream: SocketAddr) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        })
+    }
+
+    async fn ping_until_ok(store: &RedisStore) -> Result<(), StoreError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match store.ping().await {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() > deadline => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn recovers_by_itself_when_redis_comes_back() {
+        let real = url::Url::parse(&test_redis_url()).unwrap();
+        let upstream: SocketAddr = format!(
+            "{}:{}",
+            real.host_str().unwrap(),
+            real.port().unwrap_or(6379)
+        )
+        .parse()
+        .unwrap();
+        // A port where nothing listens yet.
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let mut via = real.clone();
+        via.set_port(Some(port)).unwrap();
+        let store = store(via.as_str());
+
+        // Down at boot: fails, and the failure is not remembered.
+        assert!(matches!(
+            store.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let proxy = forward(
+            TcpListener::bind(("127.0.0.1", port)).await.unwrap(),
+            upstream,
+        );
+        ping_until_ok(&store).await.unwrap();
+
+        // Goes away while connected: calls fail…
+        proxy.abort();
+        let _ = proxy.await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.ping().await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "ping kept working with Redis gone"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // …and work again once it is back, with no restart of the store.
+        let proxy = forward(
+            TcpListener::bind(("127.0.0.1", port)).await.unwrap(),
+            upstream,
+        );
+        ping_until_ok(&store).await.unwrap();
+        // Scripts too (EVALSHA falls back to loading the script on a fresh connection).
+        assert_eq!(
+            store
+                .hit("recovery", 5, Duration::from_millis(200))
+                .await
+                .unwrap()
+                .count,
+            1
+        );
+        proxy.abort();
+    }
+
+    #[test]
+    fn scripts_compare_codes_with_the_constant_time_helper_only() {
+        assert!(
+            COMMON_LUA.contains("bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i)))")
+        );
+        // In verify.lua the stored code and the candidate meet only inside ct_equal; the one
+        // other mention of the stored code is the presence check.
+        let mut compared = 0;
+        for (n, line) in VERIFY_LUA.lines().enumerate() {
+            let code = line.split("--").next().unwrap_or_default().trim();
+            if !(code.contains("tx.code") || code.contains("ARGV[3]")) {
+                continue;
+            }
+            if code.contains("ct_equal(tx.code, ARGV[3])") {
+                compared += 1;
+            } else {
+                assert_eq!(code, "if tx.code == '' then", "verify.lua line {}", n + 1);
+            }
+        }
+        assert_eq!(compared, 1);
+    }
+
+    #[tokio::test]
+    async fn lua_constant_time_compare_accepts_only_identical_hashes() {
+        let client = Client::open(test_redis_url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let probe = Script::new(&format!(
+            "{COMMON_LUA}\nif ct_equal(ARGV[3], ARGV[4]) then return 1 else return 0 end"
+        ));
+        let a = "a".repeat(64);
+        let mut last_differs = a.clone();
+        last_differs.replace_range(63.., "b");
+        let mut first_differs = a.clone();
+        first_differs.replace_range(..1, "0");
+        let cases = [
+            (a.as_str(), a.as_str(), 1),
+            (a.as_str(), last_differs.as_str(), 0),
+            (a.as_str(), first_differs.as_str(), 0),
+            (a.as_str(), &a[..63], 0),
+            (a.as_str(), "", 0),
+        ];
+        for (left, right, expected) in cases {
+            let equal: i64 = probe
+                .key("stepgate-test:unused")
+                .arg(0)
+                .arg(0)
+                .arg(left)
+                .arg(right)
+                .invoke_async(&mut connection)
+                .await
+                .unwrap();
+            assert_eq!(equal, expected, "{left} vs {right}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_layout_is_a_hash_with_scalar_fields_and_a_relative_ttl() {
+        let url = test_redis_url();
+        let settings = settings(&url);
+        let prefix = settings.key_prefix.clone();
+        let clock = Arc::new(ManualClock::starting_now());
+        let store = RedisStore::new(settings, clock.clone(), Duration::from_secs(60)).unwrap();
+        let now = clock.now();
+        let id = TransactionId::random();
+        let code = CodeHash::from_hex(&"ab".repeat(32)).unwrap();
+        let tx = Transaction {
+            id,
+            auth_type: "sms".into(),
+            method: Method::Sms,
+            user_id: None,
+            status: Status::Pending,
+            created_at: now,
+            expires_at: now.plus(Duration::from_secs(120)),
+            finished_at: None,
+            attempts: 0,
+            max_attempts: 3,
+            resends: 0,
+            max_resends: 1,
+            code_hash: Some(code),
+            reason: None,
+            details: Details::default(),
+        };
+        store.insert(&tx).await.unwrap();
+
+        let client = Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("{prefix}tx:{{{id}}}");
+        let fields: HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(fields["status"], "pending");
+        assert_eq!(fields["code"], "ab".repeat(32));
+        assert_eq!(
+            fields["expires_at"],
+            now.plus(Duration::from_secs(120)).to_string()
+        );
+        assert_eq!(fields["max_attempts"], "3");
+        assert_eq!(fields["reason"], "");
+        assert_eq!(fields["finished_at"], "");
+        assert!(!fields.contains_key("user_id"));
+        let data: serde_json::Value = serde_json::from_str(&fields["data"]).unwrap();
+        assert_eq!(data["method"], "sms");
+        assert_eq!(data["created_at"], now.millis());
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_corrupt_not_missing() {
+        let url = test_redis_url();
+        let settings = settings(&url);
+        let prefix = settings.key_prefix.clone();
+        let store = RedisStore::new(
+            settings,
+            Arc::new(ManualClock::starting_now()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let id = TransactionId::random();
+        let key = tx_key(&prefix, &id);
+        let client = Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = ::redis::cmd("HSET")
+            .arg(&key)
+            .arg("status")
+            .arg("pending")
+            .arg("attempts")
+            .arg("many")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(60_000)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let get = store.get(&id).await;
+        let candidate = CodeHash::from_hex(&"00".repeat(32)).unwrap();
+        let verify = store.verify_code(&id, &candidate).await;
+        let _: () = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(matches!(get, Err(StoreError::Corrupt(_))), "{get:?}");
+        assert!(matches!(verify, Err(StoreError::Corrupt(_))), "{verify:?}");
+    }
+}

@@ -1,0 +1,287 @@
+//! A builder for a running gateway (`GateBuilder` -> `Gate`), a scratch Redis server, and a
+//! plain HTTP client. Every gate gets its own ports, directory and Redis key prefix.
+
+use std::fs;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_stepgate");
+pub const SECRET: &str = "e2e-secret-0123456789abcdef0123456789";
+
+pub fn redis_url() -> String {
+    std::env::var("STEPGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+pub fn free_addr() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    socket.local_addr().expect("local addr")
+}
+
+pub fn client() -> reqwest::Client {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+pub enum StoreChoice {
+    Memory,
+    Redis { url: String },
+}
+
+pub struct GateBuilder {
+    store: StoreChoice,
+    extra_yaml: String,
+}
+
+impl GateBuilder {
+    pub fn memory() -> Self {
+        Self {
+            store: StoreChoice::Memory,
+            extra_yaml: String::new(),
+        }
+    }
+
+    pub fn redis(url: impl Into<String>) -> Self {
+        Self {
+            store: StoreChoice::Redis { url: url.into() },
+            extra_yaml: String::new(),
+        }
+    }
+
+    /// Appends top-level YAML to the generated config.
+    #[allow(dead_code)]
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.extra_yaml.push_str(extra);
+        self
+    }
+
+    pub fn config_text(&self, api: SocketAddr, metrics: SocketAddr, proxy: SocketAddr) -> String {
+        let store = match &self.store {
+            StoreChoice::Memory => "store: { backend: memory }\n".to_owned(),
+            StoreChoice::Redis { url } => format!(
+                "store:\n  backend: redis\n  redis: {{ url: \"{url}\", key_prefix: \"stepgate-e2e:{}:\", connect_timeout_ms: 300, response_timeout_ms: 300 }}\n",
+                uuid_like()
+            ),
+        };
+        format!(
+            "listen: {{ proxy: \"{proxy}\", api: \"{api}\", metrics: \"{metrics}\" }}\n\
+             secret_key: \"{SECRET}\"\n\
+             server: {{ threads: 1, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\n\
+             log: {{ level: info }}\n\
+             {store}{}",
+            self.extra_yaml
+        )
+    }
+
+    pub fn start(self) -> Gate {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (api, metrics, proxy) = (free_addr(), free_addr(), free_addr());
+        let config = dir.path().join("config.yaml");
+        fs::write(&config, self.config_text(api, metrics, proxy)).expect("write config");
+        let gate = Gate::spawn(dir, config, api, metrics);
+        gate.wait_until_live();
+        gate
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_suffix()
+    )
+}
+
+fn rand_suffix() -> u128 {
+    let mut bytes = [0u8; 8];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    u128::from(u64::from_le_bytes(bytes))
+}
+
+pub struct Gate {
+    child: Child,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Gate {
+    fn spawn(dir: TempDir, config: PathBuf, api: SocketAddr, metrics: SocketAddr) -> Gate {
+        let log = dir.path().join("stepgate.log");
+        let log_file = fs::File::create(&log).expect("log file");
+        let child = Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn stepgate");
+        Gate {
+            child,
+            api,
+            metrics,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_until_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.api).is_ok()
+                && std::net::TcpStream::connect(self.metrics).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("stepgate did not come up; log:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stepgate did not stop within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// A private `redis-server` on a fixed port, which tests stop and start to simulate outages.
+pub struct ScratchRedis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl ScratchRedis {
+    pub fn new() -> Self {
+        Self {
+            port: free_addr().port(),
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/with-deps installs it)");
+        self.child = Some(child);
+        wait_for_port(self.port, Path::new("redis-server"));
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ScratchRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_for_port(port: u16, what: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not listen on {port}", what.display());
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}

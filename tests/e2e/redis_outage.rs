@@ -1,0 +1,66 @@
+//! Store outage: the gate boots without Redis, reports not ready (503) while Redis is away, and
+//! recovers by itself each time Redis returns, with no restart of the gate.
+
+use std::time::Duration;
+
+use crate::harness::{GateBuilder, ScratchRedis, client, eventually};
+
+async fn ready_status(url: &str) -> u16 {
+    match client().get(url).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_redis_down_and_up() {
+    let mut redis = ScratchRedis::new();
+    let gate = GateBuilder::redis(redis.url()).start();
+    let ready = gate.url("/ready");
+
+    assert_eq!(ready_status(&ready).await, 503, "Redis has not started yet");
+    assert_eq!(
+        ready_status(&gate.url("/health")).await,
+        200,
+        "liveness does not depend on the store"
+    );
+
+    redis.start();
+    eventually(
+        Duration::from_secs(15),
+        "ready after Redis starts",
+        || async { ready_status(&ready).await == 200 },
+    )
+    .await;
+
+    redis.stop();
+    eventually(Duration::from_secs(15), "503 after Redis stops", || async {
+        ready_status(&ready).await == 503
+    })
+    .await;
+
+    redis.start();
+    eventually(
+        Duration::from_secs(15),
+        "ready again after Redis returns",
+        || async { ready_status(&ready).await == 200 },
+    )
+    .await;
+
+    let metrics = client()
+        .get(gate.metrics_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stepgate_store_up{backend=\"redis\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stepgate_store_operation_duration_seconds_count{backend=\"redis\",operation=\"ping\",outcome=\"error\"}"),
+        "{metrics}"
+    );
+}
