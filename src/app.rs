@@ -21,7 +21,7 @@ use crate::domain::ports::{StoreError, TransactionStore};
 use crate::service::health::Readiness;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::redis::RedisStore;
 use crate::telemetry::{self, metrics};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -57,19 +57,11 @@ fn build_store(
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
         StoreBackend::Memory => Arc::new(Instrumented::new(MemoryStore::new(clock, retention))),
-        StoreBackend::Redis(redis) => {
-            let adapter_settings = RedisSettings {
-                url: redis.url.clone(),
-                key_prefix: redis.key_prefix.clone(),
-                connect_timeout: redis.connect_timeout,
-                response_timeout: redis.response_timeout,
-            };
-            Arc::new(Instrumented::new(RedisStore::new(
-                adapter_settings,
-                clock,
-                retention,
-            )?))
-        }
+        StoreBackend::Redis(redis) => Arc::new(Instrumented::new(RedisStore::new(
+            redis.clone(),
+            clock,
+            retention,
+        )?)),
     })
 }
 

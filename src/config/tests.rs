@@ -214,3 +214,15 @@ fn shape_error_messages_read_cleanly() {
     );
     assert!(!rendered.contains('\n'), "one line per issue: {rendered}");
 }
+
+#[test]
+fn tls_to_redis_is_allowed_but_never_unverified() {
+    let ok =
+        minimal("store: { backend: redis, redis: { url: \"rediss://cache.internal:6380/0\" } }\n");
+    assert!(load_str(&ok, Path::new("ok.yaml"), &no_env()).is_ok());
+    let issues = issues_of(&minimal(
+        "store: { redis: { url: \"rediss://cache:6380/0#insecure\" } }\n",
+    ));
+    assert_eq!(issues[0].path, "store.redis.url");
+    assert!(issues[0].message.contains("SSL_CERT_FILE"));
+}

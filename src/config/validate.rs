@@ -238,6 +238,10 @@ fn store(store: &schema::Store, problems: &mut Problems) -> Option<StoreSettings
             problems.add("store.redis.url", format!("'{shown}' is not a redis URL: {} (expected redis://host:port/db or rediss://host:port/db)", err.detail().unwrap_or("invalid URL")));
         }
     }
+    if redis.url.contains("#insecure") {
+        redis_ok = false;
+        problems.add("store.redis.url", "certificate checks cannot be switched off (expected a rediss:// server whose certificate the system trusts; point SSL_CERT_FILE at a private CA)");
+    }
     if redis.key_prefix.is_empty() || redis.key_prefix.chars().any(char::is_whitespace) {
         redis_ok = false;
         problems.add(

@@ -18,7 +18,7 @@
 //! response timeouts; every failure is `StoreError::Unavailable` with a message that never
 //! carries the URL or its password.
 //!
-//! May import: domain.
+//! May import: domain, config (its checked `RedisSettings`), telemetry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +31,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+pub use crate::config::settings::RedisSettings;
+use crate::config::settings::redact_url_password;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
@@ -73,43 +75,6 @@ const F_FINISHED_AT: &str = "finished_at";
 /// Reconnection attempts inside one connect; kept low because every call is bounded anyway and
 /// the next call starts a fresh attempt.
 const CONNECT_RETRIES: usize = 1;
-
-/// What the Redis store needs to know; `app` builds it from the checked config.
-#[derive(Clone)]
-pub struct RedisSettings {
-    /// `redis://[user:password@]host:port/db` or `rediss://…`.
-    pub url: String,
-    /// Prepended to every key, e.g. `stepgate:`.
-    pub key_prefix: String,
-    /// Bound on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Bound on one command's answer.
-    pub response_timeout: Duration,
-}
-
-impl fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &redact(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .finish()
-    }
-}
-
-/// The URL with its password (if any) masked.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable url>".to_owned(),
-    }
-}
 
 struct Scripts {
     insert: Script,
@@ -237,7 +202,7 @@ impl RedisStore {
             clock,
             retention,
             scripts: Scripts::new(),
-            shown_url: redact(&settings.url),
+            shown_url: redact_url_password(&settings.url),
         })
     }
 

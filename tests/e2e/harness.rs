@@ -43,6 +43,7 @@ pub enum StoreChoice {
 pub struct GateBuilder {
     store: StoreChoice,
     extra_yaml: String,
+    env: Vec<(String, String)>,
 }
 
 impl GateBuilder {
@@ -50,6 +51,7 @@ impl GateBuilder {
         Self {
             store: StoreChoice::Memory,
             extra_yaml: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -57,7 +59,14 @@ impl GateBuilder {
         Self {
             store: StoreChoice::Redis { url: url.into() },
             extra_yaml: String::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the gate process.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
     }
 
     /// Appends top-level YAML to the generated config.
@@ -90,7 +99,7 @@ impl GateBuilder {
         let (api, metrics, proxy) = (free_addr(), free_addr(), free_addr());
         let config = dir.path().join("config.yaml");
         fs::write(&config, self.config_text(api, metrics, proxy)).expect("write config");
-        let gate = Gate::spawn(dir, config, api, metrics);
+        let gate = Gate::spawn(dir, config, api, metrics, &self.env);
         gate.wait_until_live();
         gate
     }
@@ -119,13 +128,20 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn spawn(dir: TempDir, config: PathBuf, api: SocketAddr, metrics: SocketAddr) -> Gate {
+    fn spawn(
+        dir: TempDir,
+        config: PathBuf,
+        api: SocketAddr,
+        metrics: SocketAddr,
+        env: &[(String, String)],
+    ) -> Gate {
         let log = dir.path().join("stepgate.log");
         let log_file = fs::File::create(&log).expect("log file");
         let child = Command::new(BINARY)
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -205,6 +221,7 @@ pub fn signal(pid: u32, name: &str) {
 /// A private `redis-server` on a fixed port, which tests stop and start to simulate outages.
 pub struct ScratchRedis {
     pub port: u16,
+    tls: bool,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -213,28 +230,72 @@ impl ScratchRedis {
     pub fn new() -> Self {
         Self {
             port: free_addr().port(),
+            tls: false,
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
+    /// A Redis that only speaks TLS, with a certificate for 127.0.0.1 issued by a private CA
+    /// (`ca_file`), both made by `openssl`.
+    pub fn with_tls() -> Self {
+        let mut redis = Self::new();
+        redis.tls = true;
+        let dir = redis.dir.path();
+        let openssl = |args: &str| {
+            let status = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(status.success(), "openssl {args}");
+        };
+        fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write ext");
+        openssl(
+            "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=stepgate-test-ca -keyout ca.key -out ca.pem",
+        );
+        openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out server.csr");
+        openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out cert.pem",
+        );
+        redis
+    }
+
+    /// The CA that issued a TLS Redis's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        if self.tls {
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.path().join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.path().join("key.pem"));
+        } else {
+            command.args(["--port", &port]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -1,5 +1,5 @@
-//! Store outage: the gate boots without Redis, reports not ready (503) while Redis is away, and
-//! recovers by itself each time Redis returns, with no restart of the gate.
+//! Store outage and transport: the gate boots without Redis, reports not ready (503) while Redis is away, and
+//! recovers by itself each time Redis returns, with no restart of the gate; and `rediss://` speaks TLS.
 
 use std::time::Duration;
 
@@ -63,4 +63,21 @@ async fn readiness_follows_redis_down_and_up() {
         metrics.contains("stepgate_store_operation_duration_seconds_count{backend=\"redis\",operation=\"ping\",outcome=\"error\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn rediss_urls_speak_tls_to_redis() {
+    let mut redis = ScratchRedis::with_tls();
+    redis.start();
+    let ca = redis.ca_file().display().to_string();
+    let gate = GateBuilder::redis(redis.url())
+        .env("SSL_CERT_FILE", ca)
+        .start();
+    let ready = gate.url("/ready");
+    eventually(
+        Duration::from_secs(15),
+        "ready over TLS with the certificate verified",
+        || async { ready_status(&ready).await == 200 },
+    )
+    .await;
 }

@@ -64,3 +64,19 @@ local function ct_equal(a, b)
   end
   return diff == 0
 end
+
+-- The opening every counting script shares: the transaction when it is pending and within its
+-- lifetime, or the reply to give instead (missing, not pending, or just expired).
+local function load_pending()
+  local tx, reply = load_tx()
+  if not tx then
+    return nil, reply
+  end
+  if tx.status ~= 'pending' then
+    return nil, { R_NOT_PENDING, 0, 0, tx.status }
+  end
+  if expire_if_due(tx) then
+    return nil, { R_EXPIRED, 0, 0, '' }
+  end
+  return tx, nil
+end

@@ -1,15 +1,9 @@
 -- regulation::resend. ARGV[3]: the new code's hash (64 hex characters), or '' to keep the code.
 -- Replies: Resent {1, resends}, Disabled {7}, LimitReached {8}, Expired {4},
 -- NotPending {5, 0, 0, status}.
-local tx, reply = load_tx()
+local tx, reply = load_pending()
 if not tx then
   return reply
-end
-if tx.status ~= 'pending' then
-  return { R_NOT_PENDING, 0, 0, tx.status }
-end
-if expire_if_due(tx) then
-  return { R_EXPIRED, 0, 0, '' }
 end
 if tx.max_resends == 0 then
   return { R_DISABLED, 0, 0, '' }

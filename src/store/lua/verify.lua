@@ -1,15 +1,9 @@
 -- regulation::verify. ARGV[3]: the submitted code's hash, 64 hex characters.
 -- Replies: Approved {1, attempts}, WrongCode {2, attempts, remaining | -1 when unlimited},
 -- Exhausted {3, attempts}, Expired {4}, NotPending {5, 0, 0, status}, NoCode {6}.
-local tx, reply = load_tx()
+local tx, reply = load_pending()
 if not tx then
   return reply
-end
-if tx.status ~= 'pending' then
-  return { R_NOT_PENDING, 0, 0, tx.status }
-end
-if expire_if_due(tx) then
-  return { R_EXPIRED, 0, 0, '' }
 end
 if tx.code == '' then
   return { R_NO_CODE, 0, 0, '' }
