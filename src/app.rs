@@ -13,12 +13,17 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
+use crate::api::mobile_auth::MobileAuthState;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
 use crate::domain::clock::{SharedClock, SystemClock};
-use crate::domain::ports::{StoreError, TransactionStore};
+use crate::domain::code::CodeHasher;
+use crate::domain::ports::{RateLimitStore, StoreError, TransactionStore};
+use crate::notify::{self, NotifyError};
 use crate::service::health::Readiness;
+use crate::service::sms::{SmsLimits, SmsService};
+use crate::service::transactions::TransactionEngine;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -39,6 +44,10 @@ pub enum AppError {
     },
     #[error("cannot set up the store: {0}")]
     Store(#[from] StoreError),
+    #[error("SMS gateway: {0}")]
+    Sms(#[from] NotifyError),
+    #[error("cannot start a runtime for the start-up checks: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Installs logging as configured. Separate from `run` so the CLI can log config problems too.
@@ -50,18 +59,33 @@ pub fn init_logging(settings: &Settings) {
     telemetry::init_tracing(&settings.log.level, format);
 }
 
-fn build_store(
-    settings: &Settings,
-    clock: SharedClock,
-) -> Result<Arc<dyn TransactionStore>, AppError> {
+/// The configured store, behind both ports it serves.
+struct Stores {
+    transactions: Arc<dyn TransactionStore>,
+    rate_limits: Arc<dyn RateLimitStore>,
+}
+
+fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
-        StoreBackend::Memory => Arc::new(Instrumented::new(MemoryStore::new(clock, retention))),
-        StoreBackend::Redis(redis) => Arc::new(Instrumented::new(RedisStore::new(
-            redis.clone(),
-            clock,
-            retention,
-        )?)),
+        StoreBackend::Memory => {
+            let store = Arc::new(Instrumented::new(MemoryStore::new(clock, retention)));
+            Stores {
+                transactions: store.clone(),
+                rate_limits: store,
+            }
+        }
+        StoreBackend::Redis(redis) => {
+            let store = Arc::new(Instrumented::new(RedisStore::new(
+                redis.clone(),
+                clock,
+                retention,
+            )?));
+            Stores {
+                transactions: store.clone(),
+                rate_limits: store,
+            }
+        }
     })
 }
 
@@ -74,6 +98,18 @@ fn describe_store(settings: &Settings) -> String {
             redis.key_prefix
         ),
     }
+}
+
+/// Proves the SMS gateway can work before anything listens (wrong Twilio credentials fail the
+/// boot, not the first payment). Runs on a throw-away runtime: its client dies with it, and the
+/// gateway's own client makes its connections later, on the runtime that sends.
+fn check_sms_gateway(settings: &Settings) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(notify::sms::startup_check(&settings.sms))?;
+    Ok(())
 }
 
 /// Binds before the server starts, so a taken port fails the boot with a clear message instead
@@ -116,9 +152,14 @@ impl BackgroundService for HttpListener {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(error) = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(error) = axum::serve(
+            listener,
+            self.router
+                .clone()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::error!(listener = self.name, %error, "listener stopped");
         }
@@ -150,8 +191,35 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     metrics::record_build_info(VERSION);
 
     let clock: SharedClock = Arc::new(SystemClock);
-    let store = build_store(&settings, clock)?;
-    let readiness = Readiness::new(store.clone(), READINESS_TIMEOUT);
+    let stores = build_store(&settings, clock.clone())?;
+    let readiness = Readiness::new(stores.transactions.clone(), READINESS_TIMEOUT);
+    let engine = TransactionEngine::new(
+        stores.transactions.clone(),
+        clock,
+        CodeHasher::new(&settings.secret_key),
+    );
+    let sms_sender = notify::sms::build(&settings.sms)?;
+    check_sms_gateway(&settings)?;
+    let limits = SmsLimits {
+        per_user: settings.rate_limits.sms_per_user,
+        per_phone: settings.rate_limits.sms_per_phone,
+    };
+    let origin_host = settings.sms.origin_bound_host.clone();
+    let sms = SmsService::new(
+        engine,
+        sms_sender,
+        stores.rate_limits.clone(),
+        limits,
+        origin_host,
+        &settings.secret_key,
+    );
+    let mobile_auth = Arc::new(MobileAuthState {
+        enabled: settings.features.mobile_authentication,
+        clients: settings.api_clients.clone(),
+        auth_types: settings.auth_types.clone(),
+        max_message_length: settings.max_message_length,
+        sms,
+    });
 
     let api_socket = bind("api", settings.listen.api)?;
     let metrics_socket = bind("metrics", settings.listen.metrics)?;
@@ -173,7 +241,10 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     server.add_service(http_service(
         "api",
         api_socket,
-        api::router(ApiState { readiness }),
+        api::router(ApiState {
+            readiness,
+            mobile_auth,
+        }),
     ));
     server.add_service(http_service(
         "metrics",

@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod notify;
 pub mod service;
 pub mod store;
 pub mod telemetry;

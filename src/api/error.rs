@@ -1,10 +1,14 @@
-//! The single mapping from API failures to status codes and bodies. Clients get the documented
-//! generic body; the cause goes to the log.
+//! The single mapping from API failures to status codes and bodies: the OAuth shape
+//! (`error`, `error_description`) for client authentication and "no possibilities", the
+//! reference's numeric shape (`error_code`, `description`) for everything else. Every answer
+//! carries the reference's no-cache headers. Clients get the documented generic text; the cause
+//! goes to the log.
 
-use axum::Json;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Failures an API handler can end in.
 #[derive(Debug, thiserror::Error)]
@@ -13,20 +17,139 @@ pub enum ApiError {
     NotFound,
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
+    #[error("client authentication failed: {0}")]
+    InvalidClient(&'static str),
+    #[error("mobile authentication disabled")]
+    Disabled,
+    #[error("no authentication possibilities")]
+    NoAuthenticationPossibilities,
+    #[error("invalid or missing parameter: {0}")]
+    InvalidParameter(String),
+    #[error("message too long")]
+    MessageTooLong,
+    #[error("phone number missing")]
+    PhoneNumberMissing,
+    #[error("sms not sent: {0}")]
+    SmsNotSent(String),
+    #[error("verification code invalid")]
+    InvalidCode,
+    #[error("invalid transaction")]
+    InvalidTransaction,
+    #[error("auth type not found")]
+    TypeNotFound,
+    #[error("resend limit reached")]
+    ResendLimit,
+    #[error("rate limited by {limit}")]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+}
+
+/// A JSON response with the headers every mobile-authentication answer carries.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn numeric(status: StatusCode, code: &str, description: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error_code": code, "description": description}),
+    )
+}
+
+fn oauth(status: StatusCode, error: &str, description: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        match &self {
+            ApiError::StoreUnavailable(_) | ApiError::SmsNotSent(_) => {
+                tracing::error!(error = %self, "request failed")
+            }
+            ApiError::InvalidClient(_) | ApiError::InvalidParameter(_) => {
+                tracing::info!(error = %self, "request refused")
+            }
+            _ => tracing::debug!(error = %self, "request refused"),
+        }
         match self {
-            ApiError::NotFound => (
+            ApiError::NotFound => oauth(StatusCode::NOT_FOUND, "not_found", "No such resource."),
+            ApiError::StoreUnavailable(_) => oauth(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "The service is temporarily unavailable.",
+            ),
+            ApiError::InvalidClient(_) => oauth(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method).",
+            ),
+            ApiError::Disabled => numeric(
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "error_description": "No such resource."})),
-            )
-                .into_response(),
-            ApiError::StoreUnavailable(cause) => {
-                tracing::error!(%cause, "store unavailable");
-                let body = json!({"error": "temporarily_unavailable", "error_description": "The service is temporarily unavailable."});
-                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+                "1000",
+                "Mobile authentication disabled",
+            ),
+            ApiError::NoAuthenticationPossibilities => oauth(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "No authentication possibilities for user/application or user not found.",
+            ),
+            ApiError::InvalidParameter(_) => numeric(
+                StatusCode::BAD_REQUEST,
+                "1003",
+                "A request parameter is invalid or missing",
+            ),
+            ApiError::MessageTooLong => {
+                numeric(StatusCode::BAD_REQUEST, "1005", "Message content too long")
+            }
+            ApiError::PhoneNumberMissing => {
+                numeric(StatusCode::BAD_REQUEST, "3001", "Phone number missing")
+            }
+            ApiError::SmsNotSent(_) => numeric(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "3002",
+                "Failed to send SMS",
+            ),
+            ApiError::InvalidCode => numeric(
+                StatusCode::NOT_FOUND,
+                "3003",
+                "Failed to authenticate, verification code invalid",
+            ),
+            ApiError::InvalidTransaction => {
+                numeric(StatusCode::NOT_FOUND, "3004", "Invalid transaction id")
+            }
+            ApiError::TypeNotFound => numeric(
+                StatusCode::NOT_FOUND,
+                "3005",
+                "Mobile authentication type not found",
+            ),
+            ApiError::ResendLimit => numeric(StatusCode::FORBIDDEN, "3006", "Resend limit reached"),
+            ApiError::RateLimited { retry_after, .. } => {
+                let mut response = oauth(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "Too many requests; retry later.",
+                );
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
             }
         }
     }

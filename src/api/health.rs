@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::ApiState;
+use crate::service::health::Readiness;
 
 pub async fn live() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
-pub async fn ready(State(state): State<ApiState>) -> Response {
-    let store = state.readiness.check().await;
+pub async fn ready(State(readiness): State<Readiness>) -> Response {
+    let store = readiness.check().await;
     if store.reachable {
         let body =
             json!({"status": "ready", "store": {"backend": store.backend, "reachable": true}});

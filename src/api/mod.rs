@@ -4,24 +4,38 @@
 //!
 //! May import: service, domain, config, telemetry.
 
+mod client_auth;
 pub mod error;
 mod health;
+pub mod mobile_auth;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 use crate::service::health::Readiness;
+
+/// Form bodies of this API are small; anything larger is refused before it is read.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What the API handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub readiness: Readiness,
+    pub mobile_auth: Arc<mobile_auth::MobileAuthState>,
 }
 
+/// The whole API listener. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
+/// client network checks need the peer address.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let health = Router::new()
         .route("/health", get(health::live))
         .route("/ready", get(health::ready))
+        .with_state(state.readiness.clone());
+    health
+        .merge(mobile_auth::router(state.mobile_auth))
         .fallback(error::not_found)
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -38,6 +38,9 @@ pub const STORE_BACKEND: &str = "STEPGATE_STORE_BACKEND";
 pub const PUBLIC_URL: &str = "STEPGATE_PUBLIC_URL";
 pub const LOG_LEVEL: &str = "STEPGATE_LOG_LEVEL";
 pub const API_CLIENT_SECRET_PREFIX: &str = "STEPGATE_API_CLIENT_SECRET_";
+pub const TWILIO_AUTH_TOKEN: &str = "STEPGATE_TWILIO_AUTH_TOKEN";
+pub const SMS_HTTP_PASSWORD: &str = "STEPGATE_SMS_HTTP_PASSWORD";
+pub const SMS_HTTP_BEARER_TOKEN: &str = "STEPGATE_SMS_HTTP_BEARER_TOKEN";
 
 /// The variable that carries the secret of `client_id`: upper case, other characters as `_`.
 pub fn api_client_secret_var(client_id: &str) -> String {
@@ -77,6 +80,29 @@ pub fn apply(file: &mut ConfigFile, env: &dyn EnvSource) -> BTreeMap<String, Str
     take(REDIS_URL, "store.redis.url", &mut file.store.redis.url);
     take(STORE_BACKEND, "store.backend", &mut file.store.backend);
     take(LOG_LEVEL, "log.level", &mut file.log.level);
+    let sms_secrets = [
+        (
+            TWILIO_AUTH_TOKEN,
+            "sms.twilio.auth_token",
+            &mut file.sms.twilio.auth_token,
+        ),
+        (
+            SMS_HTTP_PASSWORD,
+            "sms.http.password",
+            &mut file.sms.http.password,
+        ),
+        (
+            SMS_HTTP_BEARER_TOKEN,
+            "sms.http.bearer_token",
+            &mut file.sms.http.bearer_token,
+        ),
+    ];
+    for (var, path, slot) in sms_secrets {
+        if let Some(value) = env.get(var) {
+            *slot = Some(value);
+            origins.insert(path.to_owned(), var.to_owned());
+        }
+    }
     for (i, client) in file.api_clients.iter_mut().enumerate() {
         let var = api_client_secret_var(&client.client_id);
         if let Some(value) = env.get(&var) {
@@ -113,6 +139,25 @@ mod tests {
         assert_eq!(
             origins.get("store.redis.url").map(String::as_str),
             Some(REDIS_URL)
+        );
+        assert_eq!(origins.len(), 3);
+    }
+
+    #[test]
+    fn sms_secrets_come_from_the_environment() {
+        let mut file = ConfigFile::default();
+        let env = BTreeMap::from([
+            (TWILIO_AUTH_TOKEN, "twilio-token"),
+            (SMS_HTTP_PASSWORD, "http-password"),
+            (SMS_HTTP_BEARER_TOKEN, "http-bearer"),
+        ]);
+        let origins = apply(&mut file, &env);
+        assert_eq!(file.sms.twilio.auth_token.as_deref(), Some("twilio-token"));
+        assert_eq!(file.sms.http.password.as_deref(), Some("http-password"));
+        assert_eq!(file.sms.http.bearer_token.as_deref(), Some("http-bearer"));
+        assert_eq!(
+            origins.get("sms.twilio.auth_token").map(String::as_str),
+            Some(TWILIO_AUTH_TOKEN)
         );
         assert_eq!(origins.len(), 3);
     }

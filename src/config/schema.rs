@@ -33,6 +33,10 @@ pub struct ConfigFile {
     pub auth_types: Vec<AuthType>,
     /// Portal callback endpoints: whitelist and Basic credentials.
     pub callbacks: Callbacks,
+    /// Limits on cost and abuse (SMS pumping), counted atomically in the store.
+    pub rate_limits: RateLimits,
+    /// The gateway that delivers SMS codes.
+    pub sms: Sms,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,4 +233,181 @@ pub struct CallbackEndpoint {
     pub url: String,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RateLimits {
+    /// SMS sent (init and resend) per user id.
+    pub sms_per_user: RateLimit,
+    /// SMS sent (init and resend) per phone number.
+    pub sms_per_phone: RateLimit,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            sms_per_user: RateLimit {
+                limit: 5,
+                window_seconds: 900,
+            },
+            sms_per_phone: RateLimit {
+                limit: 5,
+                window_seconds: 900,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct RateLimit {
+    /// Hits allowed per window; 0 switches the limit off.
+    pub limit: u32,
+    pub window_seconds: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            limit: 5,
+            window_seconds: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Sms {
+    /// `twilio`, `http` or `file`. `file` (the default) sends nothing: it appends each message to
+    /// a local file, for trying stepgate offline.
+    pub gateway: String,
+    /// Limit on one whole outgoing request (connect, send, answer), in milliseconds.
+    pub timeout_ms: u64,
+    /// Host name of the site where users type the code (e.g. `bank.example`). When set, every SMS
+    /// ends with the origin-bound one-time-code line `@host #code`, so browsers offer the code on
+    /// that site only.
+    pub origin_bound_host: Option<String>,
+    /// Used when `gateway: file`.
+    pub file: SmsFile,
+    /// Used when `gateway: twilio`.
+    pub twilio: Twilio,
+    /// Used when `gateway: http`.
+    pub http: SmsHttp,
+}
+
+impl Default for Sms {
+    fn default() -> Self {
+        Self {
+            gateway: "file".into(),
+            timeout_ms: 5000,
+            origin_bound_host: None,
+            file: SmsFile::default(),
+            twilio: Twilio::default(),
+            http: SmsHttp::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SmsFile {
+    /// File that receives one JSON line per message (codes included, so it is created readable by
+    /// its owner only). Relative paths start at the working directory; the folder must exist.
+    pub path: String,
+}
+
+impl Default for SmsFile {
+    fn default() -> Self {
+        Self {
+            path: "sms-outbox.jsonl".into(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct Twilio {
+    /// The account SID: `AC` followed by 32 hexadecimal characters.
+    pub account_sid: String,
+    /// The account's auth token. Prefer `STEPGATE_TWILIO_AUTH_TOKEN`.
+    pub auth_token: Option<String>,
+    /// Default sender, a `+E.164` Twilio number; also the retry sender when a type's `sender_id`
+    /// is refused.
+    pub from_number: String,
+    /// The API's base URL; only tests point it elsewhere.
+    pub base_url: String,
+}
+
+impl Default for Twilio {
+    fn default() -> Self {
+        Self {
+            account_sid: String::new(),
+            auth_token: None,
+            from_number: String::new(),
+            base_url: "https://api.twilio.com".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Twilio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Twilio")
+            .field("account_sid", &self.account_sid)
+            .field("from_number", &self.from_number)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct SmsHttp {
+    /// The endpoint that receives a POST per message.
+    pub url: String,
+    /// `json` (an object) or `form` (`application/x-www-form-urlencoded`).
+    pub format: String,
+    /// HTTP Basic user; goes with `password`.
+    pub username: Option<String>,
+    /// HTTP Basic password. Prefer `STEPGATE_SMS_HTTP_PASSWORD`.
+    pub password: Option<String>,
+    /// Sent as `Authorization: Bearer ...` (not together with Basic). Prefer
+    /// `STEPGATE_SMS_HTTP_BEARER_TOKEN`.
+    pub bearer_token: Option<String>,
+    /// Extra request headers, such as an API key header.
+    pub headers: BTreeMap<String, String>,
+    /// The fields of the request body. Values may use the placeholders `{to}`, `{from}` (the
+    /// type's sender id; a field that is exactly `{from}` is left out when the type has none) and
+    /// `{body}` (the text).
+    pub body: BTreeMap<String, String>,
+}
+
+impl Default for SmsHttp {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            format: "json".into(),
+            username: None,
+            password: None,
+            bearer_token: None,
+            headers: BTreeMap::new(),
+            body: BTreeMap::from([
+                ("to".to_owned(), "{to}".to_owned()),
+                ("from".to_owned(), "{from}".to_owned()),
+                ("text".to_owned(), "{body}".to_owned()),
+            ]),
+        }
+    }
+}
+
+impl std::fmt::Debug for SmsHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsHttp")
+            .field("url", &super::settings::redact_url_password(&self.url))
+            .field("format", &self.format)
+            .field("username", &self.username)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }

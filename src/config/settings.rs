@@ -27,6 +27,17 @@ pub struct Settings {
     pub api_clients: Vec<ApiClient>,
     pub auth_types: AuthTypes,
     pub callbacks: CallbackSettings,
+    pub rate_limits: RateLimits,
+    pub sms: SmsSettings,
+}
+
+pub use crate::domain::regulation::WindowLimit as Limit;
+
+/// `None` means the limit is switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    pub sms_per_user: Option<Limit>,
+    pub sms_per_phone: Option<Limit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +179,205 @@ impl fmt::Debug for CallbackEndpoint {
     }
 }
 
+/// How SMS codes leave the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsSettings {
+    pub gateway: SmsGateway,
+    /// Limit on one whole outgoing request (connect, send, answer).
+    pub timeout: Duration,
+    /// When set, every SMS ends with the origin-bound one-time-code line `@host #code`.
+    pub origin_bound_host: Option<String>,
+}
+
+impl Default for SmsSettings {
+    fn default() -> Self {
+        Self {
+            gateway: SmsGateway::File(FileGatewaySettings {
+                path: PathBuf::from("sms-outbox.jsonl"),
+            }),
+            timeout: Duration::from_secs(5),
+            origin_bound_host: None,
+        }
+    }
+}
+
+/// The selected SMS gateway with its (complete, checked) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmsGateway {
+    Twilio(TwilioSettings),
+    Http(HttpGatewaySettings),
+    File(FileGatewaySettings),
+}
+
+impl SmsGateway {
+    /// The name used in config, logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SmsGateway::Twilio(_) => "twilio",
+            SmsGateway::Http(_) => "http",
+            SmsGateway::File(_) => "file",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct TwilioSettings {
+    pub account_sid: String,
+    pub auth_token: String,
+    /// The default sender (`+E.164`).
+    pub from_number: String,
+    /// API paths are appended to it; a trailing slash is ignored.
+    pub base_url: Url,
+}
+
+impl fmt::Debug for TwilioSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TwilioSettings")
+            .field("account_sid", &self.account_sid)
+            .field("from_number", &self.from_number)
+            .field("base_url", &url_for_logs(&self.base_url))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpGatewaySettings {
+    pub url: Url,
+    pub format: HttpBodyFormat,
+    pub auth: Option<HttpAuth>,
+    /// Extra request headers (names and values already checked to be valid HTTP).
+    pub headers: Vec<(String, String)>,
+    /// The request body's fields, in name order.
+    pub body: Vec<(String, BodyTemplate)>,
+}
+
+impl fmt::Debug for HttpGatewaySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("HttpGatewaySettings")
+            .field("url", &url_for_logs(&self.url))
+            .field("format", &self.format)
+            .field("auth", &self.auth)
+            .field("headers", &header_names)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpBodyFormat {
+    Json,
+    Form,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum HttpAuth {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .finish_non_exhaustive(),
+            HttpAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// One piece of a body field template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Text(String),
+    To,
+    From,
+    Body,
+}
+
+/// A body field of the generic HTTP gateway: text with `{to}`, `{from}` and `{body}`
+/// placeholders, parsed once so that rendering is a single pass (a message that happens to
+/// contain `{to}` is never expanded again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyTemplate(Vec<TemplatePart>);
+
+impl BodyTemplate {
+    pub const PLACEHOLDERS: [&'static str; 3] = ["{to}", "{from}", "{body}"];
+
+    /// Parses a template; the error names the offending text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TemplatePart::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open..];
+            let Some(close) = after.find('}') else {
+                return Err(format!("unclosed '{{' in '{text}'"));
+            };
+            parts.push(match &after[..=close] {
+                "{to}" => TemplatePart::To,
+                "{from}" => TemplatePart::From,
+                "{body}" => TemplatePart::Body,
+                other => return Err(format!("unknown placeholder '{other}'")),
+            });
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_owned()));
+        }
+        Ok(Self(parts))
+    }
+
+    pub fn parts(&self) -> &[TemplatePart] {
+        &self.0
+    }
+
+    /// True when the template is exactly `{from}`: such a field is left out when there is no
+    /// sender, so the provider applies its own default.
+    pub fn is_only_from(&self) -> bool {
+        self.0 == [TemplatePart::From]
+    }
+
+    pub fn uses(&self, placeholder: &TemplatePart) -> bool {
+        self.0.contains(placeholder)
+    }
+
+    /// The text with every placeholder replaced (`from` empty when there is no sender).
+    pub fn render(&self, to: &str, from: Option<&str>, body: &str) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            out.push_str(match part {
+                TemplatePart::Text(text) => text,
+                TemplatePart::To => to,
+                TemplatePart::From => from.unwrap_or_default(),
+                TemplatePart::Body => body,
+            });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGatewaySettings {
+    pub path: PathBuf,
+}
+
+/// A URL fit for logs: password and query (which may carry API keys) replaced by `***`.
+pub fn url_for_logs(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    if shown.query().is_some() {
+        shown.set_query(Some("***"));
+    }
+    shown.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +395,50 @@ mod tests {
             response_timeout: Duration::from_secs(1),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn body_templates_are_parsed_once_and_rendered_in_one_pass() {
+        let template = BodyTemplate::parse("To {to} from {from}: {body}!").unwrap();
+        assert_eq!(
+            template.render("+31612345678", None, "code {to}"),
+            "To +31612345678 from : code {to}!"
+        );
+        assert!(BodyTemplate::parse("{from}").unwrap().is_only_from());
+        assert!(!BodyTemplate::parse(" {from}").unwrap().is_only_from());
+        assert_eq!(
+            BodyTemplate::parse("{code}").unwrap_err(),
+            "unknown placeholder '{code}'"
+        );
+        assert!(BodyTemplate::parse("oops {to").is_err());
+        assert_eq!(BodyTemplate::parse("").unwrap().parts(), []);
+    }
+
+    #[test]
+    fn sms_secrets_never_reach_debug_output() {
+        let twilio = TwilioSettings {
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            auth_token: "twilio-secret".into(),
+            from_number: "+15005550006".into(),
+            base_url: Url::parse("https://api.twilio.com").unwrap(),
+        };
+        let http = HttpGatewaySettings {
+            url: Url::parse("https://u:url-secret@sms.example/send?key=query-secret").unwrap(),
+            format: HttpBodyFormat::Json,
+            auth: Some(HttpAuth::Bearer("bearer-secret".into())),
+            headers: vec![("X-Key".into(), "header-secret".into())],
+            body: Vec::new(),
+        };
+        let shown = format!("{twilio:?} {http:?}");
+        for secret in [
+            "twilio-secret",
+            "url-secret",
+            "query-secret",
+            "bearer-secret",
+            "header-secret",
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("X-Key"), "{shown}");
     }
 }

@@ -226,3 +226,240 @@ fn tls_to_redis_is_allowed_but_never_unverified() {
     assert_eq!(issues[0].path, "store.redis.url");
     assert!(issues[0].message.contains("SSL_CERT_FILE"));
 }
+
+// --- sms ----------------------------------------------------------------------------------------
+
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn settings_of(text: &str, env: &BTreeMap<&str, &str>) -> Settings {
+    match load_str(text, Path::new("ok.yaml"), env) {
+        Ok(settings) => settings,
+        Err(error) => panic!("expected valid config, got:\n{error}\nin:\n{text}"),
+    }
+}
+
+#[test]
+fn sms_defaults_to_the_offline_file_gateway() {
+    use crate::config::settings::SmsGateway;
+    let settings = settings_of(&minimal(""), &no_env());
+    match &settings.sms.gateway {
+        SmsGateway::File(file) => assert_eq!(file.path, Path::new("sms-outbox.jsonl")),
+        other => panic!("expected the file gateway, got {other:?}"),
+    }
+    assert_eq!(settings.sms.timeout, std::time::Duration::from_millis(5000));
+    assert_eq!(settings.sms.origin_bound_host, None);
+}
+
+#[test]
+fn twilio_takes_its_token_from_the_environment() {
+    use crate::config::settings::SmsGateway;
+    let text = minimal(&format!(
+        "sms:\n  gateway: twilio\n  origin_bound_host: Bank.Example\n  twilio:\n    account_sid: {TWILIO_SID}\n    from_number: \"+15005550006\"\n"
+    ));
+    let env = BTreeMap::from([("STEPGATE_TWILIO_AUTH_TOKEN", "token-from-env")]);
+    let settings = settings_of(&text, &env);
+    let SmsGateway::Twilio(twilio) = &settings.sms.gateway else {
+        panic!("expected twilio: {:?}", settings.sms.gateway);
+    };
+    assert_eq!(twilio.auth_token, "token-from-env");
+    assert_eq!(twilio.base_url.as_str(), "https://api.twilio.com/");
+    assert_eq!(
+        settings.sms.origin_bound_host.as_deref(),
+        Some("bank.example")
+    );
+    let shown = format!("{settings:?}");
+    assert!(!shown.contains("token-from-env"), "{shown}");
+}
+
+#[test]
+fn an_incomplete_twilio_section_reports_every_field() {
+    let issues = issues_of(&minimal(
+        "sms:\n  gateway: twilio\n  twilio:\n    account_sid: AB123\n    from_number: MyBank\n    base_url: \"ftp://api.twilio.com\"\n",
+    ));
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            // Missing keys are reported at their section's line.
+            "sms.twilio.auth_token",
+            "sms.twilio.account_sid",
+            "sms.twilio.from_number",
+            "sms.twilio.base_url",
+        ],
+        "{issues:#?}"
+    );
+    assert_eq!(issues[0].position.line, 4);
+    assert!(issues[0].message.contains("STEPGATE_TWILIO_AUTH_TOKEN"));
+    assert!(issues[1].message.contains("AC followed by 32 hexadecimal"));
+    assert!(issues[2].message.contains("+E.164"));
+}
+
+#[test]
+fn a_bad_secret_from_the_environment_is_reported_against_its_variable() {
+    let text = minimal(&format!(
+        "sms:\n  gateway: twilio\n  twilio: {{ account_sid: {TWILIO_SID}, from_number: \"+15005550006\" }}\n"
+    ));
+    let env = BTreeMap::from([("STEPGATE_TWILIO_AUTH_TOKEN", "has a space")]);
+    let error = load_str(&text, Path::new("c.yaml"), &env).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.starts_with("c.yaml: sms.twilio.auth_token (from STEPGATE_TWILIO_AUTH_TOKEN): "),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("has a space"), "{rendered}");
+}
+
+#[test]
+fn only_the_selected_gateway_must_be_complete() {
+    let text = minimal(
+        "sms:\n  gateway: file\n  twilio: { account_sid: nope, base_url: nope }\n  http: { format: xml }\n",
+    );
+    settings_of(&text, &no_env());
+    let issues = issues_of(&minimal("sms:\n  gateway: file\n  file: { path: \" \" }\n"));
+    assert_eq!(issues[0].path, "sms.file.path");
+}
+
+#[test]
+fn sms_gateway_timeout_and_origin_host_are_checked() {
+    let issues = issues_of(&minimal(
+        "sms:\n  gateway: pigeon\n  timeout_ms: 50\n  origin_bound_host: \"https://bank.example:443/login\"\n",
+    ));
+    let rendered: Vec<String> = issues.iter().map(Issue::to_string).collect();
+    assert_eq!(rendered.len(), 3, "{rendered:#?}");
+    assert!(
+        rendered[0]
+            .contains("sms.gateway: unknown gateway 'pigeon' (expected twilio, http or file)"),
+        "{}",
+        rendered[0]
+    );
+    assert!(
+        rendered[1].contains("sms.timeout_ms: 50 is out of range (expected 100 to 60000)"),
+        "{}",
+        rendered[1]
+    );
+    assert!(
+        rendered[2].contains("sms.origin_bound_host:"),
+        "{}",
+        rendered[2]
+    );
+    for host in [
+        "bank.example:443",
+        "bank.example/path",
+        "-bank.example",
+        "bank..example",
+    ] {
+        let issues = issues_of(&minimal(&format!(
+            "sms: {{ origin_bound_host: \"{host}\" }}\n"
+        )));
+        assert_eq!(issues[0].path, "sms.origin_bound_host", "{host}");
+    }
+}
+
+#[test]
+fn the_http_gateway_compiles_its_templates_and_auth() {
+    use crate::config::settings::{HttpAuth, HttpBodyFormat, SmsGateway, TemplatePart};
+    let text = minimal(
+        "sms:
+  gateway: http
+  http:
+    url: \"https://sms.example/send\"
+    format: form
+    headers: { X-Api-Key: \"key-value-secret\" }
+    body: { recipient: \"{to}\", sender: \"{from}\", message: \"Code: {body}\" }
+",
+    );
+    let env = BTreeMap::from([("STEPGATE_SMS_HTTP_BEARER_TOKEN", "bearer-secret")]);
+    let settings = settings_of(&text, &env);
+    let SmsGateway::Http(http) = &settings.sms.gateway else {
+        panic!("expected http: {:?}", settings.sms.gateway);
+    };
+    assert_eq!(http.format, HttpBodyFormat::Form);
+    assert_eq!(http.auth, Some(HttpAuth::Bearer("bearer-secret".into())));
+    let names: Vec<&str> = http.body.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["message", "recipient", "sender"]);
+    assert_eq!(
+        http.body[0].1.parts(),
+        [TemplatePart::Text("Code: ".into()), TemplatePart::Body]
+    );
+    assert!(http.body[2].1.is_only_from());
+    let shown = format!("{settings:?}");
+    for secret in ["bearer-secret", "key-value-secret"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+#[test]
+fn http_gateway_mistakes_are_all_reported() {
+    let text = minimal(
+        "sms:
+  gateway: http
+  http:
+    format: xml
+    username: u
+    headers: { \"Bad Header\": v }
+    body: { to: \"{to}\", text: \"{code}\" }
+",
+    );
+    let issues = issues_of(&text);
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    for expected in [
+        "sms.http.url",
+        "sms.http.format",
+        "sms.http",
+        "sms.http.headers.Bad Header",
+        "sms.http.body.text",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing in {issues:#?}"
+        );
+    }
+    let placeholder = issues
+        .iter()
+        .find(|i| i.path == "sms.http.body.text")
+        .unwrap();
+    assert!(
+        placeholder.message.contains("unknown placeholder '{code}'"),
+        "{}",
+        placeholder.message
+    );
+    assert!(
+        !paths.contains(&"sms.http.body"),
+        "a broken field is reported once: {issues:#?}"
+    );
+
+    let issues = issues_of(&minimal(
+        "sms: { gateway: http, http: { url: \"https://sms.example/send\", body: { to: \"{to}\" } } }\n",
+    ));
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(issues[0].path, "sms.http.body");
+    assert!(
+        issues[0].message.contains("no field uses {body}"),
+        "{}",
+        issues[0].message
+    );
+}
+
+#[test]
+fn http_basic_and_bearer_do_not_mix() {
+    let env = BTreeMap::from([
+        ("STEPGATE_SMS_HTTP_PASSWORD", "pw-secret"),
+        ("STEPGATE_SMS_HTTP_BEARER_TOKEN", "bearer-secret"),
+    ]);
+    let text = minimal(
+        "sms: { gateway: http, http: { url: \"https://sms.example/send\", username: u } }\n",
+    );
+    let error = load_str(&text, Path::new("c.yaml"), &env).unwrap_err();
+    let rendered = error.to_string();
+    assert!(
+        rendered.contains(
+            "sms.http.bearer_token (from STEPGATE_SMS_HTTP_BEARER_TOKEN): cannot be combined"
+        ),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("secret"), "{rendered}");
+    let env = BTreeMap::from([("STEPGATE_SMS_HTTP_PASSWORD", "pw-secret")]);
+    let settings = settings_of(&text, &env);
+    assert!(format!("{settings:?}").contains("Basic"));
+    assert!(!format!("{settings:?}").contains("pw-secret"));
+}

@@ -12,8 +12,13 @@ use url::Url;
 
 use super::schema::{self, ConfigFile};
 use super::settings::{
-    ApiClient, ApiScope, CallbackEndpoint, CallbackSettings, Features, ListenAddrs, LogFormat,
-    LogSettings, RedisSettings, ServerSettings, Settings, StoreBackend, StoreSettings,
+    ApiClient, ApiScope, CallbackEndpoint, CallbackSettings, Features, Limit, ListenAddrs,
+    LogFormat, LogSettings, RateLimits, RedisSettings, ServerSettings, Settings, StoreBackend,
+    StoreSettings,
+};
+use super::settings::{
+    BodyTemplate, FileGatewaySettings, HttpAuth, HttpBodyFormat, HttpGatewaySettings, SmsGateway,
+    SmsSettings, TemplatePart, TwilioSettings,
 };
 use crate::domain::auth_type::{
     AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method,
@@ -61,9 +66,11 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let api_clients = api_clients(&file.api_clients, &mut problems);
     let auth_types = auth_types(&file.auth_types, max_message_length, &mut problems);
     let callbacks = callbacks(&file.callbacks, &mut problems);
+    let rate_limits = rate_limits(&file.rate_limits, &mut problems);
+    let sms = sms(&file.sms, &mut problems);
 
     match (
-        listen, public_url, secret_key, server, log, store, auth_types,
+        listen, public_url, secret_key, server, log, store, auth_types, sms,
     ) {
         (
             Some(listen),
@@ -73,6 +80,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             Some(log),
             Some(store),
             Some(auth_types),
+            Some(sms),
         ) if problems.0.is_empty() => Ok(Settings {
             source: source.to_path_buf(),
             listen,
@@ -89,6 +97,8 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             api_clients,
             auth_types,
             callbacks,
+            rate_limits,
+            sms,
         }),
         _ => Err(problems.0),
     }
@@ -591,6 +601,288 @@ fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> Callback
         only_allow_configured: callbacks.only_allow_configured,
         endpoints,
     }
+}
+
+fn rate_limits(raw: &schema::RateLimits, problems: &mut Problems) -> RateLimits {
+    let mut one = |name: &str, limit: &schema::RateLimit| {
+        if limit.limit == 0 {
+            return None;
+        }
+        if !(1..=86_400).contains(&limit.window_seconds) {
+            problems.add(
+                format!("rate_limits.{name}.window_seconds"),
+                format!(
+                    "{} is out of range (expected 1 to 86400)",
+                    limit.window_seconds
+                ),
+            );
+            return None;
+        }
+        Some(Limit {
+            limit: limit.limit,
+            window: Duration::from_secs(limit.window_seconds),
+        })
+    };
+    RateLimits {
+        sms_per_user: one("sms_per_user", &raw.sms_per_user),
+        sms_per_phone: one("sms_per_phone", &raw.sms_per_phone),
+    }
+}
+
+const SMS_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+fn sms(raw: &schema::Sms, problems: &mut Problems) -> Option<SmsSettings> {
+    let before = problems.0.len();
+    if !SMS_TIMEOUT_MS.contains(&raw.timeout_ms) {
+        problems.add(
+            "sms.timeout_ms",
+            format!(
+                "{} is out of range (expected {} to {})",
+                raw.timeout_ms,
+                SMS_TIMEOUT_MS.start(),
+                SMS_TIMEOUT_MS.end()
+            ),
+        );
+    }
+    let origin_bound_host = match raw.origin_bound_host.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(host) if valid_host_name(host) => Some(host.to_ascii_lowercase()),
+        Some(host) => {
+            problems.add("sms.origin_bound_host", format!("'{host}' is not a bare host name (expected the site's host such as bank.example: no scheme, port or path)"));
+            None
+        }
+    };
+    // Only the selected gateway's section has to be complete; the others are not read.
+    let gateway = match raw.gateway.as_str() {
+        "twilio" => twilio(&raw.twilio, problems).map(SmsGateway::Twilio),
+        "http" => http_gateway(&raw.http, problems).map(SmsGateway::Http),
+        "file" => file_gateway(&raw.file, problems).map(SmsGateway::File),
+        other => {
+            problems.add(
+                "sms.gateway",
+                format!("unknown gateway '{other}' (expected twilio, http or file)"),
+            );
+            None
+        }
+    };
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(SmsSettings {
+        gateway: gateway?,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        origin_bound_host,
+    })
+}
+
+/// A DNS host name in ASCII (IDNs in their `xn--` form): dot-separated labels of letters, digits
+/// and inner hyphens.
+fn valid_host_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn valid_e164(number: &str) -> bool {
+    number.strip_prefix('+').is_some_and(|digits| {
+        (8..=15).contains(&digits.len())
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && !digits.starts_with('0')
+    })
+}
+
+/// An http(s) base URL without query or fragment, onto which API paths are appended.
+fn base_url(path: &str, text: &str, problems: &mut Problems) -> Option<Url> {
+    let url = http_url(path, text, problems)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        problems.add(
+            path,
+            format!("'{text}' has a query or fragment (expected a base URL such as https://api.twilio.com)"),
+        );
+        return None;
+    }
+    Some(url)
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|value| !value.is_empty())
+}
+
+fn twilio(raw: &schema::Twilio, problems: &mut Problems) -> Option<TwilioSettings> {
+    let before = problems.0.len();
+    let sid = raw.account_sid.trim();
+    let sid_ok =
+        sid.len() == 34 && sid.starts_with("AC") && sid[2..].chars().all(|c| c.is_ascii_hexdigit());
+    if sid.is_empty() {
+        problems.add("sms.twilio.account_sid", "missing (expected the account SID from the Twilio console: AC followed by 32 hexadecimal characters)");
+    } else if !sid_ok {
+        problems.add(
+            "sms.twilio.account_sid",
+            format!(
+                "'{sid}' is not an account SID (expected AC followed by 32 hexadecimal characters)"
+            ),
+        );
+    }
+    let auth_token = non_empty(raw.auth_token.as_deref());
+    match auth_token {
+        None => problems.add("sms.twilio.auth_token", format!("missing (expected the account's auth token, preferably in {})", super::env::TWILIO_AUTH_TOKEN)),
+        Some(token) if token.chars().any(|c| c.is_whitespace() || c.is_control()) => problems.add(
+            "sms.twilio.auth_token",
+            "contains spaces or control characters (expected the token exactly as the Twilio console shows it)",
+        ),
+        Some(_) => {}
+    }
+    let from_number = raw.from_number.trim();
+    if from_number.is_empty() {
+        problems.add(
+            "sms.twilio.from_number",
+            "missing (expected a Twilio phone number in +E.164 form, such as +15005550006)",
+        );
+    } else if !valid_e164(from_number) {
+        problems.add(
+            "sms.twilio.from_number",
+            format!("'{from_number}' is not a +E.164 number (expected + and 8 to 15 digits, such as +15005550006)"),
+        );
+    }
+    let base_url = base_url("sms.twilio.base_url", &raw.base_url, problems);
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(TwilioSettings {
+        account_sid: sid.to_owned(),
+        auth_token: auth_token?.to_owned(),
+        from_number: from_number.to_owned(),
+        base_url: base_url?,
+    })
+}
+
+/// An RFC 9110 token: the characters a header name may hold.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// Visible ASCII, spaces and tabs: nothing that could end the header line.
+fn valid_header_value(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic())
+}
+
+fn http_gateway(raw: &schema::SmsHttp, problems: &mut Problems) -> Option<HttpGatewaySettings> {
+    let before = problems.0.len();
+    let url = if raw.url.trim().is_empty() {
+        problems.add(
+            "sms.http.url",
+            "missing (expected the URL that receives one POST per message)",
+        );
+        None
+    } else {
+        http_url("sms.http.url", &raw.url, problems)
+    };
+    let format = match raw.format.as_str() {
+        "json" => Some(HttpBodyFormat::Json),
+        "form" => Some(HttpBodyFormat::Form),
+        other => {
+            problems.add(
+                "sms.http.format",
+                format!("unknown format '{other}' (expected json or form)"),
+            );
+            None
+        }
+    };
+    let username = non_empty(raw.username.as_deref());
+    let password = non_empty(raw.password.as_deref());
+    let bearer = non_empty(raw.bearer_token.as_deref());
+    let auth = match (username, password, bearer) {
+        (None, None, None) => None,
+        (Some(username), Some(password), None) => Some(HttpAuth::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }),
+        (None, None, Some(token)) => Some(HttpAuth::Bearer(token.to_owned())),
+        (Some(_), Some(_), Some(_)) => {
+            problems.add("sms.http.bearer_token", "cannot be combined with username and password (expected Basic or Bearer, not both)");
+            None
+        }
+        (Some(_), None, _) | (None, Some(_), _) => {
+            problems.add(
+                "sms.http",
+                format!("username and password go together (expected both or neither; the password may come from {})", super::env::SMS_HTTP_PASSWORD),
+            );
+            None
+        }
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &raw.headers {
+        let path = format!("sms.http.headers.{name}");
+        if !valid_header_name(name) {
+            problems.add(path, format!("'{name}' is not a header name (expected letters, digits and - such as X-Api-Key)"));
+        } else if !valid_header_value(value) {
+            problems.add(path, "the value holds characters a header cannot carry (expected visible ASCII, spaces or tabs)");
+        } else if name.eq_ignore_ascii_case("authorization") && auth.is_some() {
+            problems.add(
+                path,
+                "clashes with username/password or bearer_token (expected one way to authenticate)",
+            );
+        } else {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    let mut body = Vec::new();
+    if raw.body.is_empty() {
+        problems.add(
+            "sms.http.body",
+            "empty (expected fields such as to: \"{to}\" and text: \"{body}\")",
+        );
+    }
+    for (field, text) in &raw.body {
+        match BodyTemplate::parse(text) {
+            Ok(template) => body.push((field.clone(), template)),
+            Err(error) => problems.add(
+                format!("sms.http.body.{field}"),
+                format!(
+                    "{error} (expected only the placeholders {})",
+                    BodyTemplate::PLACEHOLDERS.join(", ")
+                ),
+            ),
+        }
+    }
+    // Checked only when every field parsed, so one mistake is not reported three times.
+    let all_parsed = !raw.body.is_empty() && body.len() == raw.body.len();
+    for (placeholder, part) in [("{to}", TemplatePart::To), ("{body}", TemplatePart::Body)] {
+        if all_parsed && !body.iter().any(|(_, template)| template.uses(&part)) {
+            problems.add("sms.http.body", format!("no field uses {placeholder}, so the gateway could not deliver the message (expected it in one field)"));
+        }
+    }
+    if problems.0.len() != before {
+        return None;
+    }
+    Some(HttpGatewaySettings {
+        url: url?,
+        format: format?,
+        auth,
+        headers,
+        body,
+    })
+}
+
+fn file_gateway(raw: &schema::SmsFile, problems: &mut Problems) -> Option<FileGatewaySettings> {
+    let path = raw.path.trim();
+    if path.is_empty() {
+        problems.add(
+            "sms.file.path",
+            "missing (expected a file path such as sms-outbox.jsonl)",
+        );
+        return None;
+    }
+    Some(FileGatewaySettings { path: path.into() })
 }
 
 #[cfg(test)]

@@ -9,4 +9,5 @@ pub mod clock;
 pub mod code;
 pub mod ports;
 pub mod regulation;
+pub mod sms;
 pub mod transaction;

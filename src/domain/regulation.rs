@@ -8,6 +8,13 @@ use super::clock::Timestamp;
 use super::code::CodeHash;
 use super::transaction::{Reason, Status, Transaction};
 
+/// A fixed-window limit: at most `limit` hits per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimit {
+    pub limit: u32,
+    pub window: std::time::Duration,
+}
+
 /// The result of checking one submitted code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyOutcome {

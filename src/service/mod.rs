@@ -5,4 +5,5 @@
 //! May import: domain, telemetry.
 
 pub mod health;
+pub mod sms;
 pub mod transactions;

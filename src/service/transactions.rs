@@ -100,12 +100,13 @@ impl TransactionEngine {
         }))
     }
 
-    async fn owned_by(
+    /// The transaction if it exists and belongs to `user_id`; otherwise the one generic answer.
+    pub async fn get_owned(
         &self,
         id: &TransactionId,
         user_id: &str,
     ) -> Result<Transaction, EngineError> {
-        match self.store.get(id).await? {
+        match self.get(id).await? {
             Some(tx) if tx.user_id.as_deref() == Some(user_id) => Ok(tx),
             _ => Err(EngineError::UnknownTransaction),
         }
@@ -119,7 +120,7 @@ impl TransactionEngine {
         user_id: &str,
         typed: &str,
     ) -> Result<VerifyOutcome, EngineError> {
-        self.owned_by(id, user_id).await?;
+        self.get_owned(id, user_id).await?;
         let candidate = self.hasher.hash_input(id, typed);
         self.store
             .verify_code(id, &candidate)
@@ -127,16 +128,12 @@ impl TransactionEngine {
             .ok_or(EngineError::UnknownTransaction)
     }
 
-    /// Counts a resend and issues a new code (the old one stops working).
-    pub async fn resend(
-        &self,
-        id: &TransactionId,
-        user_id: &str,
-    ) -> Result<ResendResult, EngineError> {
-        let transaction = self.owned_by(id, user_id).await?;
+    /// Counts a resend of `transaction` (already read and checked by the caller with
+    /// `get_owned`) and issues a new code; the old one stops working.
+    pub async fn resend(&self, transaction: Transaction) -> Result<ResendResult, EngineError> {
         let code = OneTimeCode::generate(&mut OsRng);
-        let hash = self.hasher.hash(id, &code);
-        match self.store.resend(id, Some(&hash)).await? {
+        let hash = self.hasher.hash(&transaction.id, &code);
+        match self.store.resend(&transaction.id, Some(&hash)).await? {
             None => Err(EngineError::UnknownTransaction),
             Some(ResendOutcome::Resent { resends }) => {
                 let transaction = Transaction {
@@ -231,7 +228,7 @@ mod tests {
             Err(EngineError::UnknownTransaction)
         ));
         assert!(matches!(
-            engine.resend(&id, "bob").await,
+            engine.get_owned(&id, "bob").await,
             Err(EngineError::UnknownTransaction)
         ));
         assert_eq!(engine.get(&id).await.unwrap().unwrap().attempts, 0);
@@ -277,12 +274,13 @@ mod tests {
             .await
             .unwrap();
         let (id, first) = (started.transaction.id, started.code.unwrap());
-        let ResendResult::Resent(resent) = engine.resend(&id, "ann").await.unwrap() else {
+        let tx = engine.get_owned(&id, "ann").await.unwrap();
+        let ResendResult::Resent(resent) = engine.resend(tx.clone()).await.unwrap() else {
             panic!("first resend is allowed")
         };
         assert_eq!(resent.transaction.resends, 1);
         assert!(matches!(
-            engine.resend(&id, "ann").await.unwrap(),
+            engine.resend(tx).await.unwrap(),
             ResendResult::Refused(ResendOutcome::LimitReached)
         ));
         if first != resent.code {

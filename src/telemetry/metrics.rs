@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramVec, IntGaugeVec, TextEncoder, register_histogram_vec, register_int_gauge_vec,
+    Encoder, HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 
 pub const BUILD_INFO: &str = "stepgate_build_info";
@@ -48,6 +49,95 @@ static STORE_UP_GAUGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .unwrap_or_else(|_| unregistered_gauge(STORE_UP, &["backend"]))
 });
 
+// --- transactions and abuse controls -----------------------------------------------------------
+
+pub const TRANSACTIONS_STARTED: &str = "stepgate_transactions_started_total";
+pub const TRANSACTIONS_FINISHED: &str = "stepgate_transactions_finished_total";
+pub const RATE_LIMITED: &str = "stepgate_rate_limited_total";
+
+static STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        TRANSACTIONS_STARTED,
+        "Transactions started, by auth type and the method used (after fallback).",
+        &["type", "method"],
+    )
+});
+
+static FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        TRANSACTIONS_FINISHED,
+        "Transactions that reached a final state, by auth type, method and outcome (approved | denied | expired | failed).",
+        &["type", "method", "outcome"],
+    )
+});
+
+static LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        RATE_LIMITED,
+        "Requests refused by a rate limit, by limit (sms_per_user | sms_per_phone).",
+        &["limit"],
+    )
+});
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register_int_counter_vec!(name, help, labels).unwrap_or_else(|_| {
+        IntCounterVec::new(prometheus::Opts::new(name, "unregistered"), labels)
+            .unwrap_or_else(|_| unreachable!("static counter options are valid"))
+    })
+}
+
+/// A transaction started with `method` (which differs from the type's when a fallback fired).
+pub fn transaction_started(auth_type: &str, method: &str) {
+    STARTED.with_label_values(&[auth_type, method]).inc();
+}
+
+/// A transaction reached a final state.
+pub fn transaction_finished(auth_type: &str, method: &str, outcome: &str) {
+    FINISHED
+        .with_label_values(&[auth_type, method, outcome])
+        .inc();
+}
+
+pub fn rate_limited(limit: &'static str) {
+    LIMITED.with_label_values(&[limit]).inc();
+}
+
+// --- SMS gateways (recorded once per send by `notify::sms::Instrumented`) ----------------------
+
+pub const SMS_SENT: &str = "stepgate_sms_sent_total";
+pub const SMS_SEND_SECONDS: &str = "stepgate_sms_send_duration_seconds";
+
+static SMS_SENT_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        SMS_SENT,
+        "SMS send attempts by gateway (twilio | http | file) and result (sent | sender_refused | rejected | unavailable).",
+        &["gateway", "result"],
+    )
+});
+
+static SMS_SEND_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let buckets = vec![
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+    let labels = ["gateway"];
+    let help = "Time an SMS gateway took to accept or refuse one message, by gateway.";
+    register_histogram_vec!(SMS_SEND_SECONDS, help, &labels, buckets.clone()).unwrap_or_else(|_| {
+        HistogramVec::new(
+            prometheus::HistogramOpts::new(SMS_SEND_SECONDS, "unregistered").buckets(buckets),
+            &labels,
+        )
+        .unwrap_or_else(|_| unreachable!("static histogram options are valid"))
+    })
+});
+
+/// One SMS send finished. `result` is `sent`, `sender_refused`, `rejected` or `unavailable`.
+pub fn record_sms_send(gateway: &'static str, result: &'static str, elapsed: Duration) {
+    SMS_SENT_COUNTER.with_label_values(&[gateway, result]).inc();
+    SMS_SEND_LATENCY
+        .with_label_values(&[gateway])
+        .observe(elapsed.as_secs_f64());
+}
+
 fn unregistered_gauge(name: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(prometheus::Opts::new(name, "unregistered"), labels)
         .unwrap_or_else(|_| unreachable!("static gauge options are valid"))
@@ -83,6 +173,11 @@ pub fn register_all() {
     LazyLock::force(&BUILD);
     LazyLock::force(&STORE_LATENCY);
     LazyLock::force(&STORE_UP_GAUGE);
+    LazyLock::force(&STARTED);
+    LazyLock::force(&FINISHED);
+    LazyLock::force(&LIMITED);
+    LazyLock::force(&SMS_SENT_COUNTER);
+    LazyLock::force(&SMS_SEND_LATENCY);
 }
 
 /// The Prometheus text exposition of every registered metric.

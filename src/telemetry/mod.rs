@@ -3,8 +3,11 @@
 //!
 //! Imports nothing from this crate; everything else may import it.
 
+pub mod audit;
 pub mod http;
 pub mod metrics;
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -25,6 +28,7 @@ pub fn init_tracing(level: &str, format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _already_installed = match format {
         LogFormat::Text => builder.try_init(),

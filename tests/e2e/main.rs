@@ -1,7 +1,13 @@
 //! End-to-end tests: each starts the real `stepgate` binary on free ports and talks to it over
 //! the network. `harness` builds configs and processes; the other modules are the scenarios.
 
+// Test code may unwrap: a panic is the failure report (STYLE.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
+mod fakes;
 mod harness;
 mod redis_outage;
 mod serving;
+mod sms_flow;
+mod sms_gateways;

@@ -1,0 +1,313 @@
+//! SMS authentication: start (rate limits, message, code, delivery with the sender-id fallback),
+//! verify and resend, with metrics and audit events for each outcome. Codes leave this module
+//! only inside the message handed to the SMS gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::transactions::{EngineError, ResendResult, TransactionEngine};
+use crate::domain::auth_type::AuthType;
+use crate::domain::code::SecretKey;
+use crate::domain::ports::{RateLimitStore, SendError, SmsMessage, SmsSender, StoreError};
+use crate::domain::regulation::{Finish, ResendOutcome, VerifyOutcome, WindowLimit};
+use crate::domain::sms::render_body;
+use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+use crate::telemetry::audit::{AuditEvent, mask_phone};
+use crate::telemetry::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmsError {
+    #[error("rate limit {limit} reached")]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    #[error("no message given and the type has no default message")]
+    MissingMessage,
+    #[error("the SMS could not be sent: {0}")]
+    SendFailed(SendError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<StoreError> for SmsError {
+    fn from(error: StoreError) -> Self {
+        SmsError::Engine(EngineError::Store(error))
+    }
+}
+
+/// Per-user and per-phone limits on SMS sent (init and resend alike: each one costs money).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmsLimits {
+    pub per_user: Option<WindowLimit>,
+    pub per_phone: Option<WindowLimit>,
+}
+
+/// What a portal asks for when it starts an SMS authentication.
+#[derive(Debug, Clone)]
+pub struct SmsStart {
+    pub user_id: String,
+    /// Already normalized to `+digits`.
+    pub phone_number: String,
+    pub message: Option<String>,
+    pub language: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct SmsService {
+    engine: TransactionEngine,
+    sender: Arc<dyn SmsSender>,
+    limiter: Arc<dyn RateLimitStore>,
+    limits: SmsLimits,
+    origin_host: Option<String>,
+    /// Keys rate-limit counters, so no phone number or user id is stored in clear.
+    limit_key: [u8; 32],
+}
+
+impl SmsService {
+    pub fn new(
+        engine: TransactionEngine,
+        sender: Arc<dyn SmsSender>,
+        limiter: Arc<dyn RateLimitStore>,
+        limits: SmsLimits,
+        origin_host: Option<String>,
+        secret: &SecretKey,
+    ) -> Self {
+        Self {
+            engine,
+            sender,
+            limiter,
+            limits,
+            origin_host,
+            limit_key: secret.derive("rate-limit-key"),
+        }
+    }
+
+    fn limit_key(&self, scope: &str, value: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.limit_key)
+            .unwrap_or_else(|_| unreachable!());
+        mac.update(scope.as_bytes());
+        mac.update(b":");
+        mac.update(value.as_bytes());
+        format!(
+            "sms:{scope}:{}",
+            hex::encode(&mac.finalize().into_bytes()[..16])
+        )
+    }
+
+    /// Counts one SMS against both limits; refuses when either is exceeded.
+    async fn admit(&self, user_id: &str, phone: &str) -> Result<(), SmsError> {
+        let checks = [
+            ("sms_per_user", "user", user_id, self.limits.per_user),
+            ("sms_per_phone", "phone", phone, self.limits.per_phone),
+        ];
+        for (name, scope, value, limit) in checks {
+            let Some(limit) = limit else { continue };
+            let decision = self
+                .limiter
+                .hit(&self.limit_key(scope, value), limit.limit, limit.window)
+                .await?;
+            if !decision.allowed {
+                metrics::rate_limited(name);
+                AuditEvent {
+                    event: "SMS_RATE_LIMITED",
+                    user_id: Some(user_id),
+                    phone: Some(mask_phone(phone)),
+                    detail: Some(name),
+                    ..Default::default()
+                }
+                .emit();
+                return Err(SmsError::RateLimited {
+                    limit: name,
+                    retry_after: decision.retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends with the type's sender id; when the gateway refuses that sender, once more with the
+    /// gateway's default number, as the spec prescribes.
+    async fn deliver(
+        &self,
+        to: &str,
+        sender_id: Option<&str>,
+        body: String,
+    ) -> Result<(), SendError> {
+        let message = SmsMessage {
+            to: to.to_owned(),
+            from: sender_id.map(str::to_owned),
+            body,
+        };
+        match self.sender.send(&message).await {
+            Err(SendError::SenderRefused(cause)) if message.from.is_some() => {
+                tracing::warn!(gateway = self.sender.gateway(), sender_id = ?message.from, %cause, "sender id refused; retrying with the default sender");
+                self.sender
+                    .send(&SmsMessage {
+                        from: None,
+                        ..message
+                    })
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn start(
+        &self,
+        auth_type: &AuthType,
+        request: SmsStart,
+    ) -> Result<Transaction, SmsError> {
+        let template = request
+            .message
+            .clone()
+            .or_else(|| {
+                auth_type
+                    .default_message(request.language.as_deref())
+                    .map(str::to_owned)
+            })
+            .ok_or(SmsError::MissingMessage)?;
+        self.admit(&request.user_id, &request.phone_number).await?;
+        let details = Details {
+            message: Some(template.clone()),
+            language: request.language.clone(),
+            phone_number: Some(request.phone_number.clone()),
+            sender_id: auth_type.sender_id.clone(),
+            ..Details::default()
+        };
+        let started = self
+            .engine
+            .start(auth_type, Some(request.user_id.clone()), details)
+            .await?;
+        let tx = started.transaction;
+        let method = tx.method.as_str();
+        metrics::transaction_started(&tx.auth_type, method);
+        let id = tx.id.to_string();
+        let code = started.code.ok_or(SmsError::MissingMessage)?;
+        let body = render_body(&template, &code, self.origin_host.as_deref());
+        let sent = self
+            .deliver(&request.phone_number, auth_type.sender_id.as_deref(), body)
+            .await;
+        let reason = sent.as_ref().err().map(ToString::to_string);
+        AuditEvent {
+            event: if sent.is_ok() {
+                "SMS_AUTH_INIT_MESSAGE_SENT"
+            } else {
+                "SMS_AUTH_INIT_MESSAGE_FAILED"
+            },
+            transaction_id: Some(&id),
+            auth_type: Some(&tx.auth_type),
+            method: Some(method),
+            user_id: Some(&request.user_id),
+            phone: Some(mask_phone(&request.phone_number)),
+            detail: reason.as_deref(),
+            ..Default::default()
+        }
+        .emit();
+        match sent {
+            Ok(()) => Ok(tx),
+            Err(error) => {
+                let failed = Finish {
+                    status: Status::Failed,
+                    reason: Some(Reason::FailedToSend),
+                    user_id: None,
+                };
+                if let Err(store_error) = self.engine.finish(&tx.id, &failed).await {
+                    tracing::warn!(transaction_id = %tx.id, error = %store_error, "could not mark the unsent transaction failed; it will expire");
+                }
+                metrics::transaction_finished(&tx.auth_type, method, Status::Failed.as_str());
+                Err(SmsError::SendFailed(error))
+            }
+        }
+    }
+
+    pub async fn verify(
+        &self,
+        id: &TransactionId,
+        user_id: &str,
+        typed: &str,
+    ) -> Result<VerifyOutcome, SmsError> {
+        let outcome = self.engine.verify(id, user_id, typed).await?;
+        let finished = match outcome {
+            VerifyOutcome::Approved { .. } => Some(("SMS_AUTH_AUTHENTICATED", Status::Approved)),
+            VerifyOutcome::Exhausted { .. } => {
+                Some(("SMS_AUTH_VALIDATION_LIMIT_EXCEEDED", Status::Failed))
+            }
+            VerifyOutcome::Expired => Some((
+                "SMS_AUTH_NOT_AUTHENTICATED_TRANSACTION_EXPIRED",
+                Status::Expired,
+            )),
+            VerifyOutcome::WrongCode { .. } => {
+                self.audit_tx(
+                    "SMS_AUTH_NOT_AUTHENTICATED_INVALID_VERIFICATION_CODE",
+                    id,
+                    user_id,
+                );
+                None
+            }
+            VerifyOutcome::NotPending(_) | VerifyOutcome::NoCode => None,
+        };
+        if let Some((event, status)) = finished {
+            self.audit_tx(event, id, user_id);
+            if let Ok(Some(tx)) = self.engine.get(id).await {
+                metrics::transaction_finished(&tx.auth_type, tx.method.as_str(), status.as_str());
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn audit_tx(&self, event: &'static str, id: &TransactionId, user_id: &str) {
+        let id = id.to_string();
+        AuditEvent {
+            event,
+            transaction_id: Some(&id),
+            user_id: Some(user_id),
+            method: Some("sms"),
+            ..Default::default()
+        }
+        .emit();
+    }
+
+    /// Sends a fresh code (the previous one stops working). `Ok(Err(outcome))` is a refusal by
+    /// the resend rules.
+    pub async fn resend(
+        &self,
+        id: &TransactionId,
+        user_id: &str,
+    ) -> Result<Result<(), ResendOutcome>, SmsError> {
+        let tx = self.engine.get_owned(id, user_id).await?;
+        let phone = tx
+            .details
+            .phone_number
+            .clone()
+            .ok_or(EngineError::UnknownTransaction)?;
+        if tx.status != Status::Pending {
+            return Ok(Err(ResendOutcome::NotPending(tx.status)));
+        }
+        self.admit(user_id, &phone).await?;
+        let resent = match self.engine.resend(tx.clone()).await? {
+            ResendResult::Resent(resent) => resent,
+            ResendResult::Refused(outcome) => return Ok(Err(outcome)),
+        };
+        let template = tx
+            .details
+            .message
+            .clone()
+            .unwrap_or_else(|| "{code}".to_owned());
+        let body = render_body(&template, &resent.code, self.origin_host.as_deref());
+        let sent = self
+            .deliver(&phone, tx.details.sender_id.as_deref(), body)
+            .await;
+        let event = if sent.is_ok() {
+            "SMS_RESEND_SUCCEEDED"
+        } else {
+            "SMS_RESEND_FAILED"
+        };
+        self.audit_tx(event, id, user_id);
+        sent.map(Ok).map_err(SmsError::SendFailed)
+    }
+}
