@@ -231,7 +231,7 @@ impl SmsService {
         user_id: &str,
         typed: &str,
     ) -> Result<VerifyOutcome, SmsError> {
-        let outcome = self.engine.verify(id, user_id, typed).await?;
+        let (outcome, tx) = self.engine.verify(id, user_id, typed).await?;
         let finished = match outcome {
             VerifyOutcome::Approved { .. } => Some(("SMS_AUTH_AUTHENTICATED", Status::Approved)),
             VerifyOutcome::Exhausted { .. } => {
@@ -253,9 +253,7 @@ impl SmsService {
         };
         if let Some((event, status)) = finished {
             self.audit_tx(event, id, user_id);
-            if let Ok(Some(tx)) = self.engine.get(id).await {
-                metrics::transaction_finished(&tx.auth_type, tx.method.as_str(), status.as_str());
-            }
+            metrics::transaction_finished(&tx.auth_type, tx.method.as_str(), status.as_str());
         }
         Ok(outcome)
     }

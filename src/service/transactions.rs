@@ -114,18 +114,23 @@ impl TransactionEngine {
 
     /// Checks what the user typed and counts the attempt. Input that is not six digits counts as
     /// a wrong code, so malformed guesses are not free.
+    ///
+    /// Returns the outcome with the transaction as read before the attempt (its type and
+    /// method, for metrics and audit, without reading it again).
     pub async fn verify(
         &self,
         id: &TransactionId,
         user_id: &str,
         typed: &str,
-    ) -> Result<VerifyOutcome, EngineError> {
-        self.get_owned(id, user_id).await?;
+    ) -> Result<(VerifyOutcome, Transaction), EngineError> {
+        let transaction = self.get_owned(id, user_id).await?;
         let candidate = self.hasher.hash_input(id, typed);
-        self.store
+        let outcome = self
+            .store
             .verify_code(id, &candidate)
             .await?
-            .ok_or(EngineError::UnknownTransaction)
+            .ok_or(EngineError::UnknownTransaction)?;
+        Ok((outcome, transaction))
     }
 
     /// Counts a resend of `transaction` (already read and checked by the caller with
@@ -202,11 +207,11 @@ mod tests {
         let code = started.code.expect("sms transactions get a code");
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", code.expose()).await.unwrap(),
+            engine.verify(&id, "ann", code.expose()).await.unwrap().0,
             VerifyOutcome::Approved { attempts: 1 }
         );
         assert_eq!(
-            engine.verify(&id, "ann", code.expose()).await.unwrap(),
+            engine.verify(&id, "ann", code.expose()).await.unwrap().0,
             VerifyOutcome::NotPending(Status::Approved)
         );
         assert_eq!(
@@ -249,14 +254,14 @@ mod tests {
             .unwrap();
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "abc").await.unwrap(),
+            engine.verify(&id, "ann", "abc").await.unwrap().0,
             VerifyOutcome::WrongCode {
                 attempts: 1,
                 remaining: Some(1)
             }
         );
         assert_eq!(
-            engine.verify(&id, "ann", "").await.unwrap(),
+            engine.verify(&id, "ann", "").await.unwrap().0,
             VerifyOutcome::Exhausted { attempts: 2 }
         );
         let tx = engine.get(&id).await.unwrap().unwrap();
@@ -285,7 +290,7 @@ mod tests {
         ));
         if first != resent.code {
             assert!(matches!(
-                engine.verify(&id, "ann", first.expose()).await.unwrap(),
+                engine.verify(&id, "ann", first.expose()).await.unwrap().0,
                 VerifyOutcome::WrongCode { .. }
             ));
         }
@@ -293,7 +298,8 @@ mod tests {
             engine
                 .verify(&id, "ann", resent.code.expose())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             VerifyOutcome::Approved { .. }
         ));
     }
@@ -315,7 +321,8 @@ mod tests {
             engine
                 .verify(&id, "ann", started.code.unwrap().expose())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             VerifyOutcome::Expired
         );
     }
@@ -334,7 +341,7 @@ mod tests {
         assert!(started.code.is_none());
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "123456").await.unwrap(),
+            engine.verify(&id, "ann", "123456").await.unwrap().0,
             VerifyOutcome::NoCode
         );
         let deny = Finish {
