@@ -21,23 +21,14 @@ static BUILD: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 static STORE_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let buckets = vec![
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    ];
-    register_histogram_vec!(
+    histogram_vec(
         STORE_OPERATION_SECONDS,
         "Latency of store operations by backend, operation and outcome (ok | error).",
         &["backend", "operation", "outcome"],
-        buckets.clone()
+        vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ],
     )
-    .unwrap_or_else(|_| {
-        HistogramVec::new(
-            prometheus::HistogramOpts::new(STORE_OPERATION_SECONDS, "unregistered")
-                .buckets(buckets),
-            &["backend", "operation", "outcome"],
-        )
-        .unwrap_or_else(|_| unreachable!("static histogram options are valid"))
-    })
 });
 
 static STORE_UP_GAUGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -79,6 +70,16 @@ static LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    register_histogram_vec!(name, help, labels, buckets.clone()).unwrap_or_else(|_| {
+        HistogramVec::new(
+            prometheus::HistogramOpts::new(name, "unregistered").buckets(buckets),
+            labels,
+        )
+        .unwrap_or_else(|_| unreachable!("static histogram options are valid"))
+    })
+}
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register_int_counter_vec!(name, help, labels).unwrap_or_else(|_| {
         IntCounterVec::new(prometheus::Opts::new(name, "unregistered"), labels)
@@ -116,18 +117,14 @@ static SMS_SENT_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 static SMS_SEND_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    let buckets = vec![
-        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ];
-    let labels = ["gateway"];
-    let help = "Time an SMS gateway took to accept or refuse one message, by gateway.";
-    register_histogram_vec!(SMS_SEND_SECONDS, help, &labels, buckets.clone()).unwrap_or_else(|_| {
-        HistogramVec::new(
-            prometheus::HistogramOpts::new(SMS_SEND_SECONDS, "unregistered").buckets(buckets),
-            &labels,
-        )
-        .unwrap_or_else(|_| unreachable!("static histogram options are valid"))
-    })
+    histogram_vec(
+        SMS_SEND_SECONDS,
+        "Time an SMS gateway took to accept or refuse one message, by gateway.",
+        &["gateway"],
+        vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ],
+    )
 });
 
 /// One SMS send finished. `result` is `sent`, `sender_refused`, `rejected` or `unavailable`.

@@ -163,6 +163,18 @@ impl Gate {
         format!("http://{}/metrics", self.metrics)
     }
 
+    /// The metrics listener's exposition text.
+    pub async fn metrics_text(&self) -> String {
+        client()
+            .get(self.metrics_url())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -47,14 +47,7 @@ async fn readiness_follows_redis_down_and_up() {
     )
     .await;
 
-    let metrics = client()
-        .get(gate.metrics_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics_text().await;
     assert!(
         metrics.contains("stepgate_store_up{backend=\"redis\"} 1"),
         "{metrics}"

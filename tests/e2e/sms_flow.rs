@@ -225,14 +225,7 @@ async fn the_documented_flow(store: Store) {
         "a code is usable once"
     );
 
-    let metrics = client()
-        .get(gate.metrics_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics_text().await;
     assert!(
         metrics.contains("stepgate_transactions_started_total{method=\"sms\",type=\"sms_code\"} 1"),
         "{metrics}"
@@ -512,14 +505,7 @@ async fn provider_trouble_and_abuse(store: Store) {
         .await;
     assert_eq!((status, error_code(&body)), (503, "3002"), "{body}");
     twilio.set_fail(false);
-    let metrics = client()
-        .get(gate.metrics_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gate.metrics_text().await;
     assert!(
         metrics.contains("stepgate_sms_sent_total{gateway=\"twilio\",result=\"unavailable\"} 1"),
         "{metrics}"
