@@ -74,3 +74,62 @@ async fn rediss_urls_speak_tls_to_redis() {
     )
     .await;
 }
+
+/// The API fails closed while Redis is away (503 JSON, nothing sent) and works again when it
+/// returns, with no restart.
+#[tokio::test]
+async fn the_api_fails_closed_without_redis_and_recovers() {
+    let twilio = crate::fakes::twilio::FakeTwilio::start().await;
+    let mut redis = ScratchRedis::new();
+    redis.start();
+    let yaml = format!(
+        "api_clients: [ {{ client_id: portal, client_secret: \"portal-secret-0123456789\", apis: [mobile_authentication] }} ]
+auth_types: [ {{ name: sms_code, method: sms, default_messages: {{ en: \"{{code}}\" }} }} ]
+sms: {{ gateway: twilio, twilio: {{ account_sid: \"{}\", auth_token: \"{}\", from_number: \"+15005550006\", base_url: \"{}\" }} }}
+",
+        twilio.account_sid(),
+        twilio.auth_token(),
+        twilio.base_url()
+    );
+    let gate = GateBuilder::redis(redis.url()).yaml(&yaml).start();
+    let init = || async {
+        let response = client()
+            .post(gate.url("/oauth/api/v4/authenticate/user"))
+            .basic_auth("portal", Some("portal-secret-0123456789"))
+            .form(&[
+                ("type", "sms_code"),
+                ("user_id", "ann"),
+                ("phone_number", "+31612340000"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(init().await.0, 200);
+
+    redis.stop();
+    let (status, body) = init().await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert_eq!(
+        twilio.messages().len(),
+        1,
+        "nothing is sent while the store is down"
+    );
+
+    redis.start();
+    let mut recovered = false;
+    for _ in 0..150 {
+        if init().await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the API works again once Redis is back");
+}

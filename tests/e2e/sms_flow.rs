@@ -569,3 +569,35 @@ async fn a_disabled_feature_answers_1000() {
     .await;
     assert_eq!((status, error_code(&body)), (404, "1000"));
 }
+
+/// Concurrency cannot buy guesses through the API either: 40 simultaneous wrong codes against a
+/// transaction that allows 3 attempts get exactly 3 "wrong code" answers, and the right code is
+/// refused afterwards.
+#[tokio::test]
+async fn concurrent_wrong_codes_get_exactly_the_allowed_attempts() {
+    let twilio = FakeTwilio::start().await;
+    let gate = gate(&Store::Redis, config(&twilio, "", GENEROUS));
+    let portal = Portal {
+        gate: &gate,
+        version: "v4",
+    };
+    let tx = portal.start_sms("ivy", "+31600000077").await;
+    let right = last_code(&twilio, "+31600000077");
+    let wrong = wrong_code(&right);
+    let guesses = (0..40).map(|_| portal.verify("ivy", &tx, &wrong));
+    // join_all polls them together, so the requests are in flight at once.
+    let answers = futures::future::join_all(guesses).await;
+    let wrong_answers = answers
+        .iter()
+        .filter(|(_, body)| error_code(body) == "3003")
+        .count();
+    let closed_answers = answers
+        .iter()
+        .filter(|(_, body)| error_code(body) == "3004")
+        .count();
+    assert_eq!((wrong_answers, closed_answers), (3, 37), "{answers:?}");
+    assert_eq!(
+        error_code(&portal.verify("ivy", &tx, &right).await.1),
+        "3004"
+    );
+}
