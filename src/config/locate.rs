@@ -113,6 +113,15 @@ impl PositionIndex {
         }
     }
 
+    /// The keys of the top-level mapping.
+    pub fn top_level_keys(&self) -> Vec<String> {
+        self.positions
+            .keys()
+            .filter(|path| !path.is_empty() && !path.contains(['.', '[']))
+            .cloned()
+            .collect()
+    }
+
     /// Whether `path` is written in the file (as opposed to taking its default).
     pub fn contains(&self, path: &str) -> bool {
         self.positions.contains_key(path)

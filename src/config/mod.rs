@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 
 use self::env::EnvSource;
 use self::locate::{Position, PositionIndex};
-use self::schema::ConfigFile;
+use std::collections::HashSet;
+
+use serde::de::DeserializeOwned;
+
+use self::schema::{ConfigFile, PolicyFile};
 pub use self::settings::Settings;
+use crate::domain::policy::Policy;
 
 /// One problem, located: in the file (line and column) or in the environment variable that
 /// supplied the value.
@@ -79,60 +84,169 @@ pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
     load_str(&text, path, env)
 }
 
-/// Checks and compiles config text; `path` names it in messages.
-pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
-    let index = PositionIndex::build(text);
+/// Parses one YAML document into `T`; every unknown key and a shape error become issues located
+/// in `file`.
+fn parse_located<T: DeserializeOwned>(
+    text: &str,
+    file: &Path,
+    index: &PositionIndex,
+) -> Result<(T, Vec<Issue>), Vec<Issue>> {
     let issue = |position: Position, path_in_file: String, message: String| Issue {
-        file: path.to_path_buf(),
+        file: file.to_path_buf(),
         position,
         env_var: None,
         path: path_in_file,
         message,
     };
-
-    let (parsed, unknown_keys) = match parse(text) {
-        Ok(parsed) => parsed,
+    match parse::<T>(text) {
+        Ok((parsed, unknown_keys)) => {
+            let issues = unknown_keys
+                .into_iter()
+                .map(|key_path| {
+                    let message = "unknown key (expected one of the keys listed in the configuration reference)".to_owned();
+                    issue(index.locate(&key_path), key_path, message)
+                })
+                .collect();
+            Ok((parsed, issues))
+        }
         Err((error_path, message, position)) => {
             let position = position.unwrap_or_else(|| index.locate(&error_path));
-            return Err(ConfigError::Invalid(vec![issue(
-                position, error_path, message,
-            )]));
-        }
-    };
-    let mut issues: Vec<Issue> = unknown_keys
-        .into_iter()
-        .map(|key_path| {
-            let message =
-                "unknown key (expected one of the keys listed in the configuration reference)"
-                    .to_owned();
-            issue(index.locate(&key_path), key_path, message)
-        })
-        .collect();
-
-    let mut file = parsed;
-    let origins = env::apply(&mut file, env);
-    match validate::compile(file, path) {
-        Ok(settings) if issues.is_empty() => Ok(settings),
-        Ok(_) => Err(ConfigError::Invalid(issues)),
-        Err(problems) => {
-            issues.extend(problems.into_iter().map(|problem| Issue {
-                file: path.to_path_buf(),
-                position: index.locate(&problem.path),
-                env_var: origins.get(&problem.path).cloned(),
-                path: problem.path,
-                message: problem.message,
-            }));
-            issues.sort_by_key(|issue| issue.position);
-            Err(ConfigError::Invalid(issues))
+            Err(vec![issue(position, error_path, message)])
         }
     }
+}
+
+/// Checks and compiles config text; `path` names it in messages, and `proxy.policy_files` are
+/// found relative to its folder.
+pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
+    let index = PositionIndex::build(text);
+    let (mut file, mut issues) =
+        parse_located::<ConfigFile>(text, path, &index).map_err(ConfigError::Invalid)?;
+    let origins = env::apply(&mut file, env);
+    let policy_patterns = file.proxy.policy_files.clone();
+    let mut policy_names: HashSet<String> = file
+        .policies
+        .iter()
+        .map(|p| p.name.trim().to_owned())
+        .collect();
+    let compiled = validate::compile(file, path);
+    if let Err(problems) = &compiled {
+        issues.extend(problems.iter().map(|problem| Issue {
+            file: path.to_path_buf(),
+            position: index.locate(&problem.path),
+            env_var: origins.get(&problem.path).cloned(),
+            path: problem.path.clone(),
+            message: problem.message.clone(),
+        }));
+    }
+    issues.sort_by_key(|issue| issue.position);
+    let auth_types = compiled.as_ref().ok().map(|settings| &settings.auth_types);
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    let (file_policies, policy_issues) = load_policy_files(
+        &policy_patterns,
+        base,
+        path,
+        &index,
+        auth_types,
+        &mut policy_names,
+    );
+    issues.extend(policy_issues);
+    match compiled {
+        Ok(mut settings) if issues.is_empty() => {
+            settings.policies.policies.extend(file_policies);
+            Ok(settings)
+        }
+        _ => Err(ConfigError::Invalid(issues)),
+    }
+}
+
+/// Reads every file the patterns name, in name order, each problem located in its own file.
+fn load_policy_files(
+    patterns: &[String],
+    base: &Path,
+    config_path: &Path,
+    config_index: &PositionIndex,
+    auth_types: Option<&crate::domain::auth_type::AuthTypes>,
+    names: &mut HashSet<String>,
+) -> (Vec<Policy>, Vec<Issue>) {
+    let mut policies = Vec::new();
+    let mut issues = Vec::new();
+    for (i, pattern) in patterns.iter().enumerate() {
+        let full = base.join(pattern);
+        let mut files: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => paths.filter_map(Result::ok).collect(),
+            Err(_) => continue, // reported by validate as a bad pattern
+        };
+        files.sort();
+        let has_wildcard = pattern.contains(['*', '?', '[']);
+        if files.is_empty() && !has_wildcard {
+            let at = format!("proxy.policy_files[{i}]");
+            issues.push(Issue {
+                file: config_path.to_path_buf(),
+                position: config_index.locate(&at),
+                env_var: None,
+                path: at,
+                message: format!("{} does not exist (expected a policy file)", full.display()),
+            });
+        }
+        for file in files {
+            let (found, file_issues) = load_policy_file(&file, auth_types, names);
+            policies.extend(found);
+            issues.extend(file_issues);
+        }
+    }
+    (policies, issues)
+}
+
+/// Checks one policy file (a `policies:` list). `auth_types` (when known) checks references.
+pub fn load_policy_file(
+    file: &Path,
+    auth_types: Option<&crate::domain::auth_type::AuthTypes>,
+    names: &mut HashSet<String>,
+) -> (Vec<Policy>, Vec<Issue>) {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            let message = format!("cannot read: {error}");
+            let issue = Issue {
+                file: file.to_path_buf(),
+                position: Position::START,
+                env_var: None,
+                path: String::new(),
+                message,
+            };
+            return (Vec::new(), vec![issue]);
+        }
+    };
+    let index = PositionIndex::build(&text);
+    let (parsed, mut issues) = match parse_located::<PolicyFile>(&text, file, &index) {
+        Ok(parsed) => parsed,
+        Err(issues) => return (Vec::new(), issues),
+    };
+    let (policies, problems) = validate::policies(&parsed.policies, auth_types, names);
+    issues.extend(problems.into_iter().map(|problem| Issue {
+        file: file.to_path_buf(),
+        position: index.locate(&problem.path),
+        env_var: None,
+        path: problem.path,
+        message: problem.message,
+    }));
+    issues.sort_by_key(|issue| issue.position);
+    (policies, issues)
+}
+
+/// Whether a YAML text is a policy file (its only top-level key is `policies`) rather than a
+/// gateway config.
+pub fn is_policy_file(text: &str) -> bool {
+    let index = PositionIndex::build(text);
+    index.contains("policies") && index.top_level_keys().iter().all(|key| key == "policies")
 }
 
 type ParseFailure = (String, String, Option<Position>);
 
 /// The typed parse. Unknown keys do not stop it: they are collected with their paths. A shape
 /// error (wrong type, bad YAML) does stop it, and is reported with its path and position.
-fn parse(text: &str) -> Result<(ConfigFile, Vec<String>), ParseFailure> {
+fn parse<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), ParseFailure> {
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let options = serde_saphyr::options! { with_snippet: false };

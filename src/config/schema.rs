@@ -37,6 +37,10 @@ pub struct ConfigFile {
     pub rate_limits: RateLimits,
     /// The gateway that delivers SMS codes.
     pub sms: Sms,
+    /// The sidecar proxy: default decision and where more policy files are.
+    pub proxy: Proxy,
+    /// Route policies, checked in order before those of `proxy.policy_files`.
+    pub policies: Vec<PolicyEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -409,5 +413,81 @@ impl std::fmt::Debug for SmsHttp {
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("body", &self.body)
             .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Proxy {
+    /// What happens to a request no policy matches: `allow` or `deny`.
+    pub default_action: String,
+    /// Globs (relative to the config file's folder) of YAML files holding `policies:` lists,
+    /// read in name order after the inline policies.
+    pub policy_files: Vec<String>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self {
+            default_action: "allow".into(),
+            policy_files: Vec::new(),
+        }
+    }
+}
+
+/// A file of `policy_files`: only a `policies` list.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyFile {
+    pub policies: Vec<PolicyEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyEntry {
+    /// Unique across all policies; shown in logs, metrics and `check-policy`.
+    pub name: String,
+    /// What the rule looks at; omitted criteria match anything.
+    #[serde(rename = "match")]
+    pub matcher: PolicyMatch,
+    /// Demands step-up with this auth type.
+    pub require: Option<Require>,
+    /// `allow` or `deny` instead of `require`.
+    pub action: Option<String>,
+    /// Shown to the user; `{form.x}`, `{query.x}`, `{header.x}` come from the held request.
+    pub message: Option<String>,
+    /// `challenge` (default) or `hold`.
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyMatch {
+    /// Exact host names or `*.domain`.
+    pub hosts: Vec<String>,
+    /// HTTP methods.
+    pub methods: Vec<String>,
+    /// Path globs: `*` one segment, `**` any number, `*` inside a segment any characters.
+    pub paths: Vec<String>,
+    /// Client CIDRs.
+    pub networks: Vec<String>,
+    /// Header name to exact value (`*`: present with any value).
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Require {
+    pub auth_type: String,
+    /// How long an approval stays valid for this policy; 0 = every request needs one.
+    pub freshness_seconds: u64,
+}
+
+impl Default for Require {
+    fn default() -> Self {
+        Self {
+            auth_type: String::new(),
+            freshness_seconds: 300,
+        }
     }
 }

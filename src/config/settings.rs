@@ -11,6 +11,7 @@ use url::Url;
 
 use crate::domain::auth_type::AuthTypes;
 use crate::domain::code::SecretKey;
+use crate::domain::policy::PolicySet;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -29,6 +30,8 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     pub rate_limits: RateLimits,
     pub sms: SmsSettings,
+    /// Inline policies first, then those of `proxy.policy_files`.
+    pub policies: PolicySet,
 }
 
 pub use crate::domain::regulation::WindowLimit as Limit;

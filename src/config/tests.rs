@@ -463,3 +463,142 @@ fn http_basic_and_bearer_do_not_mix() {
     assert!(format!("{settings:?}").contains("Basic"));
     assert!(!format!("{settings:?}").contains("pw-secret"));
 }
+
+#[test]
+fn inline_policies_compile_in_order_with_the_default() {
+    let text = minimal(
+        "auth_types: [ { name: sms, method: sms, default_messages: { en: \"{code}\" } } ]
+proxy: { default_action: deny }
+policies:
+  - { name: open, match: { paths: [\"/public/**\"] }, action: allow }
+  - name: pay
+    match: { methods: [post], paths: [\"/pay\"] }
+    require: { auth_type: sms, freshness_seconds: 0 }
+    mode: hold
+",
+    );
+    let settings = load_str(&text, Path::new("c.yaml"), &no_env()).unwrap();
+    let names: Vec<&str> = settings
+        .policies
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["open", "pay"]);
+    assert_eq!(
+        settings.policies.default,
+        crate::domain::policy::Decision::Deny
+    );
+    assert_eq!(settings.policies.policies[1].matcher.methods, ["POST"]);
+}
+
+#[test]
+fn policy_mistakes_are_each_reported_with_their_path() {
+    let text = minimal(
+        "auth_types: [ { name: sms, method: sms, default_messages: { en: \"{code}\" } } ]
+policies:
+  - { name: a, match: { paths: [\"transfer\"], networks: [\"10.0.0.0/33\"] }, require: { auth_type: sms_cod } }
+  - { name: a, action: allow, require: { auth_type: sms } }
+  - { name: c, match: { hosts: [\"bank.example:443\"] }, action: maybe, mode: later }
+  - { name: d, message: \"Pay {amount}\", require: { auth_type: sms } }
+  - { name: e }
+",
+    );
+    let rendered: Vec<String> = issues_of(&text).iter().map(Issue::to_string).collect();
+    let joined = rendered.join("\n");
+    for expected in [
+        "policies[0].match.paths[0]: 'transfer' is not a path pattern",
+        "policies[0].match.networks[0]: '10.0.0.0/33' is not a network",
+        "policies[0].require.auth_type: unknown auth type 'sms_cod' (expected one of: sms)",
+        "policies[1].name: duplicate policy name 'a'",
+        "policies[1].action: 'action: allow' and 'require' exclude each other",
+        "policies[2].match.hosts[0]: 'bank.example:443' is not a host",
+        "policies[2].action: unknown action 'maybe'",
+        "policies[2].mode: unknown mode 'later'",
+        "policies[3].message: placeholder '{amount}' is not one of",
+        "policies[4].require: missing",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "missing {expected:?} in:\n{joined}"
+        );
+    }
+    assert_eq!(rendered.len(), 10, "{joined}");
+}
+
+#[test]
+fn policy_files_are_read_in_order_and_located_in_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/10-first.yaml"),
+        "policies:\n  - { name: one, match: { paths: [\"/a\"] }, action: deny }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/20-second.yaml"),
+        "policies:\n  - { name: two, action: allow }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    let text = minimal(
+        "policies: [ { name: inline, match: { paths: [\"/i\"] }, action: deny } ]\nproxy: { policy_files: [\"policies/*.yaml\"] }\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let settings = load(&config, &no_env()).unwrap();
+    let names: Vec<&str> = settings
+        .policies
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["inline", "one", "two"]);
+
+    std::fs::write(
+        dir.path().join("policies/20-second.yaml"),
+        "policies:\n  - { name: one, action: allow }\n  - name: three\n    require: { auth_type: nope }\n    matchh: {}\n",
+    )
+    .unwrap();
+    let issues = load(&config, &no_env()).unwrap_err().issues().to_vec();
+    let rendered: Vec<String> = issues.iter().map(Issue::to_string).collect();
+    let second = dir
+        .path()
+        .join("policies/20-second.yaml")
+        .display()
+        .to_string();
+    assert_eq!(rendered.len(), 3, "{rendered:#?}");
+    assert!(
+        rendered[0].starts_with(&format!(
+            "{second}:2:7: policies[0].name: duplicate policy name 'one'"
+        )),
+        "{rendered:#?}"
+    );
+    assert!(rendered.iter().any(|r| r.starts_with(&format!("{second}:4:16: policies[1].require.auth_type: unknown auth type 'nope' (expected an auth_types entry; none is configured)"))), "{rendered:#?}");
+    assert!(
+        rendered
+            .iter()
+            .any(|r| r.starts_with(&format!("{second}:5:5: policies[1].matchh: unknown key"))),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn a_named_policy_file_that_does_not_exist_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        minimal("proxy:\n  policy_files: [\"rules.yaml\", \"none/*.yaml\"]\n"),
+    )
+    .unwrap();
+    let issues = load(&config, &no_env()).unwrap_err().issues().to_vec();
+    assert_eq!(
+        issues.len(),
+        1,
+        "a pattern matching nothing is fine; a missing named file is not"
+    );
+    assert_eq!(issues[0].path, "proxy.policy_files[0]");
+    assert_eq!(issues[0].position.line, 3);
+    assert!(is_policy_file("policies: []\n"));
+    assert!(!is_policy_file("policies: []\nlisten: {}\n"));
+}

@@ -24,6 +24,9 @@ use crate::domain::auth_type::{
     AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method,
 };
 use crate::domain::code::SecretKey;
+use crate::domain::policy::{
+    Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
+};
 
 /// One problem: the config path it concerns and what is wrong, ending in what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,19 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let callbacks = callbacks(&file.callbacks, &mut problems);
     let rate_limits = rate_limits(&file.rate_limits, &mut problems);
     let sms = sms(&file.sms, &mut problems);
+    let default_decision = default_action(&file.proxy, &mut problems);
+    let mut policy_names = HashSet::new();
+    let (inline_policies, policy_problems) =
+        policies(&file.policies, auth_types.as_ref(), &mut policy_names);
+    problems.0.extend(policy_problems);
+    for (i, pattern) in file.proxy.policy_files.iter().enumerate() {
+        if pattern.trim().is_empty() || glob::Pattern::new(pattern).is_err() {
+            problems.add(
+                format!("proxy.policy_files[{i}]"),
+                format!("'{pattern}' is not a file pattern (expected e.g. policies/*.yaml)"),
+            );
+        }
+    }
 
     match (
         listen, public_url, secret_key, server, log, store, auth_types, sms,
@@ -99,6 +115,10 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             callbacks,
             rate_limits,
             sms,
+            policies: PolicySet {
+                policies: inline_policies,
+                default: default_decision,
+            },
         }),
         _ => Err(problems.0),
     }
@@ -346,8 +366,7 @@ fn api_clients(clients: &[schema::ApiClient], problems: &mut Problems) -> Vec<Ap
         }
         let mut allowed_networks = Vec::new();
         for (j, network) in client.allowed_networks.iter().enumerate() {
-            let parsed = IpNet::from_str(network)
-                .or_else(|_| std::net::IpAddr::from_str(network).map(IpNet::from));
+            let parsed = parse_network(network);
             match parsed {
                 Ok(net) => allowed_networks.push(net),
                 Err(_) => {
@@ -601,6 +620,227 @@ fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> Callback
         only_allow_configured: callbacks.only_allow_configured,
         endpoints,
     }
+}
+
+/// A CIDR, or a bare address meaning just that host.
+fn parse_network(text: &str) -> Result<IpNet, ipnet::AddrParseError> {
+    IpNet::from_str(text).or_else(|error| {
+        std::net::IpAddr::from_str(text)
+            .map(IpNet::from)
+            .map_err(|_| error)
+    })
+}
+
+fn default_action(proxy: &schema::Proxy, problems: &mut Problems) -> Decision {
+    match proxy.default_action.as_str() {
+        "allow" => Decision::Allow,
+        "deny" => Decision::Deny,
+        other => {
+            problems.add(
+                "proxy.default_action",
+                format!("unknown action '{other}' (expected allow or deny)"),
+            );
+            Decision::Allow
+        }
+    }
+}
+
+const MESSAGE_SOURCES: [&str; 3] = ["form", "query", "header"];
+
+/// `{form.x}`, `{query.x}` and `{header.x}` are the only placeholders a policy message may use.
+fn check_message_placeholders(message: &str) -> Result<(), String> {
+    let mut rest = message;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in '{message}'"))?;
+        let inner = &after[..close];
+        let valid = inner.split_once('.').is_some_and(|(source, name)| {
+            MESSAGE_SOURCES.contains(&source)
+                && !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+        });
+        if !valid {
+            return Err(format!(
+                "placeholder '{{{inner}}}' is not one of {{form.NAME}}, {{query.NAME}}, {{header.NAME}}"
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// Compiles a list of policies (inline, or one policy file's). `auth_types` is `None` when the
+/// config's own types did not compile; references are then not checked. `names` carries the
+/// names already taken, so they stay unique across files. Problem paths start at `policies`.
+pub fn policies(
+    entries: &[schema::PolicyEntry],
+    auth_types: Option<&AuthTypes>,
+    names: &mut HashSet<String>,
+) -> (Vec<Policy>, Vec<Problem>) {
+    let mut problems = Problems::default();
+    let mut compiled = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let before = problems.0.len();
+        let at = |field: &str| format!("policies[{i}].{field}");
+        let name = entry.name.trim();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            problems.add(
+                at("name"),
+                format!(
+                    "'{name}' is not a policy name (expected letters, digits, '_', '-' or '.')"
+                ),
+            );
+        } else if !names.insert(name.to_owned()) {
+            problems.add(
+                at("name"),
+                format!(
+                    "duplicate policy name '{name}' (expected unique names across all policy files)"
+                ),
+            );
+        }
+        let raw = &entry.matcher;
+        let mut matcher = Matcher::default();
+        for (j, host) in raw.hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty()
+                || !bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                problems.add(format!("policies[{i}].match.hosts[{j}]"), format!("'{host}' is not a host (expected a name such as bank.example or *.bank.example, without port)"));
+            }
+            matcher.hosts.push(HostPattern::new(host));
+        }
+        for (j, method) in raw.methods.iter().enumerate() {
+            if method.is_empty() || !method.chars().all(|c| c.is_ascii_alphabetic()) {
+                problems.add(
+                    format!("policies[{i}].match.methods[{j}]"),
+                    format!("'{method}' is not an HTTP method (expected e.g. GET or POST)"),
+                );
+            }
+            matcher.methods.push(method.to_ascii_uppercase());
+        }
+        for (j, path) in raw.paths.iter().enumerate() {
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path.split('/').any(|s| s == "." || s == "..")
+            {
+                problems.add(format!("policies[{i}].match.paths[{j}]"), format!("'{path}' is not a path pattern (expected an absolute path such as /transfer or /api/payments/**)"));
+            }
+            matcher.paths.push(PathPattern::new(path));
+        }
+        for (j, network) in raw.networks.iter().enumerate() {
+            match parse_network(network) {
+                Ok(net) => matcher.networks.push(net),
+                Err(_) => problems.add(
+                    format!("policies[{i}].match.networks[{j}]"),
+                    format!("'{network}' is not a network (expected CIDR such as 10.0.0.0/8)"),
+                ),
+            }
+        }
+        for (header, value) in &raw.headers {
+            if header.is_empty()
+                || !header
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.add(
+                    format!("policies[{i}].match.headers.{header}"),
+                    format!("'{header}' is not a header name (expected e.g. X-Env)"),
+                );
+            }
+            matcher
+                .headers
+                .push((header.to_ascii_lowercase(), value.clone()));
+        }
+        let mode = match entry.mode.as_deref() {
+            None | Some("challenge") => Mode::Challenge,
+            Some("hold") => Mode::Hold,
+            Some(other) => {
+                problems.add(
+                    at("mode"),
+                    format!("unknown mode '{other}' (expected challenge or hold)"),
+                );
+                Mode::Challenge
+            }
+        };
+        if let Some(message) = &entry.message
+            && let Err(why) = check_message_placeholders(message)
+        {
+            problems.add(at("message"), format!("{why} (expected text with optional {{form.NAME}}, {{query.NAME}} or {{header.NAME}})"));
+        }
+        let decision = match (&entry.require, entry.action.as_deref()) {
+            (Some(_), Some(action)) => {
+                problems.add(
+                    at("action"),
+                    format!(
+                        "'action: {action}' and 'require' exclude each other (expected one of them)"
+                    ),
+                );
+                None
+            }
+            (None, None) => {
+                problems.add(at("require"), "missing (expected require: {auth_type: ...} to demand step-up, or action: allow | deny)");
+                None
+            }
+            (None, Some("allow")) => Some(Decision::Allow),
+            (None, Some("deny")) => Some(Decision::Deny),
+            (None, Some(other)) => {
+                problems.add(at("action"), format!("unknown action '{other}' (expected allow or deny; step-up is written as require)"));
+                None
+            }
+            (Some(require), None) => {
+                if let Some(types) = auth_types
+                    && types.get(&require.auth_type).is_none()
+                {
+                    let known: Vec<&str> = types.iter().map(|t| t.name.as_str()).collect();
+                    let expected = if known.is_empty() {
+                        "an auth_types entry; none is configured".to_owned()
+                    } else {
+                        format!("one of: {}", known.join(", "))
+                    };
+                    problems.add(
+                        at("require.auth_type"),
+                        format!(
+                            "unknown auth type '{}' (expected {expected})",
+                            require.auth_type
+                        ),
+                    );
+                }
+                if require.freshness_seconds > 86_400 {
+                    problems.add(
+                        at("require.freshness_seconds"),
+                        format!(
+                            "{} is out of range (expected 0 to 86400)",
+                            require.freshness_seconds
+                        ),
+                    );
+                }
+                Some(Decision::StepUp(StepUp {
+                    auth_type: require.auth_type.clone(),
+                    freshness: Duration::from_secs(require.freshness_seconds),
+                    mode,
+                    message: entry.message.clone(),
+                }))
+            }
+        };
+        if let (Some(decision), true) = (decision, problems.0.len() == before) {
+            compiled.push(Policy {
+                name: name.to_owned(),
+                matcher,
+                decision,
+            });
+        }
+    }
+    (compiled, problems.0)
 }
 
 fn rate_limits(raw: &schema::RateLimits, problems: &mut Problems) -> RateLimits {

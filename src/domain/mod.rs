@@ -7,6 +7,7 @@
 pub mod auth_type;
 pub mod clock;
 pub mod code;
+pub mod policy;
 pub mod ports;
 pub mod regulation;
 pub mod sms;

@@ -148,3 +148,113 @@ fn version_prints_the_crate_version() {
         format!("stepgate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn check_policy_explains_the_sample_policies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .current_dir(root)
+            .arg("check-policy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let out = run(&[
+        "POST",
+        "https://www.bank.example/api/payments/%2e%2e/payments/7",
+        "--ip",
+        "203.0.113.5",
+    ]);
+    assert!(
+        out.contains(
+            "policies[0] internal-bypass: no match: client 203.0.113.5 is in none of [10.0.0.0/8]"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("policies[1] transfers: MATCH"), "{out}");
+    assert!(out.contains("decision: step-up with auth type 'confirm_push', fresh for 300s, mode challenge (policy transfers)"), "{out}");
+
+    let out = run(&["POST", "https://bank.example/transfer", "--ip", "10.9.8.7"]);
+    assert!(
+        out.contains("decision: allow (policy internal-bypass)"),
+        "{out}"
+    );
+
+    let out = run(&[
+        "GET",
+        "https://bank.example/admin/users",
+        "--header",
+        "X-Env: prod",
+    ]);
+    assert!(
+        out.contains("decision: step-up with auth type 'sms_code', fresh for 0s"),
+        "{out}"
+    );
+
+    let out = run(&["GET", "https://bank.example/"]);
+    assert!(
+        out.contains("decision: allow (default: no policy matched)"),
+        "{out}"
+    );
+
+    let output = Command::new(BINARY)
+        .current_dir(root)
+        .args(["check-policy", "GET", "not a url"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn validate_checks_policy_files_alone_and_through_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    fs::write(
+        &rules,
+        "policies:\n  - name: pay\n    match: { paths: [\"pay\"] }\n    action: allow\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("validate")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:22: policies[0].match.paths[0]: 'pay' is not a path pattern",
+            rules.display()
+        )),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("config.yaml");
+    fs::write(
+        &config,
+        "secret_key: \"0123456789abcdef0123456789abcdef\"\nproxy: { policy_files: [\"*.yaml\"] }\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "the config reads rules.yaml through policy_files"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rules.yaml:3:22: policies[0].match.paths[0]"),
+        "{stderr}"
+    );
+}
