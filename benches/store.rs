@@ -116,7 +116,10 @@ async fn bench_store(
         let candidate = fx.hasher.hash(&id, &wrong);
         let store = store.clone();
         async move {
-            store.verify_code(&id, &candidate).await.expect("verify");
+            store
+                .verify_code(&id, "bench-user", &candidate)
+                .await
+                .expect("verify");
         }
     })
     .await;
@@ -197,8 +200,8 @@ fn main() {
             let tx = fx.transaction();
             redis_store.insert(&tx).await.expect("insert");
             let wrong = fx.hasher.hash(&tx.id, &OneTimeCode::parse("000000").unwrap_or_else(|| unreachable!()));
-            redis_store.verify_code(&tx.id, &wrong).await.expect("verify");
-            redis_store.verify_code(&tx.id, &fx.hasher.hash(&tx.id, &fx.code)).await.expect("verify");
+            redis_store.verify_code(&tx.id, "bench-user", &wrong).await.expect("verify");
+            redis_store.verify_code(&tx.id, "bench-user", &fx.hasher.hash(&tx.id, &fx.code)).await.expect("verify");
         }
         let after = redis_command_calls(&mut conn).await;
         println!("redis commands per SMS flow (insert + wrong code + right code), over {flows} flows:");

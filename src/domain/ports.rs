@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::auth_type::Method;
 use super::code::CodeHash;
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use super::transaction::{Transaction, TransactionId};
@@ -37,12 +38,15 @@ pub trait TransactionStore: Send + Sync {
 
     async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError>;
 
-    /// Checks a code and counts the attempt, atomically (`regulation::verify`).
+    /// Checks that the transaction is `user_id`'s, checks the code and counts the attempt: one
+    /// atomic step (`regulation::belongs_to`, `regulation::verify`). `None` when there is no such
+    /// transaction or it is another user's; then nothing is counted or changed.
     async fn verify_code(
         &self,
         id: &TransactionId,
+        user_id: &str,
         candidate: &CodeHash,
-    ) -> Result<Option<VerifyOutcome>, StoreError>;
+    ) -> Result<Option<Verified>, StoreError>;
 
     /// Counts a resend and replaces the code, atomically (`regulation::resend`).
     async fn resend(
@@ -57,6 +61,15 @@ pub trait TransactionStore: Send + Sync {
         id: &TransactionId,
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError>;
+}
+
+/// A verification's outcome with the labels of the transaction it counted against (for metrics
+/// and audit, without a second read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub outcome: VerifyOutcome,
+    pub auth_type: String,
+    pub method: Method,
 }
 
 /// The verdict of a rate limiter for one hit.

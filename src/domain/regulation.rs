@@ -68,6 +68,12 @@ fn expire_if_due(tx: &mut Transaction, now: Timestamp) -> bool {
     }
 }
 
+/// Whether `tx` is `user_id`'s. Checked before any attempt is counted: a guess at another user's
+/// transaction must neither count nor tell that it exists.
+pub fn belongs_to(tx: &Transaction, user_id: &str) -> bool {
+    tx.user_id.as_deref() == Some(user_id)
+}
+
 /// Counts one attempt with a submitted code. `candidate` is the submitted code's hash; it is
 /// compared in constant time.
 pub fn verify(tx: &mut Transaction, candidate: &CodeHash, now: Timestamp) -> VerifyOutcome {

@@ -231,7 +231,8 @@ impl SmsService {
         user_id: &str,
         typed: &str,
     ) -> Result<VerifyOutcome, SmsError> {
-        let (outcome, tx) = self.engine.verify(id, user_id, typed).await?;
+        let verified = self.engine.verify(id, user_id, typed).await?;
+        let outcome = verified.outcome;
         let finished = match outcome {
             VerifyOutcome::Approved { .. } => Some(("SMS_AUTH_AUTHENTICATED", Status::Approved)),
             VerifyOutcome::Exhausted { .. } => {
@@ -253,7 +254,11 @@ impl SmsService {
         };
         if let Some((event, status)) = finished {
             self.audit_tx(event, id, user_id);
-            metrics::transaction_finished(&tx.auth_type, tx.method.as_str(), status.as_str());
+            metrics::transaction_finished(
+                &verified.auth_type,
+                verified.method.as_str(),
+                status.as_str(),
+            );
         }
         Ok(outcome)
     }

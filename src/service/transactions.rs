@@ -8,8 +8,8 @@ use rand_core::OsRng;
 use crate::domain::auth_type::{AuthType, Method};
 use crate::domain::clock::SharedClock;
 use crate::domain::code::{CodeHasher, OneTimeCode};
-use crate::domain::ports::{StoreError, TransactionStore};
-use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::ports::{StoreError, TransactionStore, Verified};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Details, Status, Transaction, TransactionId};
 
 #[derive(Debug, thiserror::Error)]
@@ -112,25 +112,21 @@ impl TransactionEngine {
         }
     }
 
-    /// Checks what the user typed and counts the attempt. Input that is not six digits counts as
-    /// a wrong code, so malformed guesses are not free.
-    ///
-    /// Returns the outcome with the transaction as read before the attempt (its type and
-    /// method, for metrics and audit, without reading it again).
+    /// Checks what the user typed and counts the attempt, in one atomic store step that first
+    /// checks the transaction is `user_id`'s (another user's answers as unknown and costs no
+    /// attempt). Input that is not six digits counts as a wrong code, so malformed guesses are
+    /// not free. The result carries the transaction's type and method for metrics.
     pub async fn verify(
         &self,
         id: &TransactionId,
         user_id: &str,
         typed: &str,
-    ) -> Result<(VerifyOutcome, Transaction), EngineError> {
-        let transaction = self.get_owned(id, user_id).await?;
+    ) -> Result<Verified, EngineError> {
         let candidate = self.hasher.hash_input(id, typed);
-        let outcome = self
-            .store
-            .verify_code(id, &candidate)
+        self.store
+            .verify_code(id, user_id, &candidate)
             .await?
-            .ok_or(EngineError::UnknownTransaction)?;
-        Ok((outcome, transaction))
+            .ok_or(EngineError::UnknownTransaction)
     }
 
     /// Counts a resend of `transaction` (already read and checked by the caller with
@@ -173,6 +169,7 @@ mod tests {
     use super::*;
     use crate::domain::clock::ManualClock;
     use crate::domain::code::SecretKey;
+    use crate::domain::regulation::VerifyOutcome;
     use crate::domain::transaction::Reason;
     use crate::store::memory::MemoryStore;
 
@@ -207,11 +204,19 @@ mod tests {
         let code = started.code.expect("sms transactions get a code");
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", code.expose()).await.unwrap().0,
+            engine
+                .verify(&id, "ann", code.expose())
+                .await
+                .unwrap()
+                .outcome,
             VerifyOutcome::Approved { attempts: 1 }
         );
         assert_eq!(
-            engine.verify(&id, "ann", code.expose()).await.unwrap().0,
+            engine
+                .verify(&id, "ann", code.expose())
+                .await
+                .unwrap()
+                .outcome,
             VerifyOutcome::NotPending(Status::Approved)
         );
         assert_eq!(
@@ -254,14 +259,14 @@ mod tests {
             .unwrap();
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "abc").await.unwrap().0,
+            engine.verify(&id, "ann", "abc").await.unwrap().outcome,
             VerifyOutcome::WrongCode {
                 attempts: 1,
                 remaining: Some(1)
             }
         );
         assert_eq!(
-            engine.verify(&id, "ann", "").await.unwrap().0,
+            engine.verify(&id, "ann", "").await.unwrap().outcome,
             VerifyOutcome::Exhausted { attempts: 2 }
         );
         let tx = engine.get(&id).await.unwrap().unwrap();
@@ -290,7 +295,11 @@ mod tests {
         ));
         if first != resent.code {
             assert!(matches!(
-                engine.verify(&id, "ann", first.expose()).await.unwrap().0,
+                engine
+                    .verify(&id, "ann", first.expose())
+                    .await
+                    .unwrap()
+                    .outcome,
                 VerifyOutcome::WrongCode { .. }
             ));
         }
@@ -299,7 +308,7 @@ mod tests {
                 .verify(&id, "ann", resent.code.expose())
                 .await
                 .unwrap()
-                .0,
+                .outcome,
             VerifyOutcome::Approved { .. }
         ));
     }
@@ -322,7 +331,7 @@ mod tests {
                 .verify(&id, "ann", started.code.unwrap().expose())
                 .await
                 .unwrap()
-                .0,
+                .outcome,
             VerifyOutcome::Expired
         );
     }
@@ -341,7 +350,7 @@ mod tests {
         assert!(started.code.is_none());
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "123456").await.unwrap().0,
+            engine.verify(&id, "ann", "123456").await.unwrap().outcome,
             VerifyOutcome::NoCode
         );
         let deny = Finish {

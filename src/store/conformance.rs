@@ -30,6 +30,8 @@ pub(crate) fn test_redis_url() -> String {
 
 const RETENTION: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(300);
+/// The user the sample transactions belong to.
+const OWNER: &str = "user-1";
 
 /// One backend under test.
 pub(super) struct Harness {
@@ -183,9 +185,15 @@ impl Harness {
             .expect("transaction is stored")
     }
 
+    /// Verifies as the owner of the sample transactions.
     async fn verify(&self, id: &TransactionId, digits: &str) -> VerifyOutcome {
         let candidate = self.code(id, digits);
-        self.tx.verify_code(id, &candidate).await.unwrap().unwrap()
+        self.tx
+            .verify_code(id, OWNER, &candidate)
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome
     }
 }
 
@@ -268,7 +276,10 @@ pub(super) async fn missing_ids_are_none(h: &Harness) {
     let id = TransactionId::random();
     let candidate = h.code(&id, "111111");
     assert_eq!(h.tx.get(&id).await.unwrap(), None);
-    assert_eq!(h.tx.verify_code(&id, &candidate).await.unwrap(), None);
+    assert_eq!(
+        h.tx.verify_code(&id, OWNER, &candidate).await.unwrap(),
+        None
+    );
     assert_eq!(h.tx.resend(&id, Some(&candidate)).await.unwrap(), None);
     let deny = finish(Status::Denied, Some(Reason::NotAccepted), None);
     assert_eq!(h.tx.finish(&id, &deny).await.unwrap(), None);
@@ -546,6 +557,47 @@ pub(super) async fn finish_links_the_user_and_keeps_it_otherwise(h: &Harness) {
     assert_eq!(stored.reason, Some(Reason::FailedToSend));
 }
 
+pub(super) async fn verify_answers_only_the_owner_and_names_the_transaction(h: &Harness) {
+    let tx = h.inserted(h.sms(3, 0)).await;
+    let right = h.code(&tx.id, "111111");
+    assert_eq!(
+        h.tx.verify_code(&tx.id, "someone-else", &right)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(h.tx.verify_code(&tx.id, "", &right).await.unwrap(), None);
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(
+        (stored.attempts, stored.status),
+        (0, Status::Pending),
+        "a stranger's guess counts nothing"
+    );
+    let verified =
+        h.tx.verify_code(&tx.id, OWNER, &right)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(verified.outcome, VerifyOutcome::Approved { attempts: 1 });
+    assert_eq!(
+        (verified.auth_type.as_str(), verified.method),
+        (tx.auth_type.as_str(), Method::Sms)
+    );
+
+    // Past its lifetime, a stranger's guess does not even record the expiry.
+    let late = h.inserted(h.sms(3, 0)).await;
+    h.clock.advance(TTL); // past the lifetime, within the retention
+    let guess = h.code(&late.id, "111111");
+    assert_eq!(
+        h.tx.verify_code(&late.id, "someone-else", &guess)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(h.stored(&late.id).await.status, Status::Pending);
+    assert_eq!(h.verify(&late.id, "111111").await, VerifyOutcome::Expired);
+}
+
 pub(super) async fn verify_without_a_code_counts_nothing(h: &Harness) {
     let tx = h.inserted(h.push()).await;
     assert_eq!(h.verify(&tx.id, "111111").await, VerifyOutcome::NoCode);
@@ -604,7 +656,10 @@ pub(super) async fn entries_are_evicted_after_expiry_plus_retention(h: &Harness)
     h.clock.advance(Duration::from_millis(1));
     assert_eq!(h.tx.get(&tx.id).await.unwrap(), None);
     let candidate = h.code(&tx.id, "111111");
-    assert_eq!(h.tx.verify_code(&tx.id, &candidate).await.unwrap(), None);
+    assert_eq!(
+        h.tx.verify_code(&tx.id, OWNER, &candidate).await.unwrap(),
+        None
+    );
     assert_eq!(h.tx.resend(&tx.id, None).await.unwrap(), None);
     assert_eq!(h.tx.finish(&tx.id, &deny).await.unwrap(), None);
     // The id is free again (it never is in practice: ids are random).
@@ -625,13 +680,13 @@ pub(super) async fn concurrent_wrong_guesses_cannot_buy_extra_tries(h: &Harness)
         let (store, start, id) = (h.tx.clone(), start.clone(), tx.id);
         guesses.spawn(async move {
             start.wait().await;
-            store.verify_code(&id, &wrong).await
+            store.verify_code(&id, OWNER, &wrong).await
         });
     }
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     while let Some(joined) = guesses.join_next().await {
         let outcome = joined.unwrap().unwrap().unwrap();
-        let name = match outcome {
+        let name = match outcome.outcome {
             VerifyOutcome::WrongCode { .. } => "wrong_code".to_owned(),
             VerifyOutcome::Exhausted { attempts } => {
                 assert_eq!(attempts, 3);
@@ -711,6 +766,7 @@ macro_rules! conformance_suite {
             finish_is_a_compare_and_set_from_pending,
             finish_links_the_user_and_keeps_it_otherwise,
             verify_without_a_code_counts_nothing,
+            verify_answers_only_the_owner_and_names_the_transaction,
             rate_limit_counts_per_window_and_resets,
             entries_are_evicted_after_expiry_plus_retention
         );

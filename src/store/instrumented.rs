@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::domain::code::CodeHash;
+use crate::domain::ports::Verified;
 use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
-use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
 use crate::telemetry::metrics;
 
@@ -106,10 +107,14 @@ impl<S: TransactionStore> TransactionStore for Instrumented<S> {
     async fn verify_code(
         &self,
         id: &TransactionId,
+        user_id: &str,
         candidate: &CodeHash,
-    ) -> Result<Option<VerifyOutcome>, StoreError> {
-        self.timed("verify_code", self.inner.verify_code(id, candidate))
-            .await
+    ) -> Result<Option<Verified>, StoreError> {
+        self.timed(
+            "verify_code",
+            self.inner.verify_code(id, user_id, candidate),
+        )
+        .await
     }
 
     async fn resend(

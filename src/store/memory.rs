@@ -18,8 +18,8 @@ use async_trait::async_trait;
 
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
-use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
-use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
+use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore, Verified};
+use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
 
 /// How often (in clock time) expired entries are swept out.
@@ -158,9 +158,17 @@ impl TransactionStore for MemoryStore {
     async fn verify_code(
         &self,
         id: &TransactionId,
+        user_id: &str,
         candidate: &CodeHash,
-    ) -> Result<Option<VerifyOutcome>, StoreError> {
-        Ok(self.with_live(id, |tx, now| regulation::verify(tx, candidate, now)))
+    ) -> Result<Option<Verified>, StoreError> {
+        let verified = self.with_live(id, |tx, now| {
+            regulation::belongs_to(tx, user_id).then(|| Verified {
+                outcome: regulation::verify(tx, candidate, now),
+                auth_type: tx.auth_type.clone(),
+                method: tx.method,
+            })
+        });
+        Ok(verified.flatten())
     }
 
     async fn resend(

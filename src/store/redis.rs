@@ -36,7 +36,7 @@ use crate::config::settings::redact_url_password;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
-use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
+use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore, Verified};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
 
@@ -178,6 +178,9 @@ struct Immutable {
 /// `{kind, a, b, status}`, as every transaction script replies.
 type Reply = (i64, i64, i64, String);
 
+/// The verify script's reply: `Reply` plus the immutable JSON (type and method).
+type VerifyReply = (i64, i64, i64, String, String);
+
 impl RedisStore {
     /// Parses the URL and prepares the scripts; does not connect (that happens on first use, so
     /// this works before any runtime exists and while Redis is down).
@@ -242,13 +245,13 @@ impl RedisStore {
     }
 
     /// Runs a transaction script: KEYS[1] the transaction, ARGV now, retention, then `extra`.
-    async fn run_tx_script(
+    async fn run_tx_script<R: ::redis::FromRedisValue>(
         &self,
         operation: &'static str,
         script: &Script,
         id: &TransactionId,
         extra: &[&str],
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<R, StoreError> {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(tx_key(&self.prefix, id))
@@ -441,34 +444,46 @@ impl TransactionStore for RedisStore {
     async fn verify_code(
         &self,
         id: &TransactionId,
+        user_id: &str,
         candidate: &CodeHash,
-    ) -> Result<Option<VerifyOutcome>, StoreError> {
+    ) -> Result<Option<Verified>, StoreError> {
         let candidate = candidate.to_hex();
-        let reply = self
-            .run_tx_script("verify_code", &self.scripts.verify, id, &[&candidate])
+        let (kind, a, b, status, data): VerifyReply = self
+            .run_tx_script(
+                "verify_code",
+                &self.scripts.verify,
+                id,
+                &[&candidate, user_id],
+            )
             .await?;
-        let outcome = match reply.0 {
+        let outcome = match kind {
             R_MISSING => return Ok(None),
             R_OK => VerifyOutcome::Approved {
-                attempts: reply_count(reply.1)?,
+                attempts: reply_count(a)?,
             },
             R_WRONG => VerifyOutcome::WrongCode {
-                attempts: reply_count(reply.1)?,
-                remaining: if reply.2 < 0 {
-                    None
-                } else {
-                    Some(reply_count(reply.2)?)
-                },
+                attempts: reply_count(a)?,
+                remaining: if b < 0 { None } else { Some(reply_count(b)?) },
             },
             R_EXHAUSTED => VerifyOutcome::Exhausted {
-                attempts: reply_count(reply.1)?,
+                attempts: reply_count(a)?,
             },
             R_EXPIRED => VerifyOutcome::Expired,
-            R_NOT_PENDING => VerifyOutcome::NotPending(reply_status(&reply.3)?),
+            R_NOT_PENDING => VerifyOutcome::NotPending(reply_status(&status)?),
             R_NO_CODE => VerifyOutcome::NoCode,
-            _ => return Err(unexpected(&reply)),
+            _ => return Err(unexpected(&(kind, a, b, status))),
         };
-        Ok(Some(outcome))
+        let immutable: Immutable =
+            serde_json::from_str(&data).map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+        let method: Method = immutable
+            .method
+            .parse()
+            .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+        Ok(Some(Verified {
+            outcome,
+            auth_type: immutable.auth_type,
+            method,
+        }))
     }
 
     async fn resend(
@@ -477,7 +492,7 @@ impl TransactionStore for RedisStore {
         new_code: Option<&CodeHash>,
     ) -> Result<Option<ResendOutcome>, StoreError> {
         let new_code = new_code.map(CodeHash::to_hex).unwrap_or_default();
-        let reply = self
+        let reply: Reply = self
             .run_tx_script("resend", &self.scripts.resend, id, &[&new_code])
             .await?;
         let outcome = match reply.0 {
@@ -504,7 +519,7 @@ impl TransactionStore for RedisStore {
             Some(user_id) => ("1", user_id.as_str()),
             None => ("0", ""),
         };
-        let reply = self
+        let reply: Reply = self
             .run_tx_script(
                 "finish",
                 &self.scripts.finish,
@@ -888,7 +903,7 @@ mod tests {
             .unwrap();
         let get = store.get(&id).await;
         let candidate = CodeHash::from_hex(&"00".repeat(32)).unwrap();
-        let verify = store.verify_code(&id, &candidate).await;
+        let verify = store.verify_code(&id, "user-1", &candidate).await;
         let _: () = ::redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut connection)

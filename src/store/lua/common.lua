@@ -17,7 +17,7 @@ local retention = tonumber(ARGV[2])
 -- Reads the mutable scalars. Returns the transaction, or nil and the reply to give instead.
 local function load_tx()
   local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'resends',
-    'max_resends', 'expires_at', 'code')
+    'max_resends', 'expires_at', 'code', 'user_id')
   if not f[1] then
     return nil, { R_MISSING, 0, 0, '' }
   end
@@ -29,6 +29,7 @@ local function load_tx()
     max_resends = tonumber(f[5]),
     expires_at = tonumber(f[6]),
     code = f[7] or '',
+    user_id = f[8],
   }
   if not (tx.attempts and tx.max_attempts and tx.resends and tx.max_resends and tx.expires_at) then
     return nil, { R_CORRUPT, 0, 0, '' }
@@ -66,11 +67,16 @@ local function ct_equal(a, b)
 end
 
 -- The opening every counting script shares: the transaction when it is pending and within its
--- lifetime, or the reply to give instead (missing, not pending, or just expired).
-local function load_pending()
+-- lifetime, or the reply to give instead (missing, not pending, or just expired). With
+-- `expected_user`, another user's transaction answers as missing and is not touched
+-- (regulation::belongs_to), before anything else is looked at.
+local function load_pending(expected_user)
   local tx, reply = load_tx()
   if not tx then
     return nil, reply
+  end
+  if expected_user and tx.user_id ~= expected_user then
+    return nil, { R_MISSING, 0, 0, '' }
   end
   if tx.status ~= 'pending' then
     return nil, { R_NOT_PENDING, 0, 0, tx.status }

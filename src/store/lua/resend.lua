@@ -1,7 +1,7 @@
 -- regulation::resend. ARGV[3]: the new code's hash (64 hex characters), or '' to keep the code.
 -- Replies: Resent {1, resends}, Disabled {7}, LimitReached {8}, Expired {4},
 -- NotPending {5, 0, 0, status}.
-local tx, reply = load_pending()
+local tx, reply = load_pending(nil)
 if not tx then
   return reply
 end
