@@ -5,6 +5,8 @@
 //! Run: `scripts/with-deps cargo bench --bench sms_flow` (Redis on 127.0.0.1:6379 or
 //! `STEPGATE_TEST_REDIS_URL`; a throw-away key prefix). Prints per-round rates and the medians.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::net::TcpListener;
@@ -56,28 +58,6 @@ impl Outbox {
         }
         self.codes.remove(phone)
     }
-}
-
-async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            Some((
-                name.to_owned(),
-                rest.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?,
-            ))
-        })
-        .collect()
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -157,7 +137,7 @@ rate_limits: {{ sms_per_user: {{ limit: 0 }}, sms_per_phone: {{ limit: 0 }} }}
             }
             let health_rate = HEALTH_PER_ROUND as f64 / started.elapsed().as_secs_f64();
 
-            let before = redis_calls(&mut redis_conn).await;
+            let before = common::redis_command_calls(&mut redis_conn).await;
             let started = Instant::now();
             let mut tasks = Vec::new();
             for worker in 0..CONCURRENCY {
@@ -199,7 +179,7 @@ rate_limits: {{ sms_per_user: {{ limit: 0 }}, sms_per_phone: {{ limit: 0 }} }}
                 task.await.expect("task");
             }
             let flow_rate = FLOWS_PER_ROUND as f64 / started.elapsed().as_secs_f64();
-            let after = redis_calls(&mut redis_conn).await;
+            let after = common::redis_command_calls(&mut redis_conn).await;
             commands_per_flow = after
                 .iter()
                 .filter_map(|(name, calls)| {

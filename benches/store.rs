@@ -6,7 +6,8 @@
 //! `STEPGATE_TEST_REDIS_URL`, under a throw-away key prefix). Prints medians and p99 in µs and the
 //! ratio of each Redis operation to one PING round trip.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,31 +127,6 @@ async fn bench_store(
     summary(&format!("{label} verify_code (wrong)"), verifies, baseline);
 }
 
-/// Calls per command name, from Redis's own statistics. Commands a Lua script runs are counted
-/// under their own names, next to the EVALSHA that ran them.
-async fn redis_command_calls(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -195,7 +171,7 @@ fn main() {
         // Commands per SMS flow: insert, one wrong code, the right code. Counted from Redis's own
         // statistics, minus the INFO call that reads them.
         let flows = 200u64;
-        let before = redis_command_calls(&mut conn).await;
+        let before = common::redis_command_calls(&mut conn).await;
         for _ in 0..flows {
             let tx = fx.transaction();
             redis_store.insert(&tx).await.expect("insert");
@@ -203,7 +179,7 @@ fn main() {
             redis_store.verify_code(&tx.id, "bench-user", &wrong).await.expect("verify");
             redis_store.verify_code(&tx.id, "bench-user", &fx.hasher.hash(&tx.id, &fx.code)).await.expect("verify");
         }
-        let after = redis_command_calls(&mut conn).await;
+        let after = common::redis_command_calls(&mut conn).await;
         println!("redis commands per SMS flow (insert + wrong code + right code), over {flows} flows:");
         for (name, calls) in &after {
             let delta = calls - before.get(name).copied().unwrap_or(0) - u64::from(name == "info");
