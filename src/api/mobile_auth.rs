@@ -66,18 +66,19 @@ fn admit(
     peer: SocketAddr,
 ) -> Result<HashMap<String, String>, ApiError> {
     // Credentials may be in the form, so a body that does not parse is still a client error first.
-    let form = parse_form(body).unwrap_or_default();
+    let parsed = parse_form(body);
+    let empty = HashMap::new();
     authenticate(
         &state.clients,
         headers,
-        &form,
+        parsed.as_ref().unwrap_or(&empty),
         peer.ip(),
         ApiScope::MobileAuthentication,
     )?;
     if !state.enabled {
         return Err(ApiError::Disabled);
     }
-    parse_form(body)
+    parsed
 }
 
 fn store_error(error: StoreError) -> ApiError {

@@ -95,12 +95,17 @@ impl fmt::Debug for RedisSettings {
 /// A URL fit for logs: any password replaced by `***`.
 pub fn redact_url_password(url: &str) -> String {
     match Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            mask_password(&mut parsed);
             parsed.to_string()
         }
-        Ok(parsed) => parsed.to_string(),
         Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+fn mask_password(url: &mut Url) {
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
 }
 
@@ -372,9 +377,7 @@ pub struct FileGatewaySettings {
 /// A URL fit for logs: password and query (which may carry API keys) replaced by `***`.
 pub fn url_for_logs(url: &Url) -> String {
     let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
+    mask_password(&mut shown);
     if shown.query().is_some() {
         shown.set_query(Some("***"));
     }

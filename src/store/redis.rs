@@ -175,6 +175,19 @@ struct Immutable {
     details: Details,
 }
 
+impl Immutable {
+    /// Reads the `data` field, with its method checked.
+    fn decode(data: &str) -> Result<(Self, Method), StoreError> {
+        let immutable: Immutable =
+            serde_json::from_str(data).map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+        let method = immutable
+            .method
+            .parse()
+            .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+        Ok((immutable, method))
+    }
+}
+
 /// `{kind, a, b, status}`, as every transaction script replies.
 type Reply = (i64, i64, i64, String);
 
@@ -323,12 +336,7 @@ fn decode(id: TransactionId, fields: &HashMap<String, String>) -> Result<Transac
     };
     let optional = |name: &str| fields.get(name).filter(|value| !value.is_empty());
 
-    let immutable: Immutable = serde_json::from_str(field(F_DATA)?)
-        .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
-    let method: Method = immutable
-        .method
-        .parse()
-        .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+    let (immutable, method) = Immutable::decode(field(F_DATA)?)?;
     let status: Status = field(F_STATUS)?
         .parse()
         .map_err(|err| corrupt(format!("field {F_STATUS}: {err}")))?;
@@ -473,12 +481,7 @@ impl TransactionStore for RedisStore {
             R_NO_CODE => VerifyOutcome::NoCode,
             _ => return Err(unexpected(&(kind, a, b, status))),
         };
-        let immutable: Immutable =
-            serde_json::from_str(&data).map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
-        let method: Method = immutable
-            .method
-            .parse()
-            .map_err(|err| corrupt(format!("field {F_DATA}: {err}")))?;
+        let (immutable, method) = Immutable::decode(&data)?;
         Ok(Some(Verified {
             outcome,
             auth_type: immutable.auth_type,
