@@ -41,6 +41,7 @@ pub const API_CLIENT_SECRET_PREFIX: &str = "STEPGATE_API_CLIENT_SECRET_";
 pub const TWILIO_AUTH_TOKEN: &str = "STEPGATE_TWILIO_AUTH_TOKEN";
 pub const SMS_HTTP_PASSWORD: &str = "STEPGATE_SMS_HTTP_PASSWORD";
 pub const SMS_HTTP_BEARER_TOKEN: &str = "STEPGATE_SMS_HTTP_BEARER_TOKEN";
+pub const JWT_SECRET: &str = "STEPGATE_JWT_SECRET";
 
 /// The variable that carries the secret of `client_id`: upper case, other characters as `_`.
 pub fn api_client_secret_var(client_id: &str) -> String {
@@ -102,6 +103,11 @@ pub fn apply(file: &mut ConfigFile, env: &dyn EnvSource) -> BTreeMap<String, Str
             *slot = Some(value);
             origins.insert(path.to_owned(), var.to_owned());
         }
+    }
+    if let Some(value) = env.get(JWT_SECRET) {
+        let identity = file.proxy.identity.get_or_insert_with(Default::default);
+        identity.jwt.get_or_insert_with(Default::default).secret = Some(value);
+        origins.insert("proxy.identity.jwt.secret".to_owned(), JWT_SECRET.to_owned());
     }
     for (i, client) in file.api_clients.iter_mut().enumerate() {
         let var = api_client_secret_var(&client.client_id);

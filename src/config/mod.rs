@@ -151,6 +151,9 @@ pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings
         &mut policy_names,
     );
     issues.extend(policy_issues);
+    if let Ok(settings) = &compiled {
+        issues.extend(identity_needed(settings, &file_policies, path, &index));
+    }
     match compiled {
         Ok(mut settings) if issues.is_empty() => {
             settings.policies.policies.extend(file_policies);
@@ -161,6 +164,35 @@ pub fn load_str(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Settings
 }
 
 /// Reads every file the patterns name, in name order, each problem located in its own file.
+/// Step-up needs to know who the user is: a policy that demands it without `proxy.identity`
+/// could never be satisfied.
+fn identity_needed(
+    settings: &Settings,
+    file_policies: &[Policy],
+    path: &Path,
+    index: &PositionIndex,
+) -> Option<Issue> {
+    if settings.proxy.identity.is_some() {
+        return None;
+    }
+    let policy = settings
+        .policies
+        .policies
+        .iter()
+        .chain(file_policies)
+        .find(|policy| matches!(policy.decision, crate::domain::policy::Decision::StepUp(_)))?;
+    Some(Issue {
+        file: path.to_path_buf(),
+        position: index.locate("proxy"),
+        env_var: None,
+        path: "proxy.identity".to_owned(),
+        message: format!(
+            "missing, but policy '{}' demands step-up (expected identity.header or identity.jwt)",
+            policy.name
+        ),
+    })
+}
+
 fn load_policy_files(
     patterns: &[String],
     base: &Path,

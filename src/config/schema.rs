@@ -424,6 +424,19 @@ pub struct Proxy {
     /// Globs (relative to the config file's folder) of YAML files holding `policies:` lists,
     /// read in name order after the inline policies.
     pub policy_files: Vec<String>,
+    /// The app behind the gateway. Without it the proxy listener does not start (API only).
+    pub upstream: Option<Upstream>,
+    /// Largest request body held for a step-up; larger requests on protected routes get 413.
+    pub max_held_body_bytes: u64,
+    /// CIDRs of proxies in front of stepgate whose `X-Forwarded-For`/`-Proto` are believed.
+    pub trusted_proxies: Vec<String>,
+    /// Where the user id (and phone number) of a request come from.
+    pub identity: Option<Identity>,
+    /// Browsers without an identity on a protected route are redirected here (with
+    /// `?return_to=`); without it they get 401.
+    pub login_url: Option<String>,
+    /// How often policy files are checked for changes; 0 = only on SIGHUP.
+    pub reload_interval_seconds: u64,
 }
 
 impl Default for Proxy {
@@ -431,6 +444,74 @@ impl Default for Proxy {
         Self {
             default_action: "allow".into(),
             policy_files: Vec::new(),
+            upstream: None,
+            max_held_body_bytes: 1024 * 1024,
+            trusted_proxies: Vec::new(),
+            identity: None,
+            login_url: None,
+            reload_interval_seconds: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Upstream {
+    /// `host:port`; a host name is resolved once, when the config is loaded.
+    pub address: String,
+    /// Speak TLS to the upstream (certificate verified against the system roots).
+    pub tls: bool,
+    /// The TLS server name; defaults to the host of `address`.
+    pub sni: Option<String>,
+}
+
+/// Exactly one of `header` or `jwt`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Identity {
+    /// A header set by a trusted layer in front (e.g. `X-User-Id`) carrying the user id.
+    pub header: Option<String>,
+    /// With `header`: a header carrying the user's phone number (for SMS).
+    pub phone_header: Option<String>,
+    /// A JSON Web Token from a cookie or `Authorization: Bearer`.
+    pub jwt: Option<Jwt>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Jwt {
+    /// Read the token from this cookie; `Authorization: Bearer` is always accepted too.
+    pub cookie: Option<String>,
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// HS256 secret (prefer `STEPGATE_JWT_SECRET`).
+    pub secret: Option<String>,
+    /// RS256/ES256: a PEM public key file.
+    pub public_key_file: Option<String>,
+    /// RS256/ES256: a JWKS file (keys chosen by `kid`).
+    pub jwks_file: Option<String>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// The claim holding the user id.
+    pub user_claim: String,
+    /// The claim holding the phone number (for SMS), when tokens carry one.
+    pub phone_claim: Option<String>,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Self {
+            cookie: None,
+            algorithm: String::new(),
+            secret: None,
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            user_claim: "sub".into(),
+            phone_claim: None,
         }
     }
 }

@@ -32,6 +32,62 @@ pub struct Settings {
     pub sms: SmsSettings,
     /// Inline policies first, then those of `proxy.policy_files`.
     pub policies: PolicySet,
+    pub proxy: ProxySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `None`: no proxy listener (API-only deployment).
+    pub upstream: Option<UpstreamSettings>,
+    pub max_held_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `None` only when no policy demands step-up.
+    pub identity: Option<IdentitySettings>,
+    pub login_url: Option<Url>,
+    /// `None`: reload only on SIGHUP.
+    pub reload_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// As configured, for logs.
+    pub address: String,
+    /// Resolved when the config was loaded.
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum IdentitySettings {
+    /// Lower-case header names.
+    Header {
+        user: String,
+        phone: Option<String>,
+    },
+    Jwt(JwtSettings),
+}
+
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub cookie: Option<String>,
+    /// Keys by `kid` (`None`: the key for tokens without a `kid`, or the only key).
+    pub keys: Vec<(Option<String>, jsonwebtoken::DecodingKey)>,
+    pub validation: jsonwebtoken::Validation,
+    pub user_claim: String,
+    pub phone_claim: Option<String>,
+}
+
+impl fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("cookie", &self.cookie)
+            .field("keys", &self.keys.len())
+            .field("algorithms", &self.validation.algorithms)
+            .field("user_claim", &self.user_claim)
+            .field("phone_claim", &self.phone_claim)
+            .finish_non_exhaustive()
+    }
 }
 
 pub use crate::domain::regulation::WindowLimit as Limit;

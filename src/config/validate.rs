@@ -28,6 +28,8 @@ use crate::domain::policy::{
     Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
 };
 
+mod proxy;
+
 /// One problem: the config path it concerns and what is wrong, ending in what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -72,6 +74,8 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let rate_limits = rate_limits(&file.rate_limits, &mut problems);
     let sms = sms(&file.sms, &mut problems);
     let default_decision = default_action(&file.proxy, &mut problems);
+    let base = source.parent().unwrap_or_else(|| Path::new("."));
+    let proxy = proxy::compile(&file.proxy, base, &mut problems);
     let mut policy_names = HashSet::new();
     let (inline_policies, policy_problems) =
         policies(&file.policies, auth_types.as_ref(), &mut policy_names);
@@ -86,7 +90,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     }
 
     match (
-        listen, public_url, secret_key, server, log, store, auth_types, sms,
+        listen, public_url, secret_key, server, log, store, auth_types, sms, proxy,
     ) {
         (
             Some(listen),
@@ -97,6 +101,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             Some(store),
             Some(auth_types),
             Some(sms),
+            Some(proxy),
         ) if problems.0.is_empty() => Ok(Settings {
             source: source.to_path_buf(),
             listen,
@@ -119,6 +124,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
                 policies: inline_policies,
                 default: default_decision,
             },
+            proxy,
         }),
         _ => Err(problems.0),
     }
@@ -1001,7 +1007,7 @@ fn twilio(raw: &schema::Twilio, problems: &mut Problems) -> Option<TwilioSetting
 }
 
 /// An RFC 9110 token: the characters a header name may hold.
-fn valid_header_name(name: &str) -> bool {
+pub(crate) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()

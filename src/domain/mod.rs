@@ -7,6 +7,8 @@
 pub mod auth_type;
 pub mod clock;
 pub mod code;
+pub mod grant;
+pub mod held;
 pub mod policy;
 pub mod ports;
 pub mod regulation;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use super::auth_type::Method;
 use super::code::CodeHash;
+use super::held::{HeldRequest, HeldTicket};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use super::transaction::{Transaction, TransactionId};
 
@@ -135,4 +136,31 @@ pub trait SmsSender: Send + Sync {
     /// The gateway's name for logs and metric labels.
     fn gateway(&self) -> &'static str;
     async fn send(&self, message: &SmsMessage) -> Result<(), SendError>;
+}
+
+/// Requests held while their step-up is pending. Each one lives until its TTL (the
+/// transaction's) runs out, and is taken out exactly once: of two concurrent `take`s, one gets
+/// it and the other `None`.
+#[async_trait]
+pub trait HeldRequestStore: Send + Sync {
+    /// Stores `request` under the transaction id for `ttl`. With `user_key` (an opaque, already
+    /// hashed key of the user), it is also remembered as that user's latest held request, so
+    /// hold-mode approvals can find it (`latest_for_user`).
+    async fn hold(
+        &self,
+        id: &TransactionId,
+        request: &HeldRequest,
+        ttl: Duration,
+        user_key: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// The ticket alone (no request, no body): who may complete it and what it grants.
+    async fn ticket(&self, id: &TransactionId) -> Result<Option<HeldTicket>, StoreError>;
+
+    /// Removes and returns the held request, atomically.
+    async fn take(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StoreError>;
+
+    /// The transaction id of the latest request held with this `user_key`, while it is held.
+    async fn latest_for_user(&self, user_key: &str)
+    -> Result<Option<TransactionId>, StoreError>;
 }

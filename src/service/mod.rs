@@ -1,4 +1,5 @@
-//! Use cases: start, verify, resend, finish and read transactions (`transactions`), and whether
+//! Use cases: start, verify, resend, finish and read transactions (`transactions`), SMS
+//! (`sms`), step-up for the proxy with held requests and grants (`stepup`), and whether
 //! the gateway can serve (`health`). Edges (api, proxy) call these; they call the domain and its
 //! ports, never a concrete adapter.
 //!
@@ -6,4 +7,5 @@
 
 pub mod health;
 pub mod sms;
+pub mod stepup;
 pub mod transactions;

@@ -135,6 +135,60 @@ pub fn record_sms_send(gateway: &'static str, result: &'static str, elapsed: Dur
         .observe(elapsed.as_secs_f64());
 }
 
+// --- the proxy ---------------------------------------------------------------------------------
+
+pub const PROXY_REQUESTS: &str = "stepgate_proxy_requests_total";
+pub const PROXY_HELD: &str = "stepgate_proxy_held_requests";
+pub const PROXY_ADDED_LATENCY: &str = "stepgate_proxy_added_latency_seconds";
+
+static PROXY_REQUEST_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        PROXY_REQUESTS,
+        "Requests through the proxy by policy (none when no rule matched; stepgate for its own pages) and decision (allow | deny | granted | challenged | approved | held | refused | unavailable | invalid | too_large | stepgate).",
+        &["policy", "decision"],
+    )
+});
+
+static PROXY_HELD_GAUGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        PROXY_HELD,
+        "Requests this instance holds open in hold mode, waiting for approval.",
+        &["policy"]
+    )
+    .unwrap_or_else(|_| unregistered_gauge(PROXY_HELD, &["policy"]))
+});
+
+static PROXY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        PROXY_ADDED_LATENCY,
+        "Time stepgate spent on a forwarded request before sending it upstream (policy, identity, grant), by decision.",
+        &["decision"],
+        vec![
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+            0.025, 0.1,
+        ],
+    )
+});
+
+/// One request through the proxy finished.
+pub fn proxy_request(policy: &str, decision: &'static str) {
+    PROXY_REQUEST_COUNTER
+        .with_label_values(&[policy, decision])
+        .inc();
+}
+
+/// Time added before a request went upstream.
+pub fn proxy_added_latency(decision: &'static str, elapsed: Duration) {
+    PROXY_LATENCY
+        .with_label_values(&[decision])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A hold-mode request started (`+1`) or stopped (`-1`) waiting.
+pub fn proxy_held(policy: &str, delta: i64) {
+    PROXY_HELD_GAUGE.with_label_values(&[policy]).add(delta);
+}
+
 fn unregistered_gauge(name: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(prometheus::Opts::new(name, "unregistered"), labels)
         .unwrap_or_else(|_| unreachable!("static gauge options are valid"))
@@ -175,6 +229,9 @@ pub fn register_all() {
     LazyLock::force(&LIMITED);
     LazyLock::force(&SMS_SENT_COUNTER);
     LazyLock::force(&SMS_SEND_LATENCY);
+    LazyLock::force(&PROXY_REQUEST_COUNTER);
+    LazyLock::force(&PROXY_HELD_GAUGE);
+    LazyLock::force(&PROXY_LATENCY);
 }
 
 /// The Prometheus text exposition of every registered metric.

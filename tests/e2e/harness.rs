@@ -44,6 +44,7 @@ pub struct GateBuilder {
     store: StoreChoice,
     extra_yaml: String,
     env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
 }
 
 impl GateBuilder {
@@ -52,6 +53,7 @@ impl GateBuilder {
             store: StoreChoice::Memory,
             extra_yaml: String::new(),
             env: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -60,12 +62,20 @@ impl GateBuilder {
             store: StoreChoice::Redis { url: url.into() },
             extra_yaml: String::new(),
             env: Vec::new(),
+            files: Vec::new(),
         }
     }
 
     /// Sets an environment variable for the gate process.
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
         self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// Writes a file (path relative to the config's folder) before the gate starts.
+    #[allow(dead_code)]
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.to_owned(), contents.to_owned()));
         self
     }
 
@@ -99,7 +109,15 @@ impl GateBuilder {
         let (api, metrics, proxy) = (free_addr(), free_addr(), free_addr());
         let config = dir.path().join("config.yaml");
         fs::write(&config, self.config_text(api, metrics, proxy)).expect("write config");
-        let gate = Gate::spawn(dir, config, api, metrics, &self.env);
+        for (name, contents) in &self.files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("create folder");
+            }
+            fs::write(path, contents).expect("write file");
+        }
+        let mut gate = Gate::spawn(dir, config, api, metrics, &self.env);
+        gate.proxy = proxy;
         gate.wait_until_live();
         gate
     }
@@ -123,6 +141,8 @@ pub struct Gate {
     child: Child,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    /// The proxy listener (serving only when the config has `proxy.upstream`).
+    pub proxy: SocketAddr,
     log: PathBuf,
     _dir: TempDir,
 }
@@ -140,6 +160,8 @@ impl Gate {
         let child = Command::new(BINARY)
             .args(["run", "--config"])
             .arg(&config)
+            // Relative paths in the config (outbox, policy files) land in the gate's folder.
+            .current_dir(dir.path())
             .env_remove("RUST_LOG")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -150,6 +172,7 @@ impl Gate {
             child,
             api,
             metrics,
+            proxy: api,
             log,
             _dir: dir,
         }
@@ -157,6 +180,25 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
+    }
+
+    /// A URL on the proxy listener.
+    #[allow(dead_code)]
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// Waits until the proxy listener accepts connections (pingora binds it when it starts).
+    #[allow(dead_code)]
+    pub fn wait_for_proxy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.proxy).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the proxy did not come up; log:\n{}", self.log_text());
     }
 
     pub fn metrics_url(&self) -> String {
@@ -173,6 +215,12 @@ impl Gate {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The gate's folder (config, files, outbox).
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn log_text(&self) -> String {

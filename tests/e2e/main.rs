@@ -7,6 +7,7 @@
 mod cli;
 mod fakes;
 mod harness;
+mod proxy;
 mod redis_outage;
 mod serving;
 mod sms_flow;

@@ -3,6 +3,7 @@
 //! which may call the fake for its startup check) never starves it.
 
 pub mod twilio;
+pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;

@@ -1,0 +1,294 @@
+//! What the proxy reads from a request before deciding: the client address (through trusted
+//! proxies' `X-Forwarded-For`), the scheme, the host, cookies, and whether a browser asks. Also
+//! what it changes before forwarding: forwarded headers set, stepgate's own cookies and headers
+//! removed.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+
+pub const GRANT_COOKIE: &str = "stepgate_grant";
+pub const BINDING_COOKIE: &str = "stepgate_binding";
+pub const GRANT_HEADER: &str = "stepgate-grant";
+pub const BINDING_HEADER: &str = "stepgate-binding";
+
+/// The client as stepgate sees it: the first address in the `X-Forwarded-For` chain, read from
+/// the right, that is not a trusted proxy; the socket peer when that is not trusted itself.
+pub fn client_ip(peer: Option<IpAddr>, req: &RequestHeader, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !is_trusted(peer, trusted) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return Some(client);
+        };
+        for hop in text.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(ip, trusted) {
+                        return Some(ip);
+                    }
+                }
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// `https` or `http`: a trusted proxy's `X-Forwarded-Proto`, else how the client reached us.
+pub fn scheme(peer: Option<IpAddr>, req: &RequestHeader, trusted: &[IpNet], tls: bool) -> &'static str {
+    let forwarded = peer
+        .filter(|ip| is_trusted(*ip, trusted))
+        .and_then(|_| req.headers.get("x-forwarded-proto"))
+        .and_then(|v| v.to_str().ok());
+    match forwarded {
+        Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
+        Some(_) => "http",
+        None if tls => "https",
+        None => "http",
+    }
+}
+
+/// The host the client asked for, lower case, without port.
+pub fn host(req: &RequestHeader) -> String {
+    let raw = req
+        .uri
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    strip_port(&raw).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The value of cookie `name`, from any `Cookie` header.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
+pub fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Browsers get pages and redirects; everything else JSON.
+pub fn wants_html(req: &RequestHeader) -> bool {
+    header(req, "accept").is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// Lower-case name and UTF-8 value of every header (others skipped), for policy matching.
+pub fn header_pairs(req: &RequestHeader) -> Vec<(String, String)> {
+    req.headers
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Makes a request fit to go upstream: stepgate's own cookies and headers removed, hop-by-hop
+/// headers dropped, `X-Forwarded-For` (the chain only when the peer is a trusted proxy) and
+/// `X-Forwarded-Proto` set.
+pub fn prepare_upstream(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    scheme: &str,
+    trusted: &[IpNet],
+) -> pingora::Result<()> {
+    req.remove_header(GRANT_HEADER);
+    req.remove_header(BINDING_HEADER);
+    strip_own_cookies(req)?;
+    let chain = peer.map(|peer| {
+        let earlier = if is_trusted(peer, trusted) {
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            String::new()
+        };
+        if earlier.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{earlier}, {peer}")
+        }
+    });
+    match chain {
+        Some(chain) => req.insert_header("x-forwarded-for", chain)?,
+        None => {
+            req.remove_header("x-forwarded-for");
+        }
+    }
+    req.insert_header("x-forwarded-proto", scheme)?;
+    Ok(())
+}
+
+fn strip_own_cookies(req: &mut RequestHeader) -> pingora::Result<()> {
+    let values: Vec<String> = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            name != GRANT_COOKIE && name != BINDING_COOKIE
+        })
+        .collect();
+    if kept.len() == values.iter().flat_map(|v| v.split(';')).filter(|p| !p.trim().is_empty()).count() {
+        return Ok(());
+    }
+    req.remove_header("cookie");
+    if !kept.is_empty() {
+        req.insert_header("cookie", kept.join("; "))?;
+    }
+    Ok(())
+}
+
+/// Headers that describe one connection, not the request; never replayed.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (name, value) in headers {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let req = request(&[("x-forwarded-for", "203.0.113.9, 10.0.0.7")]);
+        let peer = Some("10.0.0.1".parse().unwrap());
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(peer, &req, &trusted), "203.0.113.9".parse().ok());
+        assert_eq!(client_ip(peer, &req, &[]), peer);
+        let stranger = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(client_ip(stranger, &req, &trusted), stranger);
+    }
+
+    #[test]
+    fn a_spoofed_leftmost_entry_does_not_win() {
+        // The client wrote "10.1.1.1" itself; the trusted proxy appended the real address.
+        let req = request(&[("x-forwarded-for", "10.1.1.1, 198.51.100.4")]);
+        let peer = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            client_ip(peer, &req, &nets(&["10.0.0.0/8"])),
+            "198.51.100.4".parse().ok()
+        );
+    }
+
+    #[test]
+    fn own_cookies_and_headers_never_go_upstream() {
+        let mut req = request(&[
+            ("cookie", "a=1; stepgate_grant=g1.x.y; b=2"),
+            ("cookie", "stepgate_binding=zzz"),
+            ("stepgate-grant", "g1.x.y"),
+            ("stepgate-binding", "t"),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        prepare_upstream(&mut req, Some("192.0.2.1".parse().unwrap()), "http", &[]).unwrap();
+        let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies.len(), 1);
+        assert_eq!(cookies[0], "a=1; b=2");
+        assert!(req.headers.get("stepgate-grant").is_none());
+        assert!(req.headers.get("stepgate-binding").is_none());
+        assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "192.0.2.1");
+        assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn trusted_chains_are_extended() {
+        let mut req = request(&[("x-forwarded-for", "203.0.113.9"), ("cookie", "a=1")]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        prepare_upstream(&mut req, Some("10.0.0.1".parse().unwrap()), "https", &trusted).unwrap();
+        assert_eq!(
+            req.headers.get("x-forwarded-for").unwrap(),
+            "203.0.113.9, 10.0.0.1"
+        );
+        assert_eq!(req.headers.get("cookie").unwrap(), "a=1");
+    }
+
+    #[test]
+    fn cookies_hosts_and_accept_are_read() {
+        let req = request(&[
+            ("cookie", "x=1; stepgate_grant=abc"),
+            ("host", "Bank.Example:8443"),
+            ("accept", "text/html,application/xhtml+xml"),
+        ]);
+        assert_eq!(cookie(&req, GRANT_COOKIE), Some("abc"));
+        assert_eq!(cookie(&req, "nope"), None);
+        assert_eq!(host(&req), "bank.example");
+        assert!(wants_html(&req));
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

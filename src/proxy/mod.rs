@@ -1,0 +1,495 @@
+//! The sidecar: a pingora `ProxyHttp` in front of the app. Each request is matched against the
+//! route policies; unprotected ones go straight upstream, protected ones need a grant for their
+//! user and policy, or they are held and a step-up starts (challenge: page or JSON; hold: the
+//! connection waits). After approval the held request goes upstream exactly once. stepgate's
+//! own pages live under `/.stepgate/` (`routes`); every answer it gives itself comes from one
+//! table (`respond`).
+//!
+//! Phases stay thin: `request_filter` decides, `upstream_request_filter` strips stepgate's own
+//! cookies and headers and sets `X-Forwarded-*`, `logging` counts. Business rules live in
+//! `service::stepup`.
+//!
+//! May import: service, domain, config, telemetry.
+
+pub mod facts;
+pub mod identity;
+pub mod pages;
+pub mod replay;
+pub mod respond;
+mod routes;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ipnet::IpNet;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::json;
+use url::Url;
+
+use self::facts::{
+    BINDING_COOKIE, GRANT_COOKIE, GRANT_HEADER, cookie, header, header_pairs, wants_html,
+};
+use self::replay::{Origin, ReplayError};
+use self::respond::{Refusal, Reply, send};
+use crate::config::reload::PolicyHandle;
+use crate::config::settings::{IdentitySettings, UpstreamSettings};
+use crate::domain::held::{HeldTicket, OriginalRequest};
+use crate::domain::policy::{Decision, Mode, RequestFacts, StepUp, normalize_path};
+use crate::domain::transaction::{Status, Transaction};
+use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService, fill_message};
+use crate::telemetry::metrics;
+
+/// The reserved prefix of stepgate's own endpoints; never forwarded.
+pub const PREFIX: &str = "/.stepgate/";
+
+/// Everything the proxy needs, built once by `app`.
+pub struct ProxyState {
+    pub policies: PolicyHandle,
+    pub stepup: StepUpService,
+    /// `None` only when no policy demands step-up (config validation).
+    pub identity: Option<IdentitySettings>,
+    pub upstream: UpstreamSettings,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_held_body_bytes: usize,
+    pub login_url: Option<Url>,
+    pub max_message_length: usize,
+}
+
+pub struct StepGateProxy {
+    state: Arc<ProxyState>,
+    peer: HttpPeer,
+    /// For forwarding held requests after approval.
+    connector: Connector,
+}
+
+impl StepGateProxy {
+    pub fn new(state: Arc<ProxyState>) -> Self {
+        let peer = replay::peer(&state.upstream);
+        Self {
+            state,
+            peer,
+            connector: Connector::new(None),
+        }
+    }
+}
+
+/// Per-request state carried between phases.
+pub struct Ctx {
+    arrived: Instant,
+    policy: Option<String>,
+    decision: &'static str,
+    peer_ip: Option<IpAddr>,
+    scheme: &'static str,
+}
+
+impl Ctx {
+    fn policy_label(&self) -> &str {
+        self.policy.as_deref().unwrap_or("none")
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for StepGateProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            arrived: Instant::now(),
+            policy: None,
+            decision: "allow",
+            peer_ip: None,
+            scheme: "http",
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        ctx.arrived = Instant::now();
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip());
+        let trusted = &self.state.trusted_proxies;
+        let req = session.req_header();
+        ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
+        let path = req.uri.path();
+        if path.starts_with(PREFIX) || path == "/.stepgate" {
+            ctx.policy = Some("stepgate".to_owned());
+            ctx.decision = "stepgate";
+            routes::handle(self, session, ctx).await?;
+            return Ok(true);
+        }
+        let Some(normalized) = normalize_path(path) else {
+            ctx.decision = "invalid";
+            let html = wants_html(req);
+            send(session, Reply::refusal(&Refusal::BadRequest("the path is malformed"), html)).await?;
+            return Ok(true);
+        };
+        let policies = self.state.policies.current();
+        let needs_headers = policies
+            .policies
+            .iter()
+            .any(|policy| !policy.matcher.headers.is_empty());
+        let facts = RequestFacts {
+            method: req.method.as_str().to_owned(),
+            host: facts::host(req),
+            path: normalized,
+            client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
+            headers: if needs_headers { header_pairs(req) } else { Vec::new() },
+        };
+        let (policy, decision) = policies.decide(&facts);
+        ctx.policy = policy.map(|policy| policy.name.clone());
+        match decision {
+            Decision::Allow => {
+                ctx.decision = "allow";
+                Ok(false)
+            }
+            Decision::Deny => {
+                ctx.decision = "deny";
+                let html = wants_html(session.req_header());
+                send(session, Reply::refusal(&Refusal::Denied, html)).await?;
+                Ok(true)
+            }
+            Decision::StepUp(step_up) => {
+                let name = ctx.policy.clone().unwrap_or_default();
+                let step_up = step_up.clone();
+                self.step_up(session, ctx, &name, &step_up).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(self.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        facts::prepare_upstream(upstream_request, ctx.peer_ip, ctx.scheme, &self.state.trusted_proxies)?;
+        metrics::proxy_added_latency(ctx.decision, ctx.arrived.elapsed());
+        Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Ctx) {
+        metrics::proxy_request(ctx.policy_label(), ctx.decision);
+    }
+}
+
+impl StepGateProxy {
+    /// A request a policy protects: pass with a valid grant, else hold it and start a step-up.
+    async fn step_up(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &str,
+        step_up: &StepUp,
+    ) -> pingora::Result<bool> {
+        let html = wants_html(session.req_header());
+        let Some(requester) = self.requester(session.req_header()) else {
+            ctx.decision = "refused";
+            let reply = self.login_reply(session.req_header(), html);
+            send(session, reply).await?;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
+        if grants.is_some_and(|grants| self.state.stepup.grant_admits(grants, &requester.user_id, policy)) {
+            ctx.decision = "granted";
+            return Ok(false);
+        }
+        let original = match self.read_original(session).await? {
+            Ok(original) => original,
+            Err(refusal) => {
+                ctx.decision = if refusal == Refusal::TooLarge { "too_large" } else { "invalid" };
+                send(session, Reply::refusal(&refusal, html)).await?;
+                return Ok(true);
+            }
+        };
+        let message = step_up
+            .message
+            .as_deref()
+            .map(|template| self.fill(template, &original));
+        let challenge = match self
+            .state
+            .stepup
+            .challenge(policy, step_up, &requester, message, original)
+            .await
+        {
+            Ok(challenge) => challenge,
+            Err(error) => {
+                ctx.decision = if matches!(error, StepUpError::Store(_)) { "unavailable" } else { "refused" };
+                tracing::warn!(policy, %error, "step-up could not start");
+                send(session, Reply::refusal(&refusal_for(&error), html)).await?;
+                return Ok(true);
+            }
+        };
+        match step_up.mode {
+            Mode::Challenge => {
+                ctx.decision = "challenged";
+                let reply = challenge_reply(&challenge, ctx.scheme, html);
+                send(session, reply).await?;
+            }
+            Mode::Hold => {
+                ctx.decision = "held";
+                self.hold(session, ctx, policy, &challenge, &requester, html).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn requester(&self, req: &RequestHeader) -> Option<Requester> {
+        identity::resolve(self.state.identity.as_ref()?, req)
+    }
+
+    /// No identity: browsers go to the login page when one is configured, others get 401.
+    fn login_reply(&self, req: &RequestHeader, html: bool) -> Reply {
+        match (&self.state.login_url, html) {
+            (Some(login), true) => {
+                let mut url = login.clone();
+                let back = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                url.query_pairs_mut().append_pair("return_to", back);
+                Reply::redirect(url.as_str())
+            }
+            _ => Reply::refusal(&Refusal::NoIdentity, html),
+        }
+    }
+
+    /// Reads the whole request (bounded by `max_held_body_bytes`) so it can be held.
+    async fn read_original(
+        &self,
+        session: &mut Session,
+    ) -> pingora::Result<Result<OriginalRequest, Refusal>> {
+        let limit = self.state.max_held_body_bytes;
+        let declared = header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Ok(Err(Refusal::TooLarge));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > limit {
+                return Ok(Err(Refusal::TooLarge));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let headers = req
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect();
+        Ok(Ok(OriginalRequest {
+            method: req.method.as_str().to_owned(),
+            uri,
+            headers,
+            body,
+        }))
+    }
+
+    /// The policy message with values from the held request (form fields only from a
+    /// urlencoded body).
+    fn fill(&self, template: &str, original: &OriginalRequest) -> String {
+        let header_value = |name: &str| {
+            original
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        let is_form = header_value("content-type")
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        let form: Vec<(String, String)> = if is_form {
+            serde_urlencoded::from_bytes(&original.body).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let query: Vec<(String, String)> = original
+            .uri
+            .split_once('?')
+            .map(|(_, q)| serde_urlencoded::from_str(q).unwrap_or_default())
+            .unwrap_or_default();
+        let headers: Vec<(String, String)> = original
+            .headers
+            .iter()
+            .filter_map(|(n, v)| std::str::from_utf8(v).ok().map(|v| (n.clone(), v.to_owned())))
+            .collect();
+        fill_message(template, &form, &query, &headers, self.state.max_message_length)
+    }
+
+    /// Hold mode: the connection waits until the transaction ends, then the request goes
+    /// upstream (approved) or the client gets 401.
+    async fn hold(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &str,
+        challenge: &Challenge,
+        requester: &Requester,
+        html: bool,
+    ) -> pingora::Result<()> {
+        let id = challenge.transaction.id;
+        let wait = self
+            .state
+            .stepup
+            .now()
+            .until(challenge.transaction.expires_at);
+        metrics::proxy_held(policy, 1);
+        let decided = self.state.stepup.wait_for_decision(&id, requester, wait).await;
+        metrics::proxy_held(policy, -1);
+        match decided {
+            Ok(tx) if tx.status == Status::Approved => {
+                ctx.decision = "approved";
+                self.release_and_forward(session, ctx, &tx, html).await
+            }
+            Ok(tx) => {
+                ctx.decision = "refused";
+                let status = if tx.status == Status::Pending { "expired" } else { tx.status.as_str() };
+                send(session, Reply::refusal(&Refusal::NotApproved(status), false)).await
+            }
+            Err(error) => {
+                ctx.decision = "unavailable";
+                tracing::warn!(transaction_id = %id, %error, "held request lost its transaction");
+                send(session, Reply::refusal(&refusal_for(&error), html)).await
+            }
+        }
+    }
+
+    /// Takes the held request of an approved transaction (once) and forwards it; the answer goes
+    /// to this client with a fresh grant.
+    async fn release_and_forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        tx: &Transaction,
+        html: bool,
+    ) -> pingora::Result<()> {
+        let held = match self.state.stepup.release(&tx.id).await {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                return send(session, Reply::refusal(&Refusal::AlreadyCompleted, html)).await;
+            }
+            Err(error) => {
+                tracing::warn!(transaction_id = %tx.id, %error, "cannot release the held request");
+                return send(session, Reply::refusal(&Refusal::Unavailable, html)).await;
+            }
+        };
+        ctx.policy = Some(held.ticket.policy.clone());
+        ctx.decision = "approved";
+        let extra = self.grant_headers(session.req_header(), &held.ticket, ctx.scheme);
+        let origin = Origin {
+            peer_ip: ctx.peer_ip,
+            scheme: ctx.scheme,
+            trusted: &self.state.trusted_proxies,
+        };
+        match replay::forward(&self.connector, &self.state.upstream, &held.request, &origin, session, &extra).await {
+            Ok(status) => {
+                tracing::info!(transaction_id = %tx.id, policy = %held.ticket.policy, status, "approved request forwarded");
+                Ok(())
+            }
+            Err(ReplayError::Upstream(cause)) => {
+                tracing::error!(transaction_id = %tx.id, %cause, "approved request could not be forwarded");
+                send(session, Reply::refusal(&Refusal::UpstreamFailed, html)).await
+            }
+            Err(ReplayError::BrokenOff(cause)) => {
+                tracing::error!(transaction_id = %tx.id, %cause, "upstream answer broke off");
+                Err(pingora::Error::explain(pingora::ErrorType::WriteError, "upstream answer broke off"))
+            }
+        }
+    }
+
+    /// `Set-Cookie` (browsers) and `Stepgate-Grant` (API clients) for an approved ticket.
+    fn grant_headers(&self, req: &RequestHeader, ticket: &HeldTicket, scheme: &str) -> Vec<(&'static str, String)> {
+        let existing = cookie(req, GRANT_COOKIE);
+        let Some(grant) = self.state.stepup.grant_for(ticket, existing) else {
+            return Vec::new();
+        };
+        let secure = if scheme == "https" { "; Secure" } else { "" };
+        vec![
+            (
+                "set-cookie",
+                format!(
+                    "{GRANT_COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                    grant.list,
+                    grant.max_age.as_secs()
+                ),
+            ),
+            ("stepgate-grant", grant.token),
+        ]
+    }
+}
+
+/// What a failed start or lookup tells the client.
+fn refusal_for(error: &StepUpError) -> Refusal {
+    match error {
+        StepUpError::NoUsableMethod(_) | StepUpError::NoPhoneNumber => Refusal::StepUpUnavailable,
+        StepUpError::RateLimited { retry_after, .. } => Refusal::RateLimited(*retry_after),
+        StepUpError::SendFailed(_) => Refusal::DeliveryFailed,
+        StepUpError::UnknownTransaction => Refusal::UnknownTransaction,
+        StepUpError::Store(_) => Refusal::Unavailable,
+    }
+}
+
+pub(crate) fn tx_path(tx: &Transaction) -> String {
+    format!("{PREFIX}tx/{}", tx.id)
+}
+
+/// The binding cookie is scoped to its transaction's pages, so several step-ups can run side by
+/// side in one browser.
+pub(crate) fn binding_cookie(challenge: &Challenge, scheme: &str) -> String {
+    let secure = if scheme == "https" { "; Secure" } else { "" };
+    let max_age = challenge
+        .transaction
+        .expires_at
+        .millis()
+        .saturating_sub(challenge.transaction.created_at.millis())
+        / 1000
+        + 60;
+    format!(
+        "{BINDING_COOKIE}={}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+        challenge.binding_token,
+        tx_path(&challenge.transaction)
+    )
+}
+
+pub(crate) fn time_to_live(tx: &Transaction, now: crate::domain::clock::Timestamp) -> u64 {
+    tx.expires_at.millis().saturating_sub(now.millis())
+}
+
+/// Browsers go to the interstitial page; API clients get 401 with what they need to finish.
+fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
+    let tx = &challenge.transaction;
+    let base = tx_path(tx);
+    let cookie = binding_cookie(challenge, scheme);
+    if html {
+        return Reply::redirect(&base).with_header("set-cookie", cookie);
+    }
+    let ttl = tx.expires_at.millis().saturating_sub(tx.created_at.millis());
+    let body = json!({
+        "error": "step_up_required",
+        "transaction_id": tx.id.to_string(),
+        "auth_method": tx.method.as_str(),
+        "time_to_live": ttl,
+        "binding_token": challenge.binding_token,
+        "status_uri": format!("{base}/status"),
+        "verify_uri": format!("{base}/verify"),
+        "complete_uri": format!("{base}/complete"),
+    });
+    Reply::json(401, &body)
+        .with_header("www-authenticate", format!("StepUp transaction_id=\"{}\"", tx.id))
+        .with_header("set-cookie", cookie)
+}
+
+/// Waiting longer than this in one status poll is cut short; clients poll again.
+pub(crate) const MAX_STATUS_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) fn bytes_to_pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
+    serde_urlencoded::from_bytes(body).ok()
+}

@@ -1,0 +1,463 @@
+//! Step-up for the proxy: start a transaction for a protected request and hold the request,
+//! check who may see and complete it (user and binding token), verify codes, wait for a
+//! decision, hand out the held request exactly once, and issue and check grants. The proxy edge
+//! calls these; it never touches the store itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use rand_core::{OsRng, RngCore};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::sms::{SmsError, SmsService, SmsStart};
+use super::transactions::{EngineError, TransactionEngine};
+use crate::domain::auth_type::{AuthTypes, Method};
+use crate::domain::clock::{SharedClock, Timestamp};
+use crate::domain::code::SecretKey;
+use crate::domain::grant::{Grant, GrantKey};
+use crate::domain::held::{
+    BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest,
+};
+use crate::domain::policy::StepUp;
+use crate::domain::ports::{HeldRequestStore, SendError, StoreError};
+use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
+use crate::domain::transaction::{Status, Transaction, TransactionId};
+
+/// How often a waiting request looks at the transaction again.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Held requests outlive their transaction a little, so an approval in its last second can
+/// still be completed.
+const HOLD_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepUpError {
+    /// The policy's auth type (and its fallbacks) cannot run for this user yet (push and OTP
+    /// need an enrolled phone app).
+    #[error("no usable authentication method for auth type '{0}'")]
+    NoUsableMethod(String),
+    #[error("the user has no phone number for SMS")]
+    NoPhoneNumber,
+    #[error("rate limit {limit} reached")]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the SMS could not be sent: {0}")]
+    SendFailed(SendError),
+    /// No such transaction, not this user's, not this client's, or no longer held: one answer
+    /// for all, so nobody learns which transactions exist.
+    #[error("unknown transaction")]
+    UnknownTransaction,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<EngineError> for StepUpError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::UnknownTransaction => StepUpError::UnknownTransaction,
+            EngineError::Store(error) => StepUpError::Store(error),
+        }
+    }
+}
+
+impl From<SmsError> for StepUpError {
+    fn from(error: SmsError) -> Self {
+        match error {
+            SmsError::RateLimited { limit, retry_after } => {
+                StepUpError::RateLimited { limit, retry_after }
+            }
+            SmsError::SendFailed(error) => StepUpError::SendFailed(error),
+            SmsError::Engine(error) => error.into(),
+            // The proxy always passes a message or the type has a default; treat the
+            // impossible as "this method cannot run".
+            SmsError::MissingMessage => StepUpError::NoUsableMethod("sms".to_owned()),
+        }
+    }
+}
+
+/// Who is asking, as the proxy established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub user_id: String,
+    pub phone_number: Option<String>,
+}
+
+/// A step-up just started: what the client needs to follow it.
+#[derive(Debug)]
+pub struct Challenge {
+    pub transaction: Transaction,
+    /// Proves "I started this" on status, verify and complete; the client keeps it (cookie or
+    /// header). Only its digest is stored.
+    pub binding_token: String,
+    /// Hidden form field for browser forms, bound to the transaction and the binding token.
+    pub csrf_token: String,
+}
+
+#[derive(Clone)]
+pub struct StepUpService {
+    auth_types: AuthTypes,
+    engine: TransactionEngine,
+    sms: SmsService,
+    held: Arc<dyn HeldRequestStore>,
+    grants: GrantKey,
+    clock: SharedClock,
+    csrf_key: [u8; 32],
+    user_key: [u8; 32],
+}
+
+impl StepUpService {
+    pub fn new(
+        auth_types: AuthTypes,
+        engine: TransactionEngine,
+        sms: SmsService,
+        held: Arc<dyn HeldRequestStore>,
+        clock: SharedClock,
+        secret: &SecretKey,
+    ) -> Self {
+        Self {
+            auth_types,
+            engine,
+            sms,
+            held,
+            grants: GrantKey::new(secret),
+            clock,
+            csrf_key: secret.derive("proxy-csrf"),
+            user_key: secret.derive("held-user-key"),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Whether one of the grants in `grants` (as the client sent them) admits `user_id` to
+    /// `policy` now. Needs no store.
+    pub fn grant_admits(&self, grants: &str, user_id: &str, policy: &str) -> bool {
+        self.grants.admits(grants, user_id, policy, self.clock.now())
+    }
+
+    /// A grant for the approved `ticket`, added in front of the client's `existing` ones; `None`
+    /// when the policy's freshness is zero (every request needs its own approval).
+    pub fn grant_for(&self, ticket: &HeldTicket, existing: Option<&str>) -> Option<IssuedGrant> {
+        if ticket.freshness_seconds == 0 {
+            return None;
+        }
+        let now = self.clock.now();
+        let max_age = Duration::from_secs(ticket.freshness_seconds);
+        let token = self.grants.issue(&Grant {
+            user_id: ticket.user_id.clone(),
+            policy: ticket.policy.clone(),
+            expires_at: now.plus(max_age),
+        });
+        Some(IssuedGrant {
+            list: self.grants.add_to_list(existing, &token, now),
+            token,
+            max_age,
+        })
+    }
+
+    fn user_key(&self, user_id: &str) -> String {
+        let mut mac = self.mac(&self.user_key);
+        mac.update(user_id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    fn mac(&self, key: &[u8]) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The CSRF token of a browser form: bound to the transaction and the binding token, so a
+    /// page of one transaction cannot post for another.
+    pub fn csrf_token(&self, id: &TransactionId, binding_token: &str) -> String {
+        let mut mac = self.mac(&self.csrf_key);
+        mac.update(id.to_string().as_bytes());
+        mac.update(b"|");
+        mac.update(binding_token.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    pub fn csrf_matches(&self, id: &TransactionId, binding_token: &str, csrf: &str) -> bool {
+        let expected = self.csrf_token(id, binding_token);
+        bool::from(expected.as_bytes().ct_eq(csrf.as_bytes()))
+    }
+
+    /// Starts a step-up for `request`: picks the first type of the policy's fallback chain that
+    /// can run, starts its transaction (an SMS goes out) and holds the request until the
+    /// transaction ends (plus a short grace).
+    pub async fn challenge(
+        &self,
+        policy: &str,
+        step_up: &StepUp,
+        requester: &Requester,
+        message: Option<String>,
+        request: OriginalRequest,
+    ) -> Result<Challenge, StepUpError> {
+        let chain = self.auth_types.fallback_chain(&step_up.auth_type);
+        // Push and OTP need an enrolled phone app, which does not exist yet: the first SMS type
+        // of the chain is the one that can run.
+        let auth_type = chain
+            .into_iter()
+            .find(|t| t.method == Method::Sms)
+            .ok_or_else(|| StepUpError::NoUsableMethod(step_up.auth_type.clone()))?;
+        let phone_number = requester
+            .phone_number
+            .clone()
+            .ok_or(StepUpError::NoPhoneNumber)?;
+        let transaction = self
+            .sms
+            .start(
+                auth_type,
+                SmsStart {
+                    user_id: requester.user_id.clone(),
+                    phone_number,
+                    message,
+                    language: None,
+                },
+            )
+            .await?;
+        let binding_token = random_token();
+        let mode = HeldMode::from(step_up.mode);
+        let held = HeldRequest {
+            ticket: HeldTicket {
+                policy: policy.to_owned(),
+                user_id: requester.user_id.clone(),
+                mode,
+                freshness_seconds: step_up.freshness.as_secs(),
+                binding: BindingDigest::of(&binding_token),
+                held_at: self.clock.now(),
+            },
+            request,
+        };
+        let ttl = self.clock.now().until(transaction.expires_at) + HOLD_GRACE;
+        let user_key = (mode == HeldMode::Hold).then(|| self.user_key(&requester.user_id));
+        self.held
+            .hold(&transaction.id, &held, ttl, user_key.as_deref())
+            .await?;
+        let csrf_token = self.csrf_token(&transaction.id, &binding_token);
+        Ok(Challenge {
+            transaction,
+            binding_token,
+            csrf_token,
+        })
+    }
+
+    /// The ticket of a held request, when `requester` may act on it: it must be the user's,
+    /// and a challenge-mode request also needs the binding token of the client that started
+    /// it. (A hold-mode request is completed by its own waiting connection, so any session of
+    /// the user may approve it.)
+    pub async fn ticket(
+        &self,
+        id: &TransactionId,
+        requester: &Requester,
+        binding_token: Option<&str>,
+    ) -> Result<HeldTicket, StepUpError> {
+        let ticket = self
+            .held
+            .ticket(id)
+            .await?
+            .ok_or(StepUpError::UnknownTransaction)?;
+        let owner = ticket.user_id == requester.user_id;
+        let bound = match (ticket.mode, binding_token) {
+            (HeldMode::Hold, _) => true,
+            (HeldMode::Challenge, Some(token)) => ticket.binding.matches(token),
+            (HeldMode::Challenge, None) => false,
+        };
+        if owner && bound {
+            Ok(ticket)
+        } else {
+            Err(StepUpError::UnknownTransaction)
+        }
+    }
+
+    /// The transaction as the user should see it (expired when past its lifetime).
+    pub async fn transaction(
+        &self,
+        id: &TransactionId,
+        requester: &Requester,
+    ) -> Result<Transaction, StepUpError> {
+        Ok(self.engine.get_owned(id, &requester.user_id).await?)
+    }
+
+    /// Waits up to `max_wait` for the transaction to leave `pending`, and returns it as it
+    /// then is.
+    pub async fn wait_for_decision(
+        &self,
+        id: &TransactionId,
+        requester: &Requester,
+        max_wait: Duration,
+    ) -> Result<Transaction, StepUpError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let transaction = self.transaction(id, requester).await?;
+            if transaction.status != Status::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(transaction);
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+
+    /// Checks an SMS code and counts the attempt (atomic in the store).
+    pub async fn verify(
+        &self,
+        id: &TransactionId,
+        requester: &Requester,
+        code: &str,
+    ) -> Result<VerifyOutcome, StepUpError> {
+        Ok(self.sms.verify(id, &requester.user_id, code).await?)
+    }
+
+    pub async fn resend(
+        &self,
+        id: &TransactionId,
+        requester: &Requester,
+    ) -> Result<Result<(), ResendOutcome>, StepUpError> {
+        Ok(self.sms.resend(id, &requester.user_id).await?)
+    }
+
+    /// Hands out the held request of an approved transaction, once: of two concurrent calls
+    /// one gets it, the other `None`.
+    pub async fn release(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StepUpError> {
+        Ok(self.held.take(id).await?)
+    }
+
+    /// The user's latest request waiting in hold mode, for approving it from another session.
+    pub async fn latest_held(
+        &self,
+        requester: &Requester,
+    ) -> Result<Option<TransactionId>, StepUpError> {
+        Ok(self
+            .held
+            .latest_for_user(&self.user_key(&requester.user_id))
+            .await?)
+    }
+}
+
+/// A grant just issued.
+#[derive(Debug, Clone)]
+pub struct IssuedGrant {
+    /// The new grant alone (for the `Stepgate-Grant` header and JSON).
+    pub token: String,
+    /// The client's grants with the new one in front (for the cookie).
+    pub list: String,
+    pub max_age: Duration,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Longest value a placeholder contributes; messages end up in SMS and on phones.
+const MAX_PLACEHOLDER_CHARS: usize = 64;
+
+/// Fills `{form.x}`, `{query.x}` and `{header.x}` in a policy message from the held request.
+/// Values lose control characters and are cut to 64 characters; a missing value reads `?`.
+/// The result is cut to `max_chars`.
+pub fn fill_message(
+    template: &str,
+    form: &[(String, String)],
+    query: &[(String, String)],
+    headers: &[(String, String)],
+    max_chars: usize,
+) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let inner = &after[..close];
+        let value = inner.split_once('.').and_then(|(source, name)| {
+            let list = match source {
+                "form" => form,
+                "query" => query,
+                "header" => headers,
+                _ => return None,
+            };
+            let case_blind = source == "header";
+            list.iter()
+                .find(|(key, _)| {
+                    if case_blind {
+                        key.eq_ignore_ascii_case(name)
+                    } else {
+                        key == name
+                    }
+                })
+                .map(|(_, value)| value.as_str())
+        });
+        match value {
+            Some(value) => out.extend(
+                value
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_PLACEHOLDER_CHARS),
+            ),
+            None => out.push('?'),
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn messages_fill_from_form_query_and_headers() {
+        let form = pairs(&[("amount", "10"), ("iban", "NL91ABNA0417164300")]);
+        let query = pairs(&[("ref", "r-1")]);
+        let headers = pairs(&[("X-Shop", "Acme")]);
+        let text = fill_message(
+            "Pay {form.amount} EUR to {form.iban} ({query.ref}) at {header.x-shop}",
+            &form,
+            &query,
+            &headers,
+            155,
+        );
+        assert_eq!(text, "Pay 10 EUR to NL91ABNA0417164300 (r-1) at Acme");
+    }
+
+    #[test]
+    fn missing_values_read_as_a_question_mark_and_control_characters_go() {
+        let form = pairs(&[("to", "Eve\r\nBcc: x\u{7}")]);
+        assert_eq!(
+            fill_message("{form.amount} to {form.to}", &form, &[], &[], 155),
+            "? to EveBcc: x"
+        );
+    }
+
+    #[test]
+    fn long_values_and_messages_are_cut() {
+        let long = "9".repeat(500);
+        let form = pairs(&[("amount", &long)]);
+        let text = fill_message("{form.amount}", &form, &[], &[], 155);
+        assert_eq!(text.len(), MAX_PLACEHOLDER_CHARS);
+        let text = fill_message("abcdef {form.amount}", &form, &[], &[], 10);
+        assert_eq!(text, "abcdef 999");
+    }
+
+    #[test]
+    fn unclosed_braces_are_kept_as_text() {
+        assert_eq!(fill_message("a {b", &[], &[], &[], 155), "a {b");
+    }
+}
