@@ -1,6 +1,6 @@
 //! The composition root: turns `Settings` into concrete adapters (the only place they are
-//! named), services and a pingora `Server` whose services (API and metrics listeners, and the
-//! proxy when it arrives) share one shutdown: SIGTERM is graceful, SIGINT fast.
+//! named), services and a pingora `Server` whose services (the proxy, the API and metrics
+//! listeners, the policy reloader) share one shutdown: SIGTERM is graceful, SIGINT fast.
 //!
 //! May import: everything.
 
@@ -16,13 +16,17 @@ use pingora::services::background::{BackgroundService, background_service};
 use crate::api::mobile_auth::MobileAuthState;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
+use crate::config::env::{EnvSource, ProcessEnv};
+use crate::config::reload::{self, PolicyHandle};
 use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
-use crate::domain::ports::{RateLimitStore, StoreError, TransactionStore};
+use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::notify::{self, NotifyError};
+use crate::proxy::{ProxyState, StepGateProxy};
 use crate::service::health::Readiness;
 use crate::service::sms::{SmsLimits, SmsService};
+use crate::service::stepup::StepUpService;
 use crate::service::transactions::TransactionEngine;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
@@ -63,6 +67,7 @@ pub fn init_logging(settings: &Settings) {
 struct Stores {
     transactions: Arc<dyn TransactionStore>,
     rate_limits: Arc<dyn RateLimitStore>,
+    held: Arc<dyn HeldRequestStore>,
 }
 
 fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
@@ -72,7 +77,8 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
             let store = Arc::new(Instrumented::new(MemoryStore::new(clock, retention)));
             Stores {
                 transactions: store.clone(),
-                rate_limits: store,
+                rate_limits: store.clone(),
+                held: store,
             }
         }
         StoreBackend::Redis(redis) => {
@@ -83,7 +89,8 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
             )?));
             Stores {
                 transactions: store.clone(),
-                rate_limits: store,
+                rate_limits: store.clone(),
+                held: store,
             }
         }
     })
@@ -182,6 +189,28 @@ fn http_service(
     )
 }
 
+/// Reloads route policies on SIGHUP and when their files change.
+struct PolicyReloader {
+    handle: PolicyHandle,
+    source: std::path::PathBuf,
+    interval: Option<Duration>,
+}
+
+#[async_trait]
+impl BackgroundService for PolicyReloader {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let env: Arc<dyn EnvSource + Send + Sync> = Arc::new(ProcessEnv);
+        reload::watch(
+            self.handle.clone(),
+            self.source.clone(),
+            env,
+            self.interval,
+            shutdown,
+        )
+        .await;
+    }
+}
+
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(settings: Settings) -> Result<(), AppError> {
     // Both rustls users (pingora, outbound clients) must agree on one provider; a second call
@@ -195,7 +224,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     let readiness = Readiness::new(stores.transactions.clone(), READINESS_TIMEOUT);
     let engine = TransactionEngine::new(
         stores.transactions.clone(),
-        clock,
+        clock.clone(),
         CodeHasher::new(&settings.secret_key),
     );
     let sms_sender = notify::sms::build(&settings.sms)?;
@@ -206,11 +235,19 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     };
     let origin_host = settings.sms.origin_bound_host.clone();
     let sms = SmsService::new(
-        engine,
+        engine.clone(),
         sms_sender,
         stores.rate_limits.clone(),
         limits,
         origin_host,
+        &settings.secret_key,
+    );
+    let stepup = StepUpService::new(
+        settings.auth_types.clone(),
+        engine,
+        sms.clone(),
+        stores.held.clone(),
+        clock,
         &settings.secret_key,
     );
     let mobile_auth = Arc::new(MobileAuthState {
@@ -220,7 +257,13 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         max_message_length: settings.max_message_length,
         sms,
     });
+    let policies = PolicyHandle::new(settings.policies.clone());
 
+    // pingora binds the proxy listener itself when it starts; a trial bind here turns a taken
+    // port into a clear boot error instead of a panic inside the server.
+    if settings.proxy.upstream.is_some() {
+        drop(bind("proxy", settings.listen.proxy)?);
+    }
     let api_socket = bind("api", settings.listen.api)?;
     let metrics_socket = bind("metrics", settings.listen.metrics)?;
 
@@ -251,6 +294,42 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         metrics_socket,
         telemetry::http::router(),
     ));
+
+    if let Some(upstream) = &settings.proxy.upstream {
+        let state = Arc::new(ProxyState {
+            policies: policies.clone(),
+            stepup,
+            identity: settings.proxy.identity.clone(),
+            upstream: upstream.clone(),
+            trusted_proxies: settings.proxy.trusted_proxies.clone(),
+            max_held_body_bytes: settings.proxy.max_held_body_bytes,
+            login_url: settings.proxy.login_url.clone(),
+            max_message_length: settings.max_message_length,
+        });
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            StepGateProxy::new(state),
+            "proxy",
+        );
+        proxy.add_tcp(&settings.listen.proxy.to_string());
+        server.add_service(proxy);
+        server.add_service(background_service(
+            "policy-reload",
+            PolicyReloader {
+                handle: policies,
+                source: settings.source.clone(),
+                interval: settings.proxy.reload_interval,
+            },
+        ));
+        tracing::info!(
+            proxy = %settings.listen.proxy,
+            upstream = %upstream.address,
+            rules = settings.policies.policies.len(),
+            "proxy enabled"
+        );
+    } else {
+        tracing::info!("proxy disabled: no proxy.upstream configured (API only)");
+    }
 
     tracing::info!(
         version = VERSION,

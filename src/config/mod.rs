@@ -6,6 +6,7 @@
 
 pub mod env;
 pub mod locate;
+pub mod reload;
 pub mod schema;
 pub mod settings;
 pub mod validate;

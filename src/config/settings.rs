@@ -65,7 +65,7 @@ pub enum IdentitySettings {
         user: String,
         phone: Option<String>,
     },
-    Jwt(JwtSettings),
+    Jwt(Box<JwtSettings>),
 }
 
 #[derive(Clone)]
@@ -271,6 +271,8 @@ pub enum SmsGateway {
     Twilio(TwilioSettings),
     Http(HttpGatewaySettings),
     File(FileGatewaySettings),
+    /// Prints each SMS (code included) to standard output: demos only.
+    Console,
 }
 
 impl SmsGateway {
@@ -280,6 +282,7 @@ impl SmsGateway {
             SmsGateway::Twilio(_) => "twilio",
             SmsGateway::Http(_) => "http",
             SmsGateway::File(_) => "file",
+            SmsGateway::Console => "console",
         }
     }
 }

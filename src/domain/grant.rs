@@ -157,7 +157,13 @@ mod tests {
         let old_transfer = key.issue(&grant("transfers", 500));
         let admin = key.issue(&grant("admin", 2_000));
         let expired = key.issue(&grant("other", 50));
-        let list = [old_transfer.as_str(), admin.as_str(), expired.as_str(), "junk"].join("~");
+        let list = [
+            old_transfer.as_str(),
+            admin.as_str(),
+            expired.as_str(),
+            "junk",
+        ]
+        .join("~");
         let new_transfer = key.issue(&grant("transfers", 3_000));
         let updated = key.add_to_list(Some(&list), &new_transfer, Timestamp(100));
         assert_eq!(updated, format!("{new_transfer}~{admin}"));

@@ -78,6 +78,9 @@ pub struct HeldTicket {
     pub freshness_seconds: u64,
     pub binding: BindingDigest,
     pub held_at: Timestamp,
+    /// The policy's message as shown on the page (placeholders filled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The original request, byte for byte as far as forwarding needs it.
@@ -163,6 +166,7 @@ mod tests {
             freshness_seconds: 300,
             binding: BindingDigest::of("t"),
             held_at: Timestamp(5),
+            message: Some("Approve".into()),
         };
         let json = serde_json::to_string(&ticket).unwrap();
         assert_eq!(serde_json::from_str::<HeldTicket>(&json).unwrap(), ticket);

@@ -161,6 +161,5 @@ pub trait HeldRequestStore: Send + Sync {
     async fn take(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StoreError>;
 
     /// The transaction id of the latest request held with this `user_key`, while it is held.
-    async fn latest_for_user(&self, user_key: &str)
-    -> Result<Option<TransactionId>, StoreError>;
+    async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError>;
 }

@@ -49,7 +49,12 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 }
 
 /// `https` or `http`: a trusted proxy's `X-Forwarded-Proto`, else how the client reached us.
-pub fn scheme(peer: Option<IpAddr>, req: &RequestHeader, trusted: &[IpNet], tls: bool) -> &'static str {
+pub fn scheme(
+    peer: Option<IpAddr>,
+    req: &RequestHeader,
+    trusted: &[IpNet],
+    tls: bool,
+) -> &'static str {
     let forwarded = peer
         .filter(|ip| is_trusted(*ip, trusted))
         .and_then(|_| req.headers.get("x-forwarded-proto"))
@@ -187,7 +192,13 @@ fn strip_own_cookies(req: &mut RequestHeader) -> pingora::Result<()> {
             name != GRANT_COOKIE && name != BINDING_COOKIE
         })
         .collect();
-    if kept.len() == values.iter().flat_map(|v| v.split(';')).filter(|p| !p.trim().is_empty()).count() {
+    if kept.len()
+        == values
+            .iter()
+            .flat_map(|v| v.split(';'))
+            .filter(|p| !p.trim().is_empty())
+            .count()
+    {
         return Ok(());
     }
     req.remove_header("cookie");
@@ -270,7 +281,13 @@ mod tests {
     fn trusted_chains_are_extended() {
         let mut req = request(&[("x-forwarded-for", "203.0.113.9"), ("cookie", "a=1")]);
         let trusted = nets(&["10.0.0.0/8"]);
-        prepare_upstream(&mut req, Some("10.0.0.1".parse().unwrap()), "https", &trusted).unwrap();
+        prepare_upstream(
+            &mut req,
+            Some("10.0.0.1".parse().unwrap()),
+            "https",
+            &trusted,
+        )
+        .unwrap();
         assert_eq!(
             req.headers.get("x-forwarded-for").unwrap(),
             "203.0.113.9, 10.0.0.1"

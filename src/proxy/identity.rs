@@ -24,7 +24,10 @@ pub fn resolve(settings: &IdentitySettings, req: &RequestHeader) -> Option<Reque
         ),
         IdentitySettings::Jwt(jwt) => from_jwt(jwt, req)?,
     };
-    if user_id.is_empty() || user_id.len() > MAX_USER_ID_LEN || user_id.chars().any(char::is_control) {
+    if user_id.is_empty()
+        || user_id.len() > MAX_USER_ID_LEN
+        || user_id.chars().any(char::is_control)
+    {
         return None;
     }
     Some(Requester {
@@ -90,17 +93,22 @@ mod tests {
     fn jwt_settings() -> IdentitySettings {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_aud = false;
-        IdentitySettings::Jwt(JwtSettings {
+        IdentitySettings::Jwt(Box::new(JwtSettings {
             cookie: Some("session".into()),
             keys: vec![(None, DecodingKey::from_secret(SECRET))],
             validation,
             user_claim: "sub".into(),
             phone_claim: Some("phone_number".into()),
-        })
+        }))
     }
 
     fn token(claims: serde_json::Value, secret: &[u8]) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {
@@ -121,8 +129,14 @@ mod tests {
 
     #[test]
     fn a_valid_token_in_the_cookie_or_bearer_gives_user_and_phone() {
-        let good = token(json!({"sub": "alice", "phone_number": "+31 6 1234 5678", "exp": future()}), SECRET);
-        let from_cookie = resolve(&jwt_settings(), &request(&[("cookie", &format!("session={good}"))]));
+        let good = token(
+            json!({"sub": "alice", "phone_number": "+31 6 1234 5678", "exp": future()}),
+            SECRET,
+        );
+        let from_cookie = resolve(
+            &jwt_settings(),
+            &request(&[("cookie", &format!("session={good}"))]),
+        );
         assert_eq!(
             from_cookie,
             Some(Requester {
@@ -130,13 +144,19 @@ mod tests {
                 phone_number: Some("+31612345678".into())
             })
         );
-        let from_bearer = resolve(&jwt_settings(), &request(&[("authorization", &format!("Bearer {good}"))]));
+        let from_bearer = resolve(
+            &jwt_settings(),
+            &request(&[("authorization", &format!("Bearer {good}"))]),
+        );
         assert_eq!(from_bearer, from_cookie);
     }
 
     #[test]
     fn forged_expired_or_claimless_tokens_are_no_identity() {
-        let forged = token(json!({"sub": "alice", "exp": future()}), b"another-secret-another-secret-xx");
+        let forged = token(
+            json!({"sub": "alice", "exp": future()}),
+            b"another-secret-another-secret-xx",
+        );
         let expired = token(json!({"sub": "alice", "exp": 1_000}), SECRET);
         let no_sub = token(json!({"exp": future()}), SECRET);
         let no_exp = token(json!({"sub": "alice"}), SECRET);

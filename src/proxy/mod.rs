@@ -127,7 +127,11 @@ impl ProxyHttp for StepGateProxy {
         let Some(normalized) = normalize_path(path) else {
             ctx.decision = "invalid";
             let html = wants_html(req);
-            send(session, Reply::refusal(&Refusal::BadRequest("the path is malformed"), html)).await?;
+            send(
+                session,
+                Reply::refusal(&Refusal::BadRequest("the path is malformed"), html),
+            )
+            .await?;
             return Ok(true);
         };
         let policies = self.state.policies.current();
@@ -140,7 +144,11 @@ impl ProxyHttp for StepGateProxy {
             host: facts::host(req),
             path: normalized,
             client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
-            headers: if needs_headers { header_pairs(req) } else { Vec::new() },
+            headers: if needs_headers {
+                header_pairs(req)
+            } else {
+                Vec::new()
+            },
         };
         let (policy, decision) = policies.decide(&facts);
         ctx.policy = policy.map(|policy| policy.name.clone());
@@ -163,7 +171,11 @@ impl ProxyHttp for StepGateProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(self.peer.clone()))
     }
 
@@ -173,12 +185,22 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        facts::prepare_upstream(upstream_request, ctx.peer_ip, ctx.scheme, &self.state.trusted_proxies)?;
+        facts::prepare_upstream(
+            upstream_request,
+            ctx.peer_ip,
+            ctx.scheme,
+            &self.state.trusted_proxies,
+        )?;
         metrics::proxy_added_latency(ctx.decision, ctx.arrived.elapsed());
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _error: Option<&pingora::Error>, ctx: &mut Ctx) {
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _error: Option<&pingora::Error>,
+        ctx: &mut Ctx,
+    ) {
         metrics::proxy_request(ctx.policy_label(), ctx.decision);
     }
 }
@@ -201,14 +223,22 @@ impl StepGateProxy {
         };
         let req = session.req_header();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
-        if grants.is_some_and(|grants| self.state.stepup.grant_admits(grants, &requester.user_id, policy)) {
+        if grants.is_some_and(|grants| {
+            self.state
+                .stepup
+                .grant_admits(grants, &requester.user_id, policy)
+        }) {
             ctx.decision = "granted";
             return Ok(false);
         }
         let original = match self.read_original(session).await? {
             Ok(original) => original,
             Err(refusal) => {
-                ctx.decision = if refusal == Refusal::TooLarge { "too_large" } else { "invalid" };
+                ctx.decision = if refusal == Refusal::TooLarge {
+                    "too_large"
+                } else {
+                    "invalid"
+                };
                 send(session, Reply::refusal(&refusal, html)).await?;
                 return Ok(true);
             }
@@ -225,7 +255,11 @@ impl StepGateProxy {
         {
             Ok(challenge) => challenge,
             Err(error) => {
-                ctx.decision = if matches!(error, StepUpError::Store(_)) { "unavailable" } else { "refused" };
+                ctx.decision = if matches!(error, StepUpError::Store(_)) {
+                    "unavailable"
+                } else {
+                    "refused"
+                };
                 tracing::warn!(policy, %error, "step-up could not start");
                 send(session, Reply::refusal(&refusal_for(&error), html)).await?;
                 return Ok(true);
@@ -239,7 +273,8 @@ impl StepGateProxy {
             }
             Mode::Hold => {
                 ctx.decision = "held";
-                self.hold(session, ctx, policy, &challenge, &requester, html).await?;
+                self.hold(session, ctx, policy, &challenge, &requester, html)
+                    .await?;
             }
         }
         Ok(true)
@@ -268,7 +303,8 @@ impl StepGateProxy {
         session: &mut Session,
     ) -> pingora::Result<Result<OriginalRequest, Refusal>> {
         let limit = self.state.max_held_body_bytes;
-        let declared = header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit as u64) {
             return Ok(Err(Refusal::TooLarge));
         }
@@ -280,7 +316,10 @@ impl StepGateProxy {
             body.extend_from_slice(&chunk);
         }
         let req = session.req_header();
-        let uri = req.uri.path_and_query().map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let uri = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
         let headers = req
             .headers
             .iter()
@@ -319,9 +358,19 @@ impl StepGateProxy {
         let headers: Vec<(String, String)> = original
             .headers
             .iter()
-            .filter_map(|(n, v)| std::str::from_utf8(v).ok().map(|v| (n.clone(), v.to_owned())))
+            .filter_map(|(n, v)| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .map(|v| (n.clone(), v.to_owned()))
+            })
             .collect();
-        fill_message(template, &form, &query, &headers, self.state.max_message_length)
+        fill_message(
+            template,
+            &form,
+            &query,
+            &headers,
+            self.state.max_message_length,
+        )
     }
 
     /// Hold mode: the connection waits until the transaction ends, then the request goes
@@ -341,9 +390,13 @@ impl StepGateProxy {
             .stepup
             .now()
             .until(challenge.transaction.expires_at);
-        metrics::proxy_held(policy, 1);
-        let decided = self.state.stepup.wait_for_decision(&id, requester, wait).await;
-        metrics::proxy_held(policy, -1);
+        metrics::proxy_held(1);
+        let decided = self
+            .state
+            .stepup
+            .wait_for_decision(&id, requester, wait)
+            .await;
+        metrics::proxy_held(-1);
         match decided {
             Ok(tx) if tx.status == Status::Approved => {
                 ctx.decision = "approved";
@@ -351,8 +404,16 @@ impl StepGateProxy {
             }
             Ok(tx) => {
                 ctx.decision = "refused";
-                let status = if tx.status == Status::Pending { "expired" } else { tx.status.as_str() };
-                send(session, Reply::refusal(&Refusal::NotApproved(status), false)).await
+                let status = if tx.status == Status::Pending {
+                    "expired"
+                } else {
+                    tx.status.as_str()
+                };
+                send(
+                    session,
+                    Reply::refusal(&Refusal::NotApproved(status), false),
+                )
+                .await
             }
             Err(error) => {
                 ctx.decision = "unavailable";
@@ -389,7 +450,16 @@ impl StepGateProxy {
             scheme: ctx.scheme,
             trusted: &self.state.trusted_proxies,
         };
-        match replay::forward(&self.connector, &self.state.upstream, &held.request, &origin, session, &extra).await {
+        match replay::forward(
+            &self.connector,
+            &self.state.upstream,
+            &held.request,
+            &origin,
+            session,
+            &extra,
+        )
+        .await
+        {
             Ok(status) => {
                 tracing::info!(transaction_id = %tx.id, policy = %held.ticket.policy, status, "approved request forwarded");
                 Ok(())
@@ -400,13 +470,21 @@ impl StepGateProxy {
             }
             Err(ReplayError::BrokenOff(cause)) => {
                 tracing::error!(transaction_id = %tx.id, %cause, "upstream answer broke off");
-                Err(pingora::Error::explain(pingora::ErrorType::WriteError, "upstream answer broke off"))
+                Err(pingora::Error::explain(
+                    pingora::ErrorType::WriteError,
+                    "upstream answer broke off",
+                ))
             }
         }
     }
 
     /// `Set-Cookie` (browsers) and `Stepgate-Grant` (API clients) for an approved ticket.
-    fn grant_headers(&self, req: &RequestHeader, ticket: &HeldTicket, scheme: &str) -> Vec<(&'static str, String)> {
+    fn grant_headers(
+        &self,
+        req: &RequestHeader,
+        ticket: &HeldTicket,
+        scheme: &str,
+    ) -> Vec<(&'static str, String)> {
         let existing = cookie(req, GRANT_COOKIE);
         let Some(grant) = self.state.stepup.grant_for(ticket, existing) else {
             return Vec::new();
@@ -471,7 +549,10 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
     if html {
         return Reply::redirect(&base).with_header("set-cookie", cookie);
     }
-    let ttl = tx.expires_at.millis().saturating_sub(tx.created_at.millis());
+    let ttl = tx
+        .expires_at
+        .millis()
+        .saturating_sub(tx.created_at.millis());
     let body = json!({
         "error": "step_up_required",
         "transaction_id": tx.id.to_string(),
@@ -483,7 +564,10 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
         "complete_uri": format!("{base}/complete"),
     });
     Reply::json(401, &body)
-        .with_header("www-authenticate", format!("StepUp transaction_id=\"{}\"", tx.id))
+        .with_header(
+            "www-authenticate",
+            format!("StepUp transaction_id=\"{}\"", tx.id),
+        )
         .with_header("set-cookie", cookie)
 }
 

@@ -71,13 +71,17 @@ pub async fn forward(
             .map_err(upstream_error)?;
     }
     client.finish_request_body().await.map_err(upstream_error)?;
-    client.read_response_header().await.map_err(upstream_error)?;
+    client
+        .read_response_header()
+        .await
+        .map_err(upstream_error)?;
     let Some(answer) = client.response_header() else {
         return Err(ReplayError::Upstream("no response header".to_owned()));
     };
     let status = answer.status.as_u16();
-    let mut response = ResponseHeader::build(answer.status, Some(answer.headers.len() + extra.len()))
-        .map_err(upstream_error)?;
+    let mut response =
+        ResponseHeader::build(answer.status, Some(answer.headers.len() + extra.len()))
+            .map_err(upstream_error)?;
     for (name, value) in &answer.headers {
         // The client's framing is pingora's to choose; content-length stays when known.
         let lower = name.as_str();
@@ -130,7 +134,11 @@ pub async fn forward(
 /// The held request as it goes upstream: same method, URI, headers and body, with framing
 /// recomputed and forwarded headers set like any proxied request.
 fn rebuild(held: &OriginalRequest, origin: &Origin<'_>) -> pingora::Result<RequestHeader> {
-    let mut request = RequestHeader::build(held.method.as_str(), held.uri.as_bytes(), Some(held.headers.len() + 3))?;
+    let mut request = RequestHeader::build(
+        held.method.as_str(),
+        held.uri.as_bytes(),
+        Some(held.headers.len() + 3),
+    )?;
     for (name, value) in &held.headers {
         if HOP_BY_HOP.contains(&name.as_str()) {
             continue;

@@ -95,9 +95,12 @@ impl Reply {
             status,
             headers: vec![
                 ("content-type", "text/html; charset=utf-8".to_owned()),
-                ("content-security-policy", pages::CONTENT_SECURITY_POLICY.to_owned()),
+                (
+                    "content-security-policy",
+                    pages::CONTENT_SECURITY_POLICY.to_owned(),
+                ),
                 ("x-frame-options", "DENY".to_owned()),
-                ("referrer-policy", "no-referrer".to_owned()),
+                ("referrer-policy", "same-origin".to_owned()),
             ],
             body: Bytes::from(page),
         }
@@ -132,7 +135,10 @@ impl Reply {
         let reply = if html {
             Reply::html(status, pages::message_page(title, &detail))
         } else {
-            Reply::json(status, &json!({ "error": code, "error_description": detail }))
+            Reply::json(
+                status,
+                &json!({ "error": code, "error_description": detail }),
+            )
         };
         match refusal {
             Refusal::RateLimited(after) => {
@@ -147,7 +153,10 @@ impl Reply {
 /// Writes `reply`; every answer of stepgate's own is uncacheable and unsniffable.
 pub async fn send(session: &mut Session, reply: Reply) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
-    let has_cache_control = reply.headers.iter().any(|(name, _)| *name == "cache-control");
+    let has_cache_control = reply
+        .headers
+        .iter()
+        .any(|(name, _)| *name == "cache-control");
     for (name, value) in reply.headers {
         header.append_header(name, value)?;
     }
@@ -157,7 +166,9 @@ pub async fn send(session: &mut Session, reply: Reply) -> pingora::Result<()> {
     header.insert_header("x-content-type-options", "nosniff")?;
     header.insert_header("content-length", reply.body.len().to_string())?;
     let empty = reply.body.is_empty();
-    session.write_response_header(Box::new(header), empty).await?;
+    session
+        .write_response_header(Box::new(header), empty)
+        .await?;
     if !empty {
         session.write_response_body(Some(reply.body), true).await?;
     }
@@ -176,7 +187,11 @@ mod tests {
         assert_eq!(body["error"], "not_found");
         let page = Reply::refusal(&Refusal::Unavailable, true);
         assert_eq!(page.status, 503);
-        assert!(page.headers.iter().any(|(n, v)| *n == "retry-after" && v == "5"));
+        assert!(
+            page.headers
+                .iter()
+                .any(|(n, v)| *n == "retry-after" && v == "5")
+        );
         assert!(String::from_utf8_lossy(&page.body).contains("<!doctype html>"));
     }
 
@@ -184,6 +199,11 @@ mod tests {
     fn rate_limits_carry_retry_after() {
         let reply = Reply::refusal(&Refusal::RateLimited(Duration::from_secs(90)), false);
         assert_eq!(reply.status, 429);
-        assert!(reply.headers.iter().any(|(n, v)| *n == "retry-after" && v == "90"));
+        assert!(
+            reply
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "retry-after" && v == "90")
+        );
     }
 }

@@ -38,19 +38,28 @@ fn route(method: &str, path: &str) -> Result<Route, Refusal> {
     let segments: Vec<&str> = rest.split('/').collect();
     let get = method == "GET" || method == "HEAD";
     let post = method == "POST";
-    let tx = |id: &str| id.parse::<TransactionId>().map_err(|_| Refusal::UnknownTransaction);
+    let tx = |id: &str| {
+        id.parse::<TransactionId>()
+            .map_err(|_| Refusal::UnknownTransaction)
+    };
     match segments.as_slice() {
-        ["assets", "stepgate.js"] if get => Ok(Route::Asset("text/javascript; charset=utf-8", pages::SCRIPT)),
-        ["assets", "stepgate.css"] if get => Ok(Route::Asset("text/css; charset=utf-8", pages::STYLE)),
+        ["assets", "stepgate.js"] if get => Ok(Route::Asset(
+            "text/javascript; charset=utf-8",
+            pages::SCRIPT,
+        )),
+        ["assets", "stepgate.css"] if get => {
+            Ok(Route::Asset("text/css; charset=utf-8", pages::STYLE))
+        }
         ["pending"] if get => Ok(Route::Pending),
         ["tx", id] if get => Ok(Route::Page(tx(id)?)),
         ["tx", id, "status"] if get => Ok(Route::Status(tx(id)?)),
         ["tx", id, "verify"] if post => Ok(Route::Verify(tx(id)?)),
         ["tx", id, "resend"] if post => Ok(Route::Resend(tx(id)?)),
         ["tx", id, "complete"] if post => Ok(Route::Complete(tx(id)?)),
-        ["assets", _] | ["pending"] | ["tx", _] | ["tx", _, "status" | "verify" | "resend" | "complete"] => {
-            Err(Refusal::MethodNotAllowed)
-        }
+        ["assets", _]
+        | ["pending"]
+        | ["tx", _]
+        | ["tx", _, "status" | "verify" | "resend" | "complete"] => Err(Refusal::MethodNotAllowed),
         _ => Err(Refusal::NotFound),
     }
 }
@@ -76,7 +85,11 @@ fn binding(session: &Session) -> Binding {
     }
 }
 
-pub(super) async fn handle(proxy: &StepGateProxy, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+pub(super) async fn handle(
+    proxy: &StepGateProxy,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
     let html = wants_html(session.req_header());
     let req = session.req_header();
     let route = match route(req.method.as_str(), req.uri.path()) {
@@ -131,7 +144,9 @@ impl Handler<'_> {
         binding: &Binding,
     ) -> Result<(HeldTicket, Transaction), StepUpError> {
         let stepup = &self.proxy.state.stepup;
-        let ticket = stepup.ticket(id, &self.requester, binding.token.as_deref()).await?;
+        let ticket = stepup
+            .ticket(id, &self.requester, binding.token.as_deref())
+            .await?;
         let tx = stepup.transaction(id, &self.requester).await?;
         Ok((ticket, tx))
     }
@@ -157,11 +172,14 @@ impl Handler<'_> {
                 let reply = if self.html {
                     Reply::redirect(&base)
                 } else {
-                    Reply::json(200, &json!({
-                        "transaction_id": id.to_string(),
-                        "status_uri": format!("{base}/status"),
-                        "verify_uri": format!("{base}/verify"),
-                    }))
+                    Reply::json(
+                        200,
+                        &json!({
+                            "transaction_id": id.to_string(),
+                            "status_uri": format!("{base}/status"),
+                            "verify_uri": format!("{base}/verify"),
+                        }),
+                    )
                 };
                 send(session, reply).await
             }
@@ -192,14 +210,16 @@ impl Handler<'_> {
         error: Option<&str>,
     ) -> pingora::Result<()> {
         if tx.status != Status::Pending {
-            return self.refuse(session, Refusal::NotApproved(tx.status.as_str())).await;
+            return self
+                .refuse(session, Refusal::NotApproved(tx.status.as_str()))
+                .await;
         }
         let now = self.proxy.state.stepup.now();
         let id = tx.id.to_string();
         let view = ChallengeView {
             transaction_id: &id,
             method: page_method(tx.method),
-            message: tx.details.message.as_deref(),
+            message: ticket.message.as_deref(),
             seconds_left: time_to_live(tx, now) / 1000,
             csrf,
             error,
@@ -261,9 +281,13 @@ impl Handler<'_> {
             }
             body.extend_from_slice(&chunk);
         }
-        let content_type = header(session.req_header(), "content-type").unwrap_or_default().to_ascii_lowercase();
+        let content_type = header(session.req_header(), "content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if content_type.starts_with("application/json") {
-            let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_slice::<serde_json::Value>(&body)
+            else {
                 return Ok(Err(Refusal::BadRequest("the body is not a JSON object")));
             };
             let pairs = map
@@ -272,8 +296,12 @@ impl Handler<'_> {
                 .collect();
             return Ok(Ok(pairs));
         }
-        if !(content_type.is_empty() || content_type.starts_with("application/x-www-form-urlencoded")) {
-            return Ok(Err(Refusal::BadRequest("expected a urlencoded form or JSON")));
+        if !(content_type.is_empty()
+            || content_type.starts_with("application/x-www-form-urlencoded"))
+        {
+            return Ok(Err(Refusal::BadRequest(
+                "expected a urlencoded form or JSON",
+            )));
         }
         let Some(pairs) = super::bytes_to_pairs(&Bytes::from(body)) else {
             return Ok(Err(Refusal::BadRequest("the form is malformed")));
@@ -282,7 +310,11 @@ impl Handler<'_> {
         // token only our page knows (a cross-site page can neither read it nor set the header).
         if binding.from_cookie || binding.token.is_none() {
             let input = self.csrf_input(ticket, binding);
-            let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or_default();
+            let csrf = pairs
+                .iter()
+                .find(|(k, _)| k == "csrf")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default();
             if !self.proxy.state.stepup.csrf_matches(id, &input, csrf) {
                 return Ok(Err(Refusal::Forbidden));
             }
@@ -290,7 +322,12 @@ impl Handler<'_> {
         Ok(Ok(pairs))
     }
 
-    async fn verify(&self, session: &mut Session, ctx: &mut Ctx, id: TransactionId) -> pingora::Result<()> {
+    async fn verify(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        id: TransactionId,
+    ) -> pingora::Result<()> {
         let binding = binding(session);
         let (ticket, tx) = match self.lookup(&id, &binding).await {
             Ok(found) => found,
@@ -322,8 +359,13 @@ impl Handler<'_> {
                 };
                 if self.html {
                     let csrf = self.csrf(&id, &ticket, &binding);
-                    let tx = Transaction { attempts: tx.attempts + 1, ..tx };
-                    return self.render(session, &tx, &ticket, &csrf, Some(&error)).await;
+                    let tx = Transaction {
+                        attempts: tx.attempts + 1,
+                        ..tx
+                    };
+                    return self
+                        .render(session, &tx, &ticket, &csrf, Some(&error))
+                        .await;
                 }
                 let body = json!({
                     "error": "invalid_code",
@@ -332,10 +374,21 @@ impl Handler<'_> {
                 });
                 send(session, Reply::json(401, &body)).await
             }
-            VerifyOutcome::Exhausted { .. } => self.refuse(session, Refusal::NotApproved("failed")).await,
+            VerifyOutcome::Exhausted { .. } => {
+                self.refuse(session, Refusal::NotApproved("failed")).await
+            }
             VerifyOutcome::Expired => self.refuse(session, Refusal::NotApproved("expired")).await,
-            VerifyOutcome::NotPending(status) => self.refuse(session, Refusal::NotApproved(status.as_str())).await,
-            VerifyOutcome::NoCode => self.refuse(session, Refusal::BadRequest("this confirmation takes no code")).await,
+            VerifyOutcome::NotPending(status) => {
+                self.refuse(session, Refusal::NotApproved(status.as_str()))
+                    .await
+            }
+            VerifyOutcome::NoCode => {
+                self.refuse(
+                    session,
+                    Refusal::BadRequest("this confirmation takes no code"),
+                )
+                .await
+            }
         }
     }
 
@@ -349,12 +402,25 @@ impl Handler<'_> {
         ticket: &HeldTicket,
     ) -> pingora::Result<()> {
         match ticket.mode {
-            HeldMode::Challenge => self.proxy.release_and_forward(session, ctx, tx, self.html).await,
+            HeldMode::Challenge => {
+                self.proxy
+                    .release_and_forward(session, ctx, tx, self.html)
+                    .await
+            }
             HeldMode::Hold => {
                 let reply = if self.html {
-                    Reply::html(200, pages::message_page("Confirmed", "Your request continues by itself; you can close this page."))
+                    Reply::html(
+                        200,
+                        pages::message_page(
+                            "Confirmed",
+                            "Your request continues by itself; you can close this page.",
+                        ),
+                    )
                 } else {
-                    Reply::json(200, &json!({ "transaction_id": tx.id.to_string(), "status": "approved" }))
+                    Reply::json(
+                        200,
+                        &json!({ "transaction_id": tx.id.to_string(), "status": "approved" }),
+                    )
                 };
                 send(session, reply).await
             }
@@ -371,16 +437,24 @@ impl Handler<'_> {
             return self.refuse(session, refusal).await;
         }
         match self.proxy.state.stepup.resend(&id, &self.requester).await {
-            Ok(Ok(())) if self.html => send(session, Reply::redirect(&format!("{PREFIX}tx/{id}"))).await,
+            Ok(Ok(())) if self.html => {
+                send(session, Reply::redirect(&format!("{PREFIX}tx/{id}"))).await
+            }
             Ok(Ok(())) => send(session, Reply::json(202, &json!({ "status": "resent" }))).await,
             Ok(Err(refused)) => {
                 let why = match refused {
-                    ResendOutcome::LimitReached | ResendOutcome::Disabled => "No more codes can be sent for this confirmation.",
+                    ResendOutcome::LimitReached | ResendOutcome::Disabled => {
+                        "No more codes can be sent for this confirmation."
+                    }
                     _ => "This confirmation has ended.",
                 };
                 let body = json!({ "error": "resend_refused", "error_description": why });
                 if self.html {
-                    send(session, Reply::html(409, pages::message_page("No new code", why))).await
+                    send(
+                        session,
+                        Reply::html(409, pages::message_page("No new code", why)),
+                    )
+                    .await
                 } else {
                     send(session, Reply::json(409, &body)).await
                 }
@@ -389,7 +463,12 @@ impl Handler<'_> {
         }
     }
 
-    async fn complete(&self, session: &mut Session, ctx: &mut Ctx, id: TransactionId) -> pingora::Result<()> {
+    async fn complete(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        id: TransactionId,
+    ) -> pingora::Result<()> {
         let binding = binding(session);
         let (ticket, tx) = match self.lookup(&id, &binding).await {
             Ok(found) => found,
@@ -402,7 +481,10 @@ impl Handler<'_> {
             Status::Approved => self.approved(session, ctx, &tx, &ticket).await,
             Status::Pending if self.html => send(session, Reply::redirect(&tx_path(&tx))).await,
             Status::Pending => self.refuse(session, Refusal::Pending).await,
-            other => self.refuse(session, Refusal::NotApproved(other.as_str())).await,
+            other => {
+                self.refuse(session, Refusal::NotApproved(other.as_str()))
+                    .await
+            }
         }
     }
 }

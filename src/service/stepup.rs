@@ -15,13 +15,11 @@ use subtle::ConstantTimeEq;
 
 use super::sms::{SmsError, SmsService, SmsStart};
 use super::transactions::{EngineError, TransactionEngine};
-use crate::domain::auth_type::{AuthTypes, Method};
+use crate::domain::auth_type::{AuthTypes, CODE_PLACEHOLDER, Method};
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::SecretKey;
 use crate::domain::grant::{Grant, GrantKey};
-use crate::domain::held::{
-    BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest,
-};
+use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
 use crate::domain::policy::StepUp;
 use crate::domain::ports::{HeldRequestStore, SendError, StoreError};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
@@ -138,7 +136,8 @@ impl StepUpService {
     /// Whether one of the grants in `grants` (as the client sent them) admits `user_id` to
     /// `policy` now. Needs no store.
     pub fn grant_admits(&self, grants: &str, user_id: &str, policy: &str) -> bool {
-        self.grants.admits(grants, user_id, policy, self.clock.now())
+        self.grants
+            .admits(grants, user_id, policy, self.clock.now())
     }
 
     /// A grant for the approved `ticket`, added in front of the client's `existing` ones; `None`
@@ -209,6 +208,11 @@ impl StepUpService {
             .phone_number
             .clone()
             .ok_or(StepUpError::NoPhoneNumber)?;
+        // The SMS carries the policy's message and then the type's own text with the code.
+        let code_line = auth_type.default_message(None).unwrap_or(CODE_PLACEHOLDER);
+        let template = message
+            .as_ref()
+            .map(|message| format!("{message}\n{code_line}"));
         let transaction = self
             .sms
             .start(
@@ -216,7 +220,7 @@ impl StepUpService {
                 SmsStart {
                     user_id: requester.user_id.clone(),
                     phone_number,
-                    message,
+                    message: template,
                     language: None,
                 },
             )
@@ -231,6 +235,7 @@ impl StepUpService {
                 freshness_seconds: step_up.freshness.as_secs(),
                 binding: BindingDigest::of(&binding_token),
                 held_at: self.clock.now(),
+                message,
             },
             request,
         };
@@ -358,7 +363,8 @@ fn random_token() -> String {
 const MAX_PLACEHOLDER_CHARS: usize = 64;
 
 /// Fills `{form.x}`, `{query.x}` and `{header.x}` in a policy message from the held request.
-/// Values lose control characters and are cut to 64 characters; a missing value reads `?`.
+/// Values lose control characters and braces (so no value can smuggle in a `{code}`) and are
+/// cut to 64 characters; a missing value reads `?`.
 /// The result is cut to `max_chars`.
 pub fn fill_message(
     template: &str,
@@ -400,7 +406,7 @@ pub fn fill_message(
             Some(value) => out.extend(
                 value
                     .chars()
-                    .filter(|c| !c.is_control())
+                    .filter(|c| !c.is_control() && *c != '{' && *c != '}')
                     .take(MAX_PLACEHOLDER_CHARS),
             ),
             None => out.push('?'),

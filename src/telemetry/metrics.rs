@@ -152,10 +152,10 @@ static PROXY_REQUEST_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
 static PROXY_HELD_GAUGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         PROXY_HELD,
-        "Requests this instance holds open in hold mode, waiting for approval.",
-        &["policy"]
+        "Requests this instance holds open in hold mode, waiting for approval, by mode (hold).",
+        &["mode"]
     )
-    .unwrap_or_else(|_| unregistered_gauge(PROXY_HELD, &["policy"]))
+    .unwrap_or_else(|_| unregistered_gauge(PROXY_HELD, &["mode"]))
 });
 
 static PROXY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -164,8 +164,8 @@ static PROXY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
         "Time stepgate spent on a forwarded request before sending it upstream (policy, identity, grant), by decision.",
         &["decision"],
         vec![
-            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-            0.025, 0.1,
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+            0.1,
         ],
     )
 });
@@ -185,8 +185,49 @@ pub fn proxy_added_latency(decision: &'static str, elapsed: Duration) {
 }
 
 /// A hold-mode request started (`+1`) or stopped (`-1`) waiting.
-pub fn proxy_held(policy: &str, delta: i64) {
-    PROXY_HELD_GAUGE.with_label_values(&[policy]).add(delta);
+pub fn proxy_held(delta: i64) {
+    PROXY_HELD_GAUGE.with_label_values(&["hold"]).add(delta);
+}
+
+// --- policy reload (recorded by the composition root for `config::reload`) ---------------------
+
+pub const POLICY_RELOADS: &str = "stepgate_policy_reloads_total";
+pub const POLICY_RULES: &str = "stepgate_policy_rules";
+
+static POLICY_RELOAD_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let counter = counter_vec(
+        POLICY_RELOADS,
+        "Policy reload attempts (SIGHUP or changed files) by result (ok | error; on error the previous policies stay).",
+        &["result"],
+    );
+    for result in ["ok", "error"] {
+        counter.with_label_values(&[result]);
+    }
+    counter
+});
+
+static POLICY_RULES_GAUGE: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(POLICY_RULES, "Route policy rules in force.").unwrap_or_else(
+        |_| {
+            prometheus::IntGauge::new(POLICY_RULES, "unregistered")
+                .unwrap_or_else(|_| unreachable!("static gauge options are valid"))
+        },
+    )
+});
+
+/// The policies in force at start-up.
+pub fn policy_rules(rules: usize) {
+    POLICY_RULES_GAUGE.set(i64::try_from(rules).unwrap_or(i64::MAX));
+}
+
+/// One reload attempt: `Some(rules)` when the new policies are in force, `None` when it failed
+/// and the previous ones stay.
+pub fn policy_reload(rules: Option<usize>) {
+    let result = if rules.is_some() { "ok" } else { "error" };
+    POLICY_RELOAD_COUNTER.with_label_values(&[result]).inc();
+    if let Some(rules) = rules {
+        policy_rules(rules);
+    }
 }
 
 fn unregistered_gauge(name: &str, labels: &[&str]) -> IntGaugeVec {
@@ -230,8 +271,10 @@ pub fn register_all() {
     LazyLock::force(&SMS_SENT_COUNTER);
     LazyLock::force(&SMS_SEND_LATENCY);
     LazyLock::force(&PROXY_REQUEST_COUNTER);
-    LazyLock::force(&PROXY_HELD_GAUGE);
+    PROXY_HELD_GAUGE.with_label_values(&["hold"]).add(0);
     LazyLock::force(&PROXY_LATENCY);
+    LazyLock::force(&POLICY_RELOAD_COUNTER);
+    LazyLock::force(&POLICY_RULES_GAUGE);
 }
 
 /// The Prometheus text exposition of every registered metric.
@@ -246,6 +289,23 @@ pub fn render() -> (String, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_reloads_count_by_result_and_set_the_rules_in_force() {
+        register_all();
+        policy_reload(Some(7));
+        policy_reload(None);
+        let text = String::from_utf8(render().1).unwrap();
+        assert!(
+            text.contains(r#"stepgate_policy_reloads_total{result="ok"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"stepgate_policy_reloads_total{result="error"}"#),
+            "{text}"
+        );
+        assert!(text.contains("stepgate_policy_rules "), "{text}");
+    }
 
     #[test]
     fn rendered_text_carries_build_info_and_store_latency() {

@@ -35,6 +35,17 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A client that does not follow redirects (to see stepgate's 303s).
+#[allow(dead_code)]
+pub fn client_without_redirects() -> reqwest::Client {
+    let _ = client();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
 pub enum StoreChoice {
     Memory,
     Redis { url: String },

@@ -47,18 +47,21 @@ pub(super) fn compile(
         .identity
         .as_ref()
         .map(|identity| self::identity(identity, base, problems));
-    let login_url = raw.login_url.as_ref().and_then(|text| {
-        match Url::parse(text.trim()) {
+    let login_url = raw
+        .login_url
+        .as_ref()
+        .and_then(|text| match Url::parse(text.trim()) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
             _ => {
                 problems.add(
                     "proxy.login_url",
-                    format!("'{text}' is not an http(s) URL (expected e.g. https://app.example/login)"),
+                    format!(
+                        "'{text}' is not an http(s) URL (expected e.g. https://app.example/login)"
+                    ),
                 );
                 None
             }
-        }
-    });
+        });
     let reload_interval = match raw.reload_interval_seconds {
         0 => None,
         seconds => Some(Duration::from_secs(seconds)),
@@ -114,7 +117,11 @@ fn upstream(raw: &schema::Upstream, problems: &mut Problems) -> Option<UpstreamS
     })
 }
 
-fn identity(raw: &schema::Identity, base: &Path, problems: &mut Problems) -> Option<IdentitySettings> {
+fn identity(
+    raw: &schema::Identity,
+    base: &Path,
+    problems: &mut Problems,
+) -> Option<IdentitySettings> {
     match (&raw.header, &raw.jwt) {
         (Some(header), None) => {
             let user = header_name("proxy.identity.header", header, problems);
@@ -137,14 +144,20 @@ fn identity(raw: &schema::Identity, base: &Path, problems: &mut Problems) -> Opt
                     "only with identity.header (expected jwt.phone_claim with jwt)",
                 );
             }
-            self::jwt(jwt, base, problems).map(IdentitySettings::Jwt)
+            self::jwt(jwt, base, problems).map(|jwt| IdentitySettings::Jwt(Box::new(jwt)))
         }
         (Some(_), Some(_)) => {
-            problems.add("proxy.identity", "both header and jwt are set (expected exactly one)");
+            problems.add(
+                "proxy.identity",
+                "both header and jwt are set (expected exactly one)",
+            );
             None
         }
         (None, None) => {
-            problems.add("proxy.identity", "neither header nor jwt is set (expected exactly one)");
+            problems.add(
+                "proxy.identity",
+                "neither header nor jwt is set (expected exactly one)",
+            );
             None
         }
     }
@@ -155,7 +168,10 @@ fn header_name(path: &str, name: &str, problems: &mut Problems) -> Option<String
     if valid_header_name(name) {
         Some(name.to_ascii_lowercase())
     } else {
-        problems.add(path, format!("'{name}' is not a header name (expected e.g. X-User-Id)"));
+        problems.add(
+            path,
+            format!("'{name}' is not a header name (expected e.g. X-User-Id)"),
+        );
         None
     }
 }
@@ -261,11 +277,21 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
         (_, None, None, None) => return None,
     };
     if raw.user_claim.trim().is_empty() {
-        problems.add("proxy.identity.jwt.user_claim", "empty (expected a claim name such as sub)");
+        problems.add(
+            "proxy.identity.jwt.user_claim",
+            "empty (expected a claim name such as sub)",
+        );
     }
     if let Some(cookie) = &raw.cookie {
-        if cookie.trim().is_empty() || !cookie.chars().all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c)) {
-            problems.add("proxy.identity.jwt.cookie", format!("'{cookie}' is not a cookie name"));
+        if cookie.trim().is_empty()
+            || !cookie
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c))
+        {
+            problems.add(
+                "proxy.identity.jwt.cookie",
+                format!("'{cookie}' is not a cookie name"),
+            );
         }
     }
     let mut validation = Validation::new(algorithm);
