@@ -273,7 +273,7 @@ impl StepGateProxy {
             }
             Mode::Hold => {
                 ctx.decision = "held";
-                self.hold(session, ctx, policy, &challenge, &requester, html)
+                self.hold(session, ctx, &challenge, &requester, html)
                     .await?;
             }
         }
@@ -379,7 +379,6 @@ impl StepGateProxy {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        policy: &str,
         challenge: &Challenge,
         requester: &Requester,
         html: bool,

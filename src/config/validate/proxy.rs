@@ -322,3 +322,156 @@ fn read(base: &Path, file: &str, path: &str, problems: &mut Problems) -> Option<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use crate::config::settings::IdentitySettings;
+    use crate::config::{ConfigError, Settings, load_str};
+
+    const BASE: &str = "secret_key: \"0123456789abcdef0123456789abcdef\"\nauth_types: [{ name: sms_code, method: sms, default_messages: { en: \"Code {code}\" } }]\n";
+
+    fn load(extra: &str, base: &Path) -> Result<Settings, ConfigError> {
+        let env: BTreeMap<&str, &str> = BTreeMap::new();
+        load_str(&format!("{BASE}{extra}"), &base.join("c.yaml"), &env)
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        match load(extra, Path::new("/nonexistent")) {
+            Ok(_) => Vec::new(),
+            Err(error) => error
+                .issues()
+                .iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_upstream_is_resolved_at_load_and_bad_ones_are_located() {
+        let settings = load(
+            "proxy: { upstream: { address: \"localhost:3000\" } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let upstream = settings.proxy.upstream.unwrap();
+        assert_eq!(upstream.addr.port(), 3000);
+        assert!(upstream.addr.ip().is_loopback());
+        assert_eq!(upstream.sni, "localhost");
+        let found = problems("proxy: { upstream: { address: \"no-port\" } }\n");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("proxy.upstream.address: 'no-port'")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn step_up_policies_need_an_identity() {
+        let policy = "policies: [{ name: t, match: { paths: [\"/t\"] }, require: { auth_type: sms_code } }]\n";
+        let found = problems(policy);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("proxy.identity: missing, but policy 't' demands step-up")),
+            "{found:?}"
+        );
+        let with_identity = format!("{policy}proxy: {{ identity: {{ header: X-User-Id }} }}\n");
+        assert!(problems(&with_identity).is_empty());
+    }
+
+    #[test]
+    fn identity_must_be_one_well_formed_source() {
+        let both = problems(
+            "proxy: { identity: { header: X-User, jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\" } } }\n",
+        );
+        assert!(
+            both.iter().any(|p| p.contains("both header and jwt")),
+            "{both:?}"
+        );
+        let short = problems("proxy: { identity: { jwt: { algorithm: HS256, secret: short } } }\n");
+        assert!(
+            short
+                .iter()
+                .any(|p| p.starts_with("proxy.identity.jwt.secret: too short")),
+            "{short:?}"
+        );
+        let alg = problems(
+            "proxy: { identity: { jwt: { algorithm: none, secret: \"0123456789abcdef0123456789abcdef\" } } }\n",
+        );
+        assert!(
+            alg.iter().any(|p| p.contains("'none' is not supported")),
+            "{alg:?}"
+        );
+        let missing = problems(
+            "proxy: { identity: { jwt: { algorithm: RS256, public_key_file: absent.pem } } }\n",
+        );
+        assert!(
+            missing.iter().any(
+                |p| p.starts_with("proxy.identity.jwt.public_key_file: cannot read absent.pem")
+            ),
+            "{missing:?}"
+        );
+        let header = problems("proxy: { identity: { header: \"bad header\" } }\n");
+        assert!(
+            header
+                .iter()
+                .any(|p| p.starts_with("proxy.identity.header: 'bad header'")),
+            "{header:?}"
+        );
+    }
+
+    #[test]
+    fn jwks_and_pem_keys_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        // An EC P-256 public key and the same key as a JWK.
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\nq9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n-----END PUBLIC KEY-----\n";
+        std::fs::write(dir.path().join("key.pem"), pem).unwrap();
+        let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"EVs_o5-uQbTjL3chynL4wXgUg2R9q9UU8I5mEovUf84","y":"kGe5DgSIycKp8w9aJmoHhB1sB3QTugfnRWm5nU_TzsY"}]}"#;
+        std::fs::write(dir.path().join("keys.json"), jwks).unwrap();
+        let settings = load(
+            "proxy: { identity: { jwt: { algorithm: ES256, public_key_file: key.pem } } }\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert!(matches!(
+            settings.proxy.identity,
+            Some(IdentitySettings::Jwt(_))
+        ));
+        let settings = load("proxy: { identity: { jwt: { algorithm: ES256, jwks_file: keys.json, phone_claim: phone } } }\n", dir.path()).unwrap();
+        let Some(IdentitySettings::Jwt(jwt)) = settings.proxy.identity else {
+            panic!("jwt expected")
+        };
+        assert_eq!(jwt.keys.len(), 1);
+        assert_eq!(jwt.keys[0].0.as_deref(), Some("k1"));
+        assert_eq!(jwt.user_claim, "sub");
+    }
+
+    #[test]
+    fn limits_and_networks_are_checked() {
+        let found = problems(
+            "proxy: { max_held_body_bytes: 0, trusted_proxies: [\"10.0.0.0/8\", \"nope\"], login_url: \"ftp://x\" }\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("proxy.max_held_body_bytes: 0 is out of range")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("proxy.trusted_proxies[1]: 'nope'")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("proxy.login_url: 'ftp://x'")),
+            "{found:?}"
+        );
+    }
+}
