@@ -200,12 +200,13 @@ struct PolicyReloader {
 impl BackgroundService for PolicyReloader {
     async fn start(&self, shutdown: ShutdownWatch) {
         let env: Arc<dyn EnvSource + Send + Sync> = Arc::new(ProcessEnv);
-        reload::watch(
+        reload::watch_with(
             self.handle.clone(),
             self.source.clone(),
             env,
             self.interval,
             shutdown,
+            |result| metrics::policy_reload(result.ok()),
         )
         .await;
     }
@@ -321,6 +322,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
                 interval: settings.proxy.reload_interval,
             },
         ));
+        metrics::policy_rules(settings.policies.policies.len());
         tracing::info!(
             proxy = %settings.listen.proxy,
             upstream = %upstream.address,

@@ -1,15 +1,18 @@
-//! The command line: `run`, `validate`, `check-policy`, `version`, and the exit codes (64 for a bad config, as
-//! EX_USAGE; 1 for a failure at run time).
+//! The command line: `run`, `validate`, `check-policy`, `demo`, `version`, and the exit codes (64 for a bad
+//! config, as EX_USAGE; 1 for a failure at run time).
 //!
 //! May import: everything (wiring only).
 
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::app;
 use crate::config::{self, ConfigError, env::ProcessEnv};
+use crate::demo;
 use crate::domain::policy::{RequestFacts, normalize_path};
 
 /// Exit code for a configuration that does not load.
@@ -55,6 +58,22 @@ enum Command {
         #[arg(long, short, default_value = "config.yaml", env = "STEPGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Try it in a browser: a demo bank app behind the gateway, its transfer form guarded by an
+    /// SMS code that is printed here (memory store, console SMS gateway).
+    Demo {
+        /// The proxy listener: open this address in a browser.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        proxy: SocketAddr,
+        /// The API listener (`/health`, the mobile authentication API).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        api: SocketAddr,
+        /// The metrics listener.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        metrics: SocketAddr,
+        /// The demo bank (the upstream app); reachable directly too, without stepgate.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        bank: SocketAddr,
+    },
     /// Print the version.
     Version,
 }
@@ -70,6 +89,17 @@ pub fn main() -> ExitCode {
             headers,
             config,
         } => check_policy(&config, &method, &url, ip, &headers),
+        Command::Demo {
+            proxy,
+            api,
+            metrics,
+            bank,
+        } => demo(DemoAddrs {
+            proxy,
+            api,
+            metrics,
+            bank,
+        }),
         Command::Version => {
             println!("stepgate {}", app::VERSION);
             ExitCode::SUCCESS
@@ -210,5 +240,193 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_BAD_CONFIG)
+    }
+}
+
+// ---- `stepgate demo` -------------------------------------------------------------------------
+
+/// Where the demo listens.
+#[derive(Debug, Clone, Copy)]
+struct DemoAddrs {
+    proxy: SocketAddr,
+    api: SocketAddr,
+    metrics: SocketAddr,
+    bank: SocketAddr,
+}
+
+/// 32 random bytes from the OS, hex-encoded (64 characters).
+fn random_hex_secret() -> Result<String, rand_core::Error> {
+    use rand_core::{OsRng, RngCore};
+    let mut bytes = [0u8; 32];
+    OsRng.try_fill_bytes(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+/// An address a browser (or the gateway) can reach: `0.0.0.0` and `::` become loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The demo's whole configuration: memory store, console SMS, one policy on the bank's transfer
+/// form, identity from the bank's session JWT. `gateway_secret` hashes codes and signs grants;
+/// `bank_secret` is the bank's JWT secret, shared with the gateway so it can read the session.
+fn demo_config(
+    addrs: DemoAddrs,
+    bank: SocketAddr,
+    gateway_secret: &str,
+    bank_secret: &str,
+) -> String {
+    let DemoAddrs {
+        proxy,
+        api,
+        metrics,
+        ..
+    } = addrs;
+    let login_url = format!("http://{}/", reachable(proxy));
+    format!(
+        r#"listen: {{ proxy: "{proxy}", api: "{api}", metrics: "{metrics}" }}
+secret_key: "{gateway_secret}"
+server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+store: {{ backend: memory }}
+auth_types:
+  - name: sms_code
+    method: sms
+    ttl_seconds: 300
+    max_attempts: 3
+    max_resends: 2
+    default_messages: {{ en: "Demo bank code: {{code}}" }}
+sms: {{ gateway: console }}
+policies:
+  - name: transfers
+    match: {{ methods: [POST], paths: ["/transfer"] }}
+    require: {{ auth_type: sms_code, freshness_seconds: 60 }}
+    message: "Approve transfer of {{form.amount}} EUR to {{form.iban}}"
+proxy:
+  upstream: {{ address: "{bank}" }}
+  identity:
+    jwt: {{ cookie: {cookie}, algorithm: HS256, secret: "{bank_secret}", user_claim: sub, phone_claim: phone_number }}
+  login_url: "{login_url}"
+  reload_interval_seconds: 0
+"#,
+        cookie = demo::session::COOKIE_NAME,
+    )
+}
+
+fn demo(addrs: DemoAddrs) -> ExitCode {
+    let (gateway_secret, bank_secret) = match (random_hex_secret(), random_hex_secret()) {
+        (Ok(gateway), Ok(bank)) => (gateway, bank),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("stepgate demo: no randomness from the operating system: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bank_listener = match std::net::TcpListener::bind(addrs.bank) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "stepgate demo: cannot listen on {} (--bank): {error}",
+                addrs.bank
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let bank_addr = match bank_listener.local_addr() {
+        Ok(addr) => reachable(addr),
+        Err(error) => {
+            eprintln!("stepgate demo: the bank listener has no address: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = demo_config(addrs, bank_addr, &gateway_secret, &bank_secret);
+    let env = std::collections::BTreeMap::<&str, &str>::new();
+    let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
+            eprintln!("stepgate demo: the built-in demo configuration does not load (a bug)");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let bank = match demo::spawn(bank_listener, bank_secret.into_bytes()) {
+        Ok(bank) => bank,
+        Err(error) => {
+            eprintln!("stepgate demo: cannot start the demo bank: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let browse = reachable(addrs.proxy);
+    println!(
+        "stepgate demo\n\
+         \n  1. Open http://{browse}/ in a browser and sign in (alice, +31612345678 are prefilled).\n\
+         \x20 2. Transfer money: stepgate holds the transfer and asks for an SMS code.\n\
+         \x20 3. SMS codes are printed here, as `SMS to +31*******78: ...`; type the code in the browser.\n\
+         \x20 4. The bank confirms the transfer; its page counts the transfers it received.\n\
+         \n  demo bank (upstream, no step-up): http://{bank_addr}/\n\
+         \x20 API: http://{api}/health   metrics: http://{metrics}/metrics\n\
+         \x20 memory store, console SMS gateway; Ctrl-C stops.\n",
+        api = reachable(addrs.api),
+        metrics = reachable(addrs.metrics),
+    );
+    app::init_logging(&settings);
+    let outcome = app::run(settings);
+    bank.stop(Duration::from_secs(2));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "stepgate demo failed");
+            eprintln!("stepgate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_loads_with_the_proxy_in_front_of_the_bank() {
+        let addrs = DemoAddrs {
+            proxy: "0.0.0.0:18080".parse().unwrap(),
+            api: "127.0.0.1:18081".parse().unwrap(),
+            metrics: "127.0.0.1:19100".parse().unwrap(),
+            bank: "127.0.0.1:18090".parse().unwrap(),
+        };
+        let (gateway, bank) = (random_hex_secret().unwrap(), random_hex_secret().unwrap());
+        assert_eq!(gateway.len(), 64);
+        assert_ne!(gateway, bank);
+        let text = demo_config(addrs, addrs.bank, &gateway, &bank);
+        let env = std::collections::BTreeMap::<&str, &str>::new();
+        let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
+            Ok(settings) => settings,
+            Err(error) => panic!("{error}\n{text}"),
+        };
+        assert_eq!(settings.sms.gateway.name(), "console");
+        assert_eq!(settings.listen.proxy, addrs.proxy);
+        let upstream = settings.proxy.upstream.as_ref().unwrap();
+        assert_eq!(upstream.addr, addrs.bank);
+        assert_eq!(
+            settings.proxy.login_url.as_ref().unwrap().as_str(),
+            "http://127.0.0.1:18080/"
+        );
+        assert!(settings.proxy.identity.is_some());
+        let facts = |method: &str| RequestFacts {
+            method: method.to_owned(),
+            host: "127.0.0.1".to_owned(),
+            path: "/transfer".to_owned(),
+            client_ip: None,
+            headers: Vec::new(),
+        };
+        let (policy, _) = settings.policies.decide(&facts("POST"));
+        assert_eq!(policy.map(|p| p.name.as_str()), Some("transfers"));
+        assert!(settings.policies.decide(&facts("GET")).0.is_none());
     }
 }

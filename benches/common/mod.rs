@@ -1,7 +1,12 @@
 //! What the benchmarks share: Redis's own per-command call counts, to report the commands an
-//! operation costs.
+//! operation costs; free ports, medians, and child processes that die with the bench.
+//!
+//! Each bench compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::Child;
 
 /// Calls per command name from `INFO commandstats`. Commands a Lua script runs are counted under
 /// their own names, next to the EVALSHA that ran them.
@@ -26,4 +31,29 @@ pub async fn redis_command_calls(
             Some((name.to_owned(), calls))
         })
         .collect()
+}
+
+/// A port nothing listens on right now (the OS picks it; a race with other binders is possible
+/// but does not happen on a bench machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+/// The middle value (the upper one of the two middles for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A child process killed when dropped, so a bench that panics leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -107,7 +107,10 @@ pub fn apply(file: &mut ConfigFile, env: &dyn EnvSource) -> BTreeMap<String, Str
     if let Some(value) = env.get(JWT_SECRET) {
         let identity = file.proxy.identity.get_or_insert_with(Default::default);
         identity.jwt.get_or_insert_with(Default::default).secret = Some(value);
-        origins.insert("proxy.identity.jwt.secret".to_owned(), JWT_SECRET.to_owned());
+        origins.insert(
+            "proxy.identity.jwt.secret".to_owned(),
+            JWT_SECRET.to_owned(),
+        );
     }
     for (i, client) in file.api_clients.iter_mut().enumerate() {
         let var = api_client_secret_var(&client.client_id);

@@ -283,8 +283,9 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Sms {
-    /// `twilio`, `http` or `file`. `file` (the default) sends nothing: it appends each message to
-    /// a local file, for trying stepgate offline.
+    /// `twilio`, `http`, `file` or `console`. `file` (the default) sends nothing: it appends each
+    /// message to a local file, for trying stepgate offline. `console` prints each message, code
+    /// included, to standard output (demos only).
     pub gateway: String,
     /// Limit on one whole outgoing request (connect, send, answer), in milliseconds.
     pub timeout_ms: u64,

@@ -310,6 +310,14 @@ fn a_bad_secret_from_the_environment_is_reported_against_its_variable() {
 }
 
 #[test]
+fn the_console_gateway_validates_and_needs_no_section() {
+    use crate::config::settings::SmsGateway;
+    let settings = settings_of(&minimal("sms: { gateway: console }\n"), &no_env());
+    assert_eq!(settings.sms.gateway, SmsGateway::Console);
+    assert_eq!(settings.sms.gateway.name(), "console");
+}
+
+#[test]
 fn only_the_selected_gateway_must_be_complete() {
     let text = minimal(
         "sms:\n  gateway: file\n  twilio: { account_sid: nope, base_url: nope }\n  http: { format: xml }\n",
@@ -327,8 +335,9 @@ fn sms_gateway_timeout_and_origin_host_are_checked() {
     let rendered: Vec<String> = issues.iter().map(Issue::to_string).collect();
     assert_eq!(rendered.len(), 3, "{rendered:#?}");
     assert!(
-        rendered[0]
-            .contains("sms.gateway: unknown gateway 'pigeon' (expected twilio, http or file)"),
+        rendered[0].contains(
+            "sms.gateway: unknown gateway 'pigeon' (expected twilio, http, file or console)"
+        ),
         "{}",
         rendered[0]
     );
@@ -468,7 +477,7 @@ fn http_basic_and_bearer_do_not_mix() {
 fn inline_policies_compile_in_order_with_the_default() {
     let text = minimal(
         "auth_types: [ { name: sms, method: sms, default_messages: { en: \"{code}\" } } ]
-proxy: { default_action: deny }
+proxy: { default_action: deny, identity: { header: X-User-Id } }
 policies:
   - { name: open, match: { paths: [\"/public/**\"] }, action: allow }
   - name: pay

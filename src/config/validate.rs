@@ -903,10 +903,11 @@ fn sms(raw: &schema::Sms, problems: &mut Problems) -> Option<SmsSettings> {
         "twilio" => twilio(&raw.twilio, problems).map(SmsGateway::Twilio),
         "http" => http_gateway(&raw.http, problems).map(SmsGateway::Http),
         "file" => file_gateway(&raw.file, problems).map(SmsGateway::File),
+        "console" => Some(SmsGateway::Console),
         other => {
             problems.add(
                 "sms.gateway",
-                format!("unknown gateway '{other}' (expected twilio, http or file)"),
+                format!("unknown gateway '{other}' (expected twilio, http, file or console)"),
             );
             None
         }

@@ -1,9 +1,12 @@
 //! The store conformance suite: one set of test bodies, written once against the ports
-//! (`Arc<dyn TransactionStore>`, `Arc<dyn RateLimitStore>`) and a manual clock, run against every
-//! backend (`on_memory`, `on_redis`). Both must give the same outcomes as `domain::regulation`.
+//! (`Arc<dyn TransactionStore>`, `Arc<dyn RateLimitStore>`, `Arc<dyn HeldRequestStore>`) and a
+//! manual clock, run against every backend (`on_memory`, `on_redis`). Both must give the same
+//! outcomes as `domain::regulation`, and hand out each held request exactly once.
 //!
 //! The Redis run uses `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) with a fresh
 //! key prefix per test, and deletes that prefix's keys afterwards, even when the test fails.
+//! Redis expires held requests and rate-limit windows on its own (real) time, memory on the
+//! injected clock, so the tests of those expiries move both.
 //!
 //! May import: domain, the store adapters under test.
 
@@ -15,11 +18,12 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::memory::MemoryStore;
-use super::redis::{RedisSettings, RedisStore, tx_key};
+use super::redis::{RedisSettings, RedisStore, held_key, held_user_key, tx_key};
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
-use crate::domain::ports::{RateLimitStore, StoreError, TransactionStore};
+use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
+use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
 
@@ -37,6 +41,7 @@ const OWNER: &str = "user-1";
 pub(super) struct Harness {
     tx: Arc<dyn TransactionStore>,
     rl: Arc<dyn RateLimitStore>,
+    held: Arc<dyn HeldRequestStore>,
     clock: Arc<ManualClock>,
     hasher: CodeHasher,
     redis: Option<RedisKeys>,
@@ -94,7 +99,8 @@ pub(super) async fn memory_harness() -> Harness {
     let store = Arc::new(MemoryStore::new(shared, RETENTION));
     Harness {
         tx: store.clone(),
-        rl: store,
+        rl: store.clone(),
+        held: store,
         clock,
         hasher: hasher(),
         redis: None,
@@ -116,7 +122,8 @@ pub(super) async fn redis_harness() -> Harness {
     let store = Arc::new(RedisStore::new(settings, shared, RETENTION).unwrap());
     Harness {
         tx: store.clone(),
-        rl: store,
+        rl: store.clone(),
+        held: store,
         clock,
         hasher: hasher(),
         redis: Some(RedisKeys {
@@ -133,6 +140,44 @@ fn hasher() -> CodeHasher {
 impl Harness {
     fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Another store of the same backend: on Redis the same server under another key prefix.
+    async fn sibling(&self) -> Harness {
+        if self.redis.is_some() {
+            redis_harness().await
+        } else {
+            memory_harness().await
+        }
+    }
+
+    /// A held POST with a non-UTF-8 header value and `body`.
+    fn held_request(&self, user_id: &str, body: Vec<u8>) -> HeldRequest {
+        HeldRequest {
+            ticket: HeldTicket {
+                policy: "transfers".into(),
+                user_id: user_id.into(),
+                mode: HeldMode::Hold,
+                freshness_seconds: 300,
+                binding: BindingDigest::of("binding-token"),
+                held_at: self.now(),
+                message: Some("Approve the transfer of €100 to \"NL00 BANK\"?".into()),
+            },
+            request: OriginalRequest {
+                method: "POST".into(),
+                uri: "/transfer?to=NL00%20BANK&amount=100".into(),
+                headers: vec![
+                    ("host".into(), b"bank.example".to_vec()),
+                    ("x-raw".into(), vec![0xff, 0xfe, 0x00, b'a', 0x80]),
+                    ("x-raw".into(), b"second value, same name".to_vec()),
+                ],
+                body,
+            },
+        }
+    }
+
+    async fn hold(&self, id: &TransactionId, held: &HeldRequest, user_key: Option<&str>) {
+        self.held.hold(id, held, TTL, user_key).await.unwrap();
     }
 
     fn code(&self, id: &TransactionId, digits: &str) -> CodeHash {
@@ -748,6 +793,216 @@ pub(super) async fn concurrent_finishes_have_one_winner(h: &Harness) {
     assert_eq!(stored.user_id, Some(format!("racer-{winner}")));
 }
 
+pub(super) async fn held_request_round_trips_byte_for_byte(h: &Harness) {
+    // Every byte value, a NUL and 0xff at the edges, several MiB.
+    let mut large: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|n| (n % 256) as u8).collect();
+    large[0] = 0x00;
+    *large.last_mut().unwrap() = 0xff;
+    let bodies = [
+        large,
+        Vec::new(),
+        vec![0x00],
+        vec![0xff, 0x00, 0xff],
+        "ümlaut \"quoted\" {json}".as_bytes().to_vec(),
+    ];
+    for body in bodies {
+        let id = TransactionId::random();
+        let held = h.held_request("user-1", body);
+        h.hold(&id, &held, None).await;
+        assert_eq!(h.held.ticket(&id).await.unwrap(), Some(held.ticket.clone()));
+        let taken = h
+            .held
+            .take(&id)
+            .await
+            .unwrap()
+            .expect("held request is stored");
+        assert_eq!(taken.request.body.len(), held.request.body.len());
+        assert!(taken.request.body == held.request.body, "body differs");
+        assert_eq!(taken, held);
+    }
+
+    // A challenge-mode ticket with no grant, and a request without headers.
+    let id = TransactionId::random();
+    let mut sparse = h.held_request("", Vec::new());
+    sparse.ticket.mode = HeldMode::Challenge;
+    sparse.ticket.freshness_seconds = 0;
+    sparse.ticket.message = None;
+    sparse.request.method = "GET".into();
+    sparse.request.headers.clear();
+    h.hold(&id, &sparse, None).await;
+    assert_eq!(h.held.take(&id).await.unwrap(), Some(sparse));
+}
+
+pub(super) async fn held_request_is_taken_once(h: &Harness) {
+    let id = TransactionId::random();
+    let held = h.held_request("user-1", b"amount=100".to_vec());
+    h.hold(&id, &held, Some("key-1")).await;
+    assert_eq!(h.held.take(&id).await.unwrap(), Some(held));
+    assert_eq!(h.held.take(&id).await.unwrap(), None, "second take");
+    assert_eq!(h.held.ticket(&id).await.unwrap(), None, "ticket after take");
+    assert_eq!(h.held.latest_for_user("key-1").await.unwrap(), None);
+}
+
+pub(super) async fn missing_held_requests_are_none(h: &Harness) {
+    let id = TransactionId::random();
+    assert_eq!(h.held.ticket(&id).await.unwrap(), None);
+    assert_eq!(h.held.take(&id).await.unwrap(), None);
+    assert_eq!(h.held.latest_for_user("nobody").await.unwrap(), None);
+    // A transaction of the same id is not a held request.
+    let tx = h.inserted(h.push()).await;
+    assert_eq!(h.held.ticket(&tx.id).await.unwrap(), None);
+    assert_eq!(h.held.take(&tx.id).await.unwrap(), None);
+    assert_eq!(h.stored(&tx.id).await, tx);
+}
+
+pub(super) async fn held_requests_expire_with_their_ttl(h: &Harness) {
+    let ttl = Duration::from_millis(300);
+    let id = TransactionId::random();
+    let taken_late = TransactionId::random();
+    let held = h.held_request("user-1", vec![0xff; 64]);
+    h.held.hold(&id, &held, ttl, Some("key-exp")).await.unwrap();
+    h.held.hold(&taken_late, &held, ttl, None).await.unwrap();
+    if let Some(redis) = &h.redis {
+        for key in [
+            held_key(&redis.prefix, &id),
+            held_user_key(&redis.prefix, "key-exp"),
+        ] {
+            let pttl = redis.pttl(&key);
+            assert!(pttl > 0 && pttl <= 300, "{key}: PTTL {pttl} ms");
+        }
+    } else {
+        // The injected clock is the only time the memory store knows.
+        h.clock.advance(ttl - Duration::from_millis(1));
+    }
+    assert_eq!(h.held.ticket(&id).await.unwrap(), Some(held.ticket.clone()));
+    assert_eq!(h.held.latest_for_user("key-exp").await.unwrap(), Some(id));
+
+    if h.redis.is_some() {
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    } else {
+        h.clock.advance(Duration::from_millis(1));
+    }
+    assert_eq!(h.held.ticket(&id).await.unwrap(), None);
+    assert_eq!(h.held.latest_for_user("key-exp").await.unwrap(), None);
+    assert_eq!(h.held.take(&taken_late).await.unwrap(), None);
+    assert_eq!(h.held.take(&id).await.unwrap(), None);
+    if let Some(redis) = &h.redis {
+        // Gone from Redis, not merely hidden.
+        assert_eq!(redis.pttl(&held_key(&redis.prefix, &id)), -2);
+        assert_eq!(redis.pttl(&held_user_key(&redis.prefix, "key-exp")), -2);
+    }
+}
+
+pub(super) async fn latest_for_user_follows_the_newest_hold(h: &Harness) {
+    let first = TransactionId::random();
+    let second = TransactionId::random();
+    let unindexed = TransactionId::random();
+    h.hold(
+        &first,
+        &h.held_request("user-1", b"1".to_vec()),
+        Some("key-a"),
+    )
+    .await;
+    assert_eq!(h.held.latest_for_user("key-a").await.unwrap(), Some(first));
+    h.hold(
+        &second,
+        &h.held_request("user-1", b"2".to_vec()),
+        Some("key-a"),
+    )
+    .await;
+    assert_eq!(h.held.latest_for_user("key-a").await.unwrap(), Some(second));
+    // A hold without a user key leaves the index alone.
+    h.hold(&unindexed, &h.held_request("user-1", b"3".to_vec()), None)
+        .await;
+    assert_eq!(h.held.latest_for_user("key-a").await.unwrap(), Some(second));
+
+    // Taken: the index no longer answers, even though an older request is still held.
+    assert!(h.held.take(&second).await.unwrap().is_some());
+    assert_eq!(h.held.latest_for_user("key-a").await.unwrap(), None);
+    assert!(h.held.ticket(&first).await.unwrap().is_some());
+}
+
+pub(super) async fn latest_for_user_keeps_users_apart(h: &Harness) {
+    let alice = TransactionId::random();
+    let bob = TransactionId::random();
+    h.hold(
+        &alice,
+        &h.held_request("alice", b"a".to_vec()),
+        Some("key-alice"),
+    )
+    .await;
+    h.hold(&bob, &h.held_request("bob", b"b".to_vec()), Some("key-bob"))
+        .await;
+    assert_eq!(
+        h.held.latest_for_user("key-alice").await.unwrap(),
+        Some(alice)
+    );
+    assert_eq!(h.held.latest_for_user("key-bob").await.unwrap(), Some(bob));
+    assert_eq!(h.held.latest_for_user("key-carol").await.unwrap(), None);
+    assert_eq!(
+        h.held.latest_for_user("key-").await.unwrap(),
+        None,
+        "no prefix match"
+    );
+
+    assert!(h.held.take(&alice).await.unwrap().is_some());
+    assert_eq!(h.held.latest_for_user("key-alice").await.unwrap(), None);
+    assert_eq!(h.held.latest_for_user("key-bob").await.unwrap(), Some(bob));
+    assert_eq!(h.held.ticket(&bob).await.unwrap().unwrap().user_id, "bob");
+}
+
+pub(super) async fn held_requests_are_isolated_by_key_prefix(h: &Harness) {
+    let other = h.sibling().await;
+    let id = TransactionId::random();
+    let mine = h.held_request("user-1", b"mine".to_vec());
+    let theirs = other.held_request("user-2", b"theirs".to_vec());
+    let only_mine = TransactionId::random();
+    h.hold(&id, &mine, Some("shared-key")).await;
+    h.hold(&only_mine, &mine, None).await;
+    other.hold(&id, &theirs, Some("shared-key")).await;
+
+    assert_eq!(h.held.ticket(&id).await.unwrap(), Some(mine.ticket.clone()));
+    assert_eq!(
+        other.held.ticket(&id).await.unwrap(),
+        Some(theirs.ticket.clone())
+    );
+    assert_eq!(other.held.ticket(&only_mine).await.unwrap(), None);
+    assert_eq!(other.held.take(&only_mine).await.unwrap(), None);
+    assert_eq!(h.held.take(&id).await.unwrap(), Some(mine));
+    assert_eq!(h.held.latest_for_user("shared-key").await.unwrap(), None);
+    assert_eq!(
+        other.held.latest_for_user("shared-key").await.unwrap(),
+        Some(id)
+    );
+    assert_eq!(other.held.take(&id).await.unwrap(), Some(theirs));
+    assert!(h.held.ticket(&only_mine).await.unwrap().is_some());
+}
+
+pub(super) async fn concurrent_takes_have_one_winner(h: &Harness) {
+    const RACERS: usize = 50;
+    let id = TransactionId::random();
+    let held = h.held_request("user-1", vec![0xab; 64 * 1024]);
+    h.hold(&id, &held, Some("key-race")).await;
+    let start = Arc::new(Barrier::new(RACERS));
+    let mut racers = JoinSet::new();
+    for _ in 0..RACERS {
+        let (store, start) = (h.held.clone(), start.clone());
+        racers.spawn(async move {
+            start.wait().await;
+            store.take(&id).await
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = racers.join_next().await {
+        if let Some(taken) = joined.unwrap().unwrap() {
+            winners.push(taken);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{} takes got the request", winners.len());
+    assert!(winners[0] == held, "the winner got the request intact");
+    assert_eq!(h.held.ticket(&id).await.unwrap(), None);
+}
+
 // ---- instantiation -------------------------------------------------------------------------
 
 macro_rules! conformance_suite {
@@ -768,11 +1023,19 @@ macro_rules! conformance_suite {
             verify_without_a_code_counts_nothing,
             verify_answers_only_the_owner_and_names_the_transaction,
             rate_limit_counts_per_window_and_resets,
-            entries_are_evicted_after_expiry_plus_retention
+            entries_are_evicted_after_expiry_plus_retention,
+            held_request_round_trips_byte_for_byte,
+            held_request_is_taken_once,
+            missing_held_requests_are_none,
+            held_requests_expire_with_their_ttl,
+            latest_for_user_follows_the_newest_hold,
+            latest_for_user_keeps_users_apart,
+            held_requests_are_isolated_by_key_prefix
         );
         conformance_suite!(@each $harness, #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
             concurrent_wrong_guesses_cannot_buy_extra_tries,
-            concurrent_finishes_have_one_winner
+            concurrent_finishes_have_one_winner,
+            concurrent_takes_have_one_winner
         );
     };
     (@each $harness:path, #[$attr:meta]; $($name:ident),+ $(,)?) => {

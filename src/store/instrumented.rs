@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::domain::code::CodeHash;
+use crate::domain::held::{HeldRequest, HeldTicket};
 use crate::domain::ports::Verified;
-use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore};
+use crate::domain::ports::{
+    HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore,
+};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
 use crate::telemetry::metrics;
@@ -147,6 +150,33 @@ impl<S: RateLimitStore> RateLimitStore for Instrumented<S> {
     }
 }
 
+#[async_trait]
+impl<S: HeldRequestStore> HeldRequestStore for Instrumented<S> {
+    async fn hold(
+        &self,
+        id: &TransactionId,
+        request: &HeldRequest,
+        ttl: Duration,
+        user_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.timed("held_hold", self.inner.hold(id, request, ttl, user_key))
+            .await
+    }
+
+    async fn ticket(&self, id: &TransactionId) -> Result<Option<HeldTicket>, StoreError> {
+        self.timed("held_ticket", self.inner.ticket(id)).await
+    }
+
+    async fn take(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StoreError> {
+        self.timed("held_take", self.inner.take(id)).await
+    }
+
+    async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError> {
+        self.timed("held_latest", self.inner.latest_for_user(user_key))
+            .await
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
 mod tests {
@@ -196,6 +226,49 @@ mod tests {
 
         let after = rendered();
         for operation in ["ping", "get", "resend", "rate_limit"] {
+            let grew = sample_count(&after, "memory", operation, "ok")
+                - sample_count(&before, "memory", operation, "ok");
+            assert!(grew >= 1, "{operation} not recorded:\n{after}");
+        }
+    }
+
+    #[tokio::test]
+    async fn held_request_calls_are_delegated_and_timed() {
+        use crate::domain::held::{BindingDigest, HeldMode, OriginalRequest};
+
+        metrics::register_all();
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000)));
+        let store = Instrumented::new(MemoryStore::new(clock, Duration::from_secs(1)));
+        let held = HeldRequest {
+            ticket: HeldTicket {
+                policy: "transfers".into(),
+                user_id: "u1".into(),
+                mode: HeldMode::Hold,
+                freshness_seconds: 60,
+                binding: BindingDigest::of("t"),
+                held_at: Timestamp(1_000),
+                message: None,
+            },
+            request: OriginalRequest {
+                method: "POST".into(),
+                uri: "/transfer".into(),
+                headers: vec![("x-raw".into(), vec![0xff])],
+                body: b"amount=1".to_vec(),
+            },
+        };
+        let id = TransactionId::random();
+        let before = rendered();
+
+        store
+            .hold(&id, &held, Duration::from_secs(60), Some("user-key"))
+            .await
+            .unwrap();
+        assert_eq!(store.ticket(&id).await.unwrap(), Some(held.ticket.clone()));
+        assert_eq!(store.latest_for_user("user-key").await.unwrap(), Some(id));
+        assert_eq!(store.take(&id).await.unwrap(), Some(held));
+
+        let after = rendered();
+        for operation in ["held_hold", "held_ticket", "held_take", "held_latest"] {
             let grew = sample_count(&after, "memory", operation, "ok")
                 - sample_count(&before, "memory", operation, "ok");
             assert!(grew >= 1, "{operation} not recorded:\n{after}");

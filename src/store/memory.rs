@@ -1,10 +1,12 @@
-//! The embedded store: transactions and rate-limit windows in a `HashMap` behind one std `Mutex`.
-//! The default for a single instance; everything is lost on restart.
+//! The embedded store: transactions, rate-limit windows and held requests in `HashMap`s behind
+//! one std `Mutex`. The default for a single instance; everything is lost on restart.
 //!
 //! Every multi-step change is one critical section that applies the pure rules of
 //! `domain::regulation` (never a copy of them). Time comes from the injected clock: a transaction
 //! is evicted at `expires_at + retention`, a rate-limit window ends `window` after its first hit,
-//! and expired entries are swept at most once per second of clock time, so memory stays bounded.
+//! a held request (and a user's pointer to their latest one) is gone `ttl` after it was held, and
+//! expired entries are swept at most once per second of clock time, so memory stays bounded.
+//! A held request is taken by removing it under the lock, so it is handed out once.
 //! The lock is never held across an `.await` (there is none inside).
 //!
 //! May import: domain.
@@ -18,7 +20,10 @@ use async_trait::async_trait;
 
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
-use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore, Verified};
+use crate::domain::held::{HeldRequest, HeldTicket};
+use crate::domain::ports::{
+    HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore, Verified,
+};
 use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
 
@@ -35,10 +40,27 @@ pub struct MemoryStore {
 struct State {
     transactions: HashMap<TransactionId, Transaction>,
     windows: HashMap<String, Window>,
+    held: HashMap<TransactionId, Held>,
+    /// Each user key's latest held request.
+    held_users: HashMap<String, HeldUser>,
     /// No sweep of transactions before this time.
     next_sweep: Timestamp,
     /// No sweep of rate-limit windows before this time.
     next_window_sweep: Timestamp,
+    /// No sweep of held requests before this time.
+    next_held_sweep: Timestamp,
+}
+
+/// A held request and when it is gone.
+struct Held {
+    request: HeldRequest,
+    expires: Timestamp,
+}
+
+/// A user's latest held request, remembered as long as that request's TTL.
+struct HeldUser {
+    id: TransactionId,
+    expires: Timestamp,
 }
 
 /// One fixed rate-limit window.
@@ -56,8 +78,11 @@ impl MemoryStore {
             state: Mutex::new(State {
                 transactions: HashMap::new(),
                 windows: HashMap::new(),
+                held: HashMap::new(),
+                held_users: HashMap::new(),
                 next_sweep: Timestamp(0),
                 next_window_sweep: Timestamp(0),
+                next_held_sweep: Timestamp(0),
             }),
         }
     }
@@ -95,6 +120,13 @@ impl MemoryStore {
         let state = self.lock();
         (state.transactions.len(), state.windows.len())
     }
+
+    /// How many held requests and user pointers are kept, expired ones not yet swept included.
+    #[cfg(test)]
+    fn held_requests(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.held.len(), state.held_users.len())
+    }
 }
 
 impl State {
@@ -105,6 +137,24 @@ impl State {
         self.next_sweep = now.plus(SWEEP_INTERVAL);
         self.transactions
             .retain(|_, tx| now < tx.expires_at.plus(retention));
+    }
+
+    fn sweep_held(&mut self, now: Timestamp) {
+        if now < self.next_held_sweep {
+            return;
+        }
+        self.next_held_sweep = now.plus(SWEEP_INTERVAL);
+        self.held.retain(|_, held| now < held.expires);
+        self.held_users.retain(|_, user| now < user.expires);
+    }
+
+    /// The held request when it is still within its TTL; an expired one is dropped.
+    fn live_held(&mut self, id: &TransactionId, now: Timestamp) -> Option<&Held> {
+        if now >= self.held.get(id)?.expires {
+            self.held.remove(id);
+            return None;
+        }
+        self.held.get(id)
     }
 
     fn sweep_windows(&mut self, now: Timestamp) {
@@ -123,6 +173,7 @@ impl fmt::Debug for MemoryStore {
             .field("retention", &self.retention)
             .field("transactions", &state.transactions.len())
             .field("rate_limit_windows", &state.windows.len())
+            .field("held_requests", &state.held.len())
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +264,65 @@ impl RateLimitStore for MemoryStore {
         let decision = fresh.decision(limit, now);
         state.windows.insert(key.to_owned(), fresh);
         Ok(decision)
+    }
+}
+
+#[async_trait]
+impl HeldRequestStore for MemoryStore {
+    async fn hold(
+        &self,
+        id: &TransactionId,
+        request: &HeldRequest,
+        ttl: Duration,
+        user_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        // A zero TTL would never be readable; the Redis store clamps the same way.
+        let ttl = ttl.max(Duration::from_millis(1));
+        // The copy (the body may be several MiB) is made before taking the lock.
+        let request = request.clone();
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.sweep_held(now);
+        let expires = now.plus(ttl);
+        state.held.insert(*id, Held { request, expires });
+        if let Some(user_key) = user_key {
+            state
+                .held_users
+                .insert(user_key.to_owned(), HeldUser { id: *id, expires });
+        }
+        Ok(())
+    }
+
+    async fn ticket(&self, id: &TransactionId) -> Result<Option<HeldTicket>, StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        Ok(state
+            .live_held(id, now)
+            .map(|held| held.request.ticket.clone()))
+    }
+
+    async fn take(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        Ok(state
+            .held
+            .remove(id)
+            .filter(|held| now < held.expires)
+            .map(|held| held.request))
+    }
+
+    async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        let Some(user) = state.held_users.get(user_key) else {
+            return Ok(None);
+        };
+        if now >= user.expires {
+            state.held_users.remove(user_key);
+            return Ok(None);
+        }
+        let id = user.id;
+        Ok(state.live_held(&id, now).map(|_| id))
     }
 }
 
@@ -309,6 +419,57 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         store.hit("other", 5, Duration::from_secs(1)).await.unwrap();
         assert_eq!(store.held().1, 1);
+    }
+
+    fn held_request(clock: &ManualClock) -> HeldRequest {
+        use crate::domain::held::{BindingDigest, HeldMode, OriginalRequest};
+        HeldRequest {
+            ticket: HeldTicket {
+                policy: "transfers".into(),
+                user_id: "u".into(),
+                mode: HeldMode::Hold,
+                freshness_seconds: 0,
+                binding: BindingDigest::of("t"),
+                held_at: clock.now(),
+                message: None,
+            },
+            request: OriginalRequest {
+                method: "POST".into(),
+                uri: "/transfer".into(),
+                headers: Vec::new(),
+                body: vec![0; 1024],
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_held_requests_are_swept_on_hold_so_memory_stays_bounded() {
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000_000)));
+        let store = MemoryStore::new(clock.clone(), Duration::ZERO);
+        for n in 0..100 {
+            let user = format!("user-{n}");
+            store
+                .hold(
+                    &TransactionId::random(),
+                    &held_request(&clock),
+                    Duration::from_secs(5),
+                    Some(&user),
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.held_requests(), (100, 100));
+        clock.advance(Duration::from_secs(5));
+        store
+            .hold(
+                &TransactionId::random(),
+                &held_request(&clock),
+                Duration::from_secs(5),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.held_requests(), (1, 0));
     }
 
     #[test]

@@ -11,6 +11,19 @@
 //!   scripts read and write. The key's TTL is `(expires_at - now) + retention`, set with a
 //!   relative PEXPIRE from the injected clock.
 //! - `{prefix}rl:<key>`: a fixed-window counter (INCR, PEXPIRE on the first hit).
+//! - `{prefix}held:{<uuid>}`: a HASH per held request (same hash tag as its transaction), with
+//!   fields `ticket` (JSON of `HeldTicket`), `request` (JSON of `OriginalRequest`, headers
+//!   base64) and `body` (the raw bytes, never inside JSON). `hold` writes the fields and the
+//!   key's PEXPIRE in one script; `ticket` reads the `ticket` field alone (HGET); `take` reads
+//!   and deletes the hash in one script, so it answers once.
+//! - `{prefix}held-user:{<user_key>}`: a STRING, the id of the user's latest held request, with
+//!   the same PX TTL. Its hash tag is the user key, so it cannot join the hold script (another
+//!   slot on a cluster): `hold` sends it as a second command in the same, non-atomic, pipeline
+//!   (one round trip). `latest_for_user` answers the id only while its hash still exists (GET,
+//!   then EXISTS: two round trips), so an index that outlives a take or a failed hold is harmless.
+//!
+//! Held requests expire on Redis's own clock (a relative PEXPIRE of the given TTL), not the
+//! injected one: nothing in the hash carries an absolute expiry.
 //!
 //! The connection (a `ConnectionManager`, which reconnects by itself) is made on first use, and a
 //! failed attempt is not remembered: the store can be built before any runtime exists or while
@@ -26,7 +39,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script};
+use ::redis::{Client, ErrorKind, RedisError, Script, ServerErrorKind};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -36,7 +49,10 @@ use crate::config::settings::redact_url_password;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
-use crate::domain::ports::{RateDecision, RateLimitStore, StoreError, TransactionStore, Verified};
+use crate::domain::held::{HeldRequest, HeldTicket, OriginalRequest};
+use crate::domain::ports::{
+    HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore, Verified,
+};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
 
@@ -46,6 +62,8 @@ const RESEND_LUA: &str = include_str!("lua/resend.lua");
 const FINISH_LUA: &str = include_str!("lua/finish.lua");
 const INSERT_LUA: &str = include_str!("lua/insert.lua");
 const HIT_LUA: &str = include_str!("lua/hit.lua");
+const HELD_HOLD_LUA: &str = include_str!("lua/held_hold.lua");
+const HELD_TAKE_LUA: &str = include_str!("lua/held_take.lua");
 
 // The script replies' first element (see lua/common.lua).
 const R_MISSING: i64 = 0;
@@ -72,6 +90,11 @@ const F_REASON: &str = "reason";
 const F_USER_ID: &str = "user_id";
 const F_FINISHED_AT: &str = "finished_at";
 
+// Held request hash fields.
+const F_HELD_TICKET: &str = "ticket";
+const F_HELD_REQUEST: &str = "request";
+const F_HELD_BODY: &str = "body";
+
 /// Reconnection attempts inside one connect; kept low because every call is bounded anyway and
 /// the next call starts a fresh attempt.
 const CONNECT_RETRIES: usize = 1;
@@ -82,6 +105,8 @@ struct Scripts {
     resend: Script,
     finish: Script,
     hit: Script,
+    held_hold: Script,
+    held_take: Script,
 }
 
 impl Scripts {
@@ -93,6 +118,8 @@ impl Scripts {
             resend: with_common(RESEND_LUA),
             finish: with_common(FINISH_LUA),
             hit: Script::new(HIT_LUA),
+            held_hold: Script::new(HELD_HOLD_LUA),
+            held_take: Script::new(HELD_TAKE_LUA),
         }
     }
 }
@@ -152,6 +179,10 @@ fn corrupt(what: impl fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("redis transaction: {what}"))
 }
 
+fn corrupt_held(what: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("redis held request: {what}"))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -164,6 +195,28 @@ pub(crate) fn tx_key(prefix: &str, id: &TransactionId) -> String {
 fn rl_key(prefix: &str, key: &str) -> String {
     format!("{prefix}rl:{key}")
 }
+
+/// The held request's hash; the same hash tag as its transaction.
+pub(crate) fn held_key(prefix: &str, id: &TransactionId) -> String {
+    format!("{prefix}held:{{{id}}}")
+}
+
+/// The user's latest-held index; its hash tag is the (already hashed) user key.
+pub(crate) fn held_user_key(prefix: &str, user_key: &str) -> String {
+    format!("{prefix}held-user:{{{user_key}}}")
+}
+
+/// A JSON field of a held request, `None` when the field is absent.
+fn held_json<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: Option<Vec<u8>>,
+) -> Result<T, StoreError> {
+    let bytes = value.ok_or_else(|| corrupt_held(format!("field {name} missing")))?;
+    serde_json::from_slice(&bytes).map_err(|err| corrupt_held(format!("field {name}: {err}")))
+}
+
+/// The take script's reply: the three fields, `None` where a field is missing.
+type HeldFields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// The parts of a transaction that never change, stored as one JSON field.
 #[derive(Serialize, Deserialize)]
@@ -567,6 +620,118 @@ impl RateLimitStore for RedisStore {
     }
 }
 
+#[async_trait]
+impl HeldRequestStore for RedisStore {
+    async fn hold(
+        &self,
+        id: &TransactionId,
+        request: &HeldRequest,
+        ttl: Duration,
+        user_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let ttl = millis(ttl).max(1);
+        let ticket = serde_json::to_vec(&request.ticket)
+            .map_err(|err| corrupt_held(format!("cannot encode the ticket: {err}")))?;
+        let head = serde_json::to_vec(&request.request)
+            .map_err(|err| corrupt_held(format!("cannot encode the request: {err}")))?;
+        let mut pipe = ::redis::pipe();
+        {
+            let mut invocation = self.scripts.held_hold.prepare_invoke();
+            invocation
+                .key(held_key(&self.prefix, id))
+                .arg(ttl)
+                .arg(ticket)
+                .arg(head)
+                .arg(request.request.body.as_slice());
+            pipe.invoke_script(&invocation).ignore();
+        }
+        if let Some(user_key) = user_key {
+            // Another slot on a cluster, so not part of the script (see the module docs).
+            pipe.cmd("SET")
+                .arg(held_user_key(&self.prefix, user_key))
+                .arg(id.to_string())
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+        }
+        let script = &self.scripts.held_hold;
+        self.call("held_hold", |mut connection| async move {
+            match pipe.query_async::<()>(&mut connection).await {
+                // A pipeline does not load scripts by itself (a fresh or flushed server): load it
+                // and send the whole pipeline again; every command in it is idempotent.
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load_async(&mut connection).await?;
+                    pipe.query_async::<()>(&mut connection).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    async fn ticket(&self, id: &TransactionId) -> Result<Option<HeldTicket>, StoreError> {
+        let key = held_key(&self.prefix, id);
+        let ticket: Option<Vec<u8>> = self
+            .call("held_ticket", |mut connection| async move {
+                ::redis::cmd("HGET")
+                    .arg(key)
+                    .arg(F_HELD_TICKET)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        ticket
+            .map(|bytes| held_json(F_HELD_TICKET, Some(bytes)))
+            .transpose()
+    }
+
+    async fn take(&self, id: &TransactionId) -> Result<Option<HeldRequest>, StoreError> {
+        let mut invocation = self.scripts.held_take.prepare_invoke();
+        invocation.key(held_key(&self.prefix, id));
+        let taken: Option<HeldFields> = self
+            .call("held_take", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let Some((ticket, head, body)) = taken else {
+            return Ok(None);
+        };
+        // Already deleted: a record that cannot be read is reported, not kept.
+        let ticket: HeldTicket = held_json(F_HELD_TICKET, ticket)?;
+        let mut request: OriginalRequest = held_json(F_HELD_REQUEST, head)?;
+        request.body = body.ok_or_else(|| corrupt_held(format!("field {F_HELD_BODY} missing")))?;
+        Ok(Some(HeldRequest { ticket, request }))
+    }
+
+    async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError> {
+        let key = held_user_key(&self.prefix, user_key);
+        let latest: Option<String> = self
+            .call("held_latest", |mut connection| async move {
+                ::redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let Some(latest) = latest else {
+            return Ok(None);
+        };
+        let id: TransactionId = latest
+            .parse()
+            .map_err(|_| corrupt_held("user index does not hold a transaction id"))?;
+        let key = held_key(&self.prefix, &id);
+        let held: bool = self
+            .call("held_latest", |mut connection| async move {
+                ::redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(held.then_some(id))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
 mod tests {
@@ -872,6 +1037,180 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(&fields["data"]).unwrap();
         assert_eq!(data["method"], "sms");
         assert_eq!(data["created_at"], now.millis());
+    }
+
+    fn sample_held(body: Vec<u8>) -> HeldRequest {
+        use crate::domain::held::{BindingDigest, HeldMode};
+        HeldRequest {
+            ticket: HeldTicket {
+                policy: "transfers".into(),
+                user_id: "user-1".into(),
+                mode: HeldMode::Hold,
+                freshness_seconds: 300,
+                binding: BindingDigest::of("token"),
+                held_at: Timestamp(1_700_000_000_000),
+                message: None,
+            },
+            request: OriginalRequest {
+                method: "POST".into(),
+                uri: "/transfer".into(),
+                headers: vec![("x-raw".into(), vec![0xff, 0x00])],
+                body,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn held_layout_is_one_hash_with_a_raw_body_and_a_relative_ttl() {
+        let url = test_redis_url();
+        let settings = settings(&url);
+        let prefix = settings.key_prefix.clone();
+        let store = RedisStore::new(
+            settings,
+            Arc::new(ManualClock::starting_now()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let id = TransactionId::random();
+        let body = vec![0x00, 0xff, b'{', b'"', 0x80];
+        let held = sample_held(body.clone());
+        store
+            .hold(&id, &held, Duration::from_secs(90), Some("user-key"))
+            .await
+            .unwrap();
+
+        let client = Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let key = format!("{prefix}held:{{{id}}}");
+        let user_key = format!("{prefix}held-user:{{user-key}}");
+        let fields: HashMap<String, Vec<u8>> = ::redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let (key_ttl, user_ttl): (i64, i64) = ::redis::pipe()
+            .cmd("PTTL")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(&user_key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let indexed: String = ::redis::cmd("GET")
+            .arg(&user_key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let _: () = ::redis::cmd("DEL")
+            .arg(&key)
+            .arg(&user_key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+
+        let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["body", "request", "ticket"]);
+        assert_eq!(fields["body"], body, "the body is stored raw");
+        let request: serde_json::Value = serde_json::from_slice(&fields["request"]).unwrap();
+        assert_eq!(request["method"], "POST");
+        assert!(request.get("body").is_none(), "{request}");
+        let ticket: HeldTicket = serde_json::from_slice(&fields["ticket"]).unwrap();
+        assert_eq!(ticket, held.ticket);
+        for ttl in [key_ttl, user_ttl] {
+            assert!(ttl <= 90_000 && ttl > 85_000, "PTTL {ttl} ms");
+        }
+        assert_eq!(indexed, id.to_string());
+    }
+
+    #[tokio::test]
+    async fn unreadable_held_records_are_corrupt_not_missing() {
+        let url = test_redis_url();
+        let settings = settings(&url);
+        let prefix = settings.key_prefix.clone();
+        let store = RedisStore::new(
+            settings,
+            Arc::new(ManualClock::starting_now()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let client = Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let good_ticket = serde_json::to_string(&sample_held(Vec::new()).ticket).unwrap();
+        let bad_ticket = TransactionId::random();
+        let no_body = TransactionId::random();
+        let user_index = held_user_key(&prefix, "user-key");
+        let _: () = ::redis::pipe()
+            .cmd("HSET")
+            .arg(held_key(&prefix, &bad_ticket))
+            .arg("ticket")
+            .arg("{not json")
+            .arg("request")
+            .arg("{}")
+            .arg("body")
+            .arg("")
+            .ignore()
+            .cmd("HSET")
+            .arg(held_key(&prefix, &no_body))
+            .arg("ticket")
+            .arg(&good_ticket)
+            .arg("request")
+            .arg(r#"{"method":"GET","uri":"/","headers":[]}"#)
+            .ignore()
+            .cmd("SET")
+            .arg(&user_index)
+            .arg("not-a-uuid")
+            .ignore()
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+
+        let ticket = store.ticket(&bad_ticket).await;
+        let take_bad = store.take(&bad_ticket).await;
+        let take_no_body = store.take(&no_body).await;
+        let latest = store.latest_for_user("user-key").await;
+        let _: () = ::redis::cmd("DEL")
+            .arg(held_key(&prefix, &bad_ticket))
+            .arg(held_key(&prefix, &no_body))
+            .arg(&user_index)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        for result in [
+            ticket.map(drop),
+            take_bad.map(drop),
+            take_no_body.map(drop),
+            latest.map(drop),
+        ] {
+            assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+        }
+        // A take that found it unreadable still took it out.
+        assert_eq!(store.take(&no_body).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_held_calls_with_unavailable() {
+        let store = store("redis://127.0.0.1:1/0");
+        let id = TransactionId::random();
+        let held = sample_held(vec![1, 2, 3]);
+        assert!(matches!(
+            store
+                .hold(&id, &held, Duration::from_secs(1), Some("k"))
+                .await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.ticket(&id).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.take(&id).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.latest_for_user("k").await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 
     #[tokio::test]

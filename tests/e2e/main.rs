@@ -4,7 +4,10 @@
 // Test code may unwrap: a panic is the failure report (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod browser;
+mod cdp;
 mod cli;
+mod demo;
 mod fakes;
 mod harness;
 mod proxy;

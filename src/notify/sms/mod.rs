@@ -1,11 +1,13 @@
 //! SMS gateways, each an `SmsSender`: `twilio` (the Messages REST API), `http` (a generic JSON
-//! or form webhook) and `file` (appends JSON lines to a local file: the offline default).
+//! or form webhook), `file` (appends JSON lines to a local file: the offline default) and
+//! `console` (prints each SMS to standard output: demos only).
 //! `build` turns the compiled settings into the selected sender, wrapped in `Instrumented` so
 //! every send is counted and timed once; `startup_check` proves at boot that the gateway can
 //! work (Twilio credentials, a writable outbox).
 //!
 //! May import: domain, config, telemetry.
 
+pub mod console;
 pub mod file;
 pub mod http;
 pub mod twilio;
@@ -20,6 +22,7 @@ use crate::config::settings::{SmsGateway, SmsSettings};
 use crate::domain::ports::{SendError, SmsMessage, SmsSender};
 use crate::telemetry::metrics;
 
+pub use self::console::ConsoleSender;
 pub use self::file::FileSender;
 pub use self::http::HttpSender;
 pub use self::twilio::TwilioSender;
@@ -36,13 +39,15 @@ pub fn build(settings: &SmsSettings) -> Result<Arc<dyn SmsSender>, NotifyError> 
             Arc::new(Instrumented::new(HttpSender::new(http, settings.timeout)?))
         }
         SmsGateway::File(file) => Arc::new(Instrumented::new(FileSender::new(file))),
+        SmsGateway::Console => Arc::new(Instrumented::new(ConsoleSender::new())),
     })
 }
 
 /// Checks at boot that the configured gateway can work: Twilio accepts the account SID and auth
 /// token (`NotifyError::Credentials` when it refuses them, `Unreachable` when it cannot be
 /// asked); the HTTP gateway's client can be built (nothing is sent: a webhook has no harmless
-/// request); the outbox file can be opened for appending.
+/// request); the outbox file can be opened for appending; the console gateway warns that it
+/// shows codes.
 pub async fn startup_check(settings: &SmsSettings) -> Result<(), NotifyError> {
     match &settings.gateway {
         SmsGateway::Twilio(twilio) => {
@@ -52,6 +57,10 @@ pub async fn startup_check(settings: &SmsSettings) -> Result<(), NotifyError> {
         }
         SmsGateway::Http(http) => HttpSender::new(http, settings.timeout).map(drop),
         SmsGateway::File(file) => FileSender::new(file).check_writable().await,
+        SmsGateway::Console => {
+            ConsoleSender::warn_demo_only();
+            Ok(())
+        }
     }
 }
 

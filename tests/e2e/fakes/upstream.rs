@@ -1,6 +1,7 @@
 //! A recording upstream: the app behind the proxy. It keeps every request it receives (method,
 //! URI, headers, body) so tests can prove what reached it and how often, and answers with a
-//! small text naming the request, or a fixed binary body on `/blob` for byte-for-byte checks.
+//! small text naming the request, or a fixed binary body on `/blob` for byte-for-byte checks, or
+//! an HTML form posting to `/transfer` on `/form` for browser tests.
 
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +37,9 @@ pub struct RecordingUpstream {
     seen: Log,
 }
 
+/// The page served on `GET /form`: a transfer form a browser submits to `/transfer`.
+pub const FORM_PAGE: &str = r#"<form method="post" action="/transfer"><input name="amount" value="25"><input name="iban" value="NL91ABNA0417164300"><button id="send">Send</button></form>"#;
+
 /// 256 KiB of a fixed, non-text pattern.
 pub fn blob() -> Vec<u8> {
     (0..256 * 1024u32)
@@ -62,11 +66,27 @@ async fn record(
         log.len()
     };
     if path == "/blob" {
-        return (StatusCode::OK, [("content-type", "application/octet-stream")], blob()).into_response();
+        return (
+            StatusCode::OK,
+            [("content-type", "application/octet-stream")],
+            blob(),
+        )
+            .into_response();
+    }
+    if path == "/form" && method == Method::GET {
+        return (
+            StatusCode::OK,
+            [("content-type", "text/html; charset=utf-8")],
+            FORM_PAGE,
+        )
+            .into_response();
     }
     (
         StatusCode::OK,
-        [("content-type", "text/plain"), ("x-upstream-count", &count.to_string())],
+        [
+            ("content-type", "text/plain"),
+            ("x-upstream-count", &count.to_string()),
+        ],
         format!("upstream saw {method} {path} ({} bytes)", body.len()),
     )
         .into_response()

@@ -1,0 +1,546 @@
+//! Proxy benchmark: what putting stepgate in front of an app costs, measured in one run as ratios
+//! against the app alone. Every round measures four paths, one after the other (the order
+//! rotates each round), with the same closed-loop load: 32 concurrent clients on 32 keep-alive
+//! HTTP/1.1 connections, each sending its next request when the last answer is read; every answer
+//! is a 1 KiB body.
+//!
+//! - (a) `GET /` straight to the upstream: an axum server in this process, on its own thread and
+//!   runtime;
+//! - (p) `GET /` through a plain pingora proxy with no filters (this bench binary, re-executed),
+//!   the floor any pingora gateway pays for the extra hop;
+//! - (b) `GET /` through the release `stepgate` binary (memory store): no policy matches;
+//! - (c) `POST /transfer` through stepgate with a valid grant in `Stepgate-Grant`, obtained once
+//!   before measuring by a real SMS step-up (challenge, code from the `file` gateway's outbox,
+//!   verify).
+//!
+//! Prints req/s, p50 and p99 per path per round, then the medians over the rounds and the
+//! medians of the per-round ratios b/a, c/a, b/p and latency differences. Every answer must be
+//! the upstream's 200 with its body; anything else fails the bench.
+//!
+//! Run: `cargo bench --bench proxy` (no Redis needed). Load generator, upstream and proxy share
+//! the machine's cores, so read the ratios rather than the absolute numbers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::routing::{get, post};
+use common::{KillOnDrop, free_port, median};
+use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderValue};
+
+// The `stepgate` binary's allocator, so the plain pingora baseline differs from it only in
+// stepgate's own work.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ROUNDS: usize = 5;
+const REQUESTS_PER_ROUND: usize = 20_000;
+const WARMUP_REQUESTS: usize = 3_000;
+const CONNECTIONS: usize = 32;
+/// What the upstream answers on every route.
+const BODY: &[u8] = &[b'.'; 1024];
+const USER: &str = "bench";
+const PHONE: &str = "+31612345678";
+/// Set (to `listen,upstream`) in the re-executed bench binary that plays the plain pingora proxy.
+const PLAIN_PINGORA_ENV: &str = "STEPGATE_BENCH_PLAIN_PINGORA";
+/// How long the proxies may take to answer their first request.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// One measured path: a fixed request and the client (with its own connection pool) sending it.
+struct Target {
+    key: &'static str,
+    label: &'static str,
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    client: reqwest::Client,
+}
+
+impl Target {
+    fn new(
+        key: &'static str,
+        label: &'static str,
+        method: Method,
+        url: String,
+        headers: HeaderMap,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            label,
+            method,
+            url,
+            headers,
+            client: client(),
+        })
+    }
+
+    /// One request; `Err` names what was wrong with the answer.
+    async fn send(&self) -> Result<(), String> {
+        let response = self
+            .client
+            .request(self.method.clone(), &self.url)
+            .headers(self.headers.clone())
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("body failed: {e}"))?;
+        if status != reqwest::StatusCode::OK {
+            return Err(format!("status {status}"));
+        }
+        if body.as_ref() != BODY {
+            return Err(format!(
+                "200 with a {}-byte body that is not the upstream's",
+                body.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One path's numbers in one round.
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Sends `requests` requests over `CONNECTIONS` concurrent clients. Panics, naming the answers,
+/// if any request did not get the upstream's 200 and body.
+async fn measure(target: &Arc<Target>, requests: usize) -> Sample {
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|worker| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(requests / CONNECTIONS + 1);
+                let mut failures = BTreeMap::<String, usize>::new();
+                for _ in (worker..requests).step_by(CONNECTIONS) {
+                    let sent = Instant::now();
+                    match target.send().await {
+                        Ok(()) => latencies.push(sent.elapsed()),
+                        Err(what) => *failures.entry(what).or_default() += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests);
+    let mut failures = BTreeMap::<String, usize>::new();
+    for worker in workers {
+        let (worker_latencies, worker_failures) = worker.await.expect("load worker");
+        latencies.extend(worker_latencies);
+        for (what, count) in worker_failures {
+            *failures.entry(what).or_default() += count;
+        }
+    }
+    let elapsed = started.elapsed();
+    if !failures.is_empty() {
+        panic!(
+            "({}) {}: {} of {requests} requests did not get the upstream's 200 and body: {failures:#?}",
+            target.key,
+            target.label,
+            failures.values().sum::<usize>()
+        );
+    }
+    latencies.sort_unstable();
+    Sample {
+        rate: requests as f64 / elapsed.as_secs_f64(),
+        p50: latencies[latencies.len() / 2],
+        p99: latencies[latencies.len() * 99 / 100],
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .expect("client")
+}
+
+fn user_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user-id", HeaderValue::from_static(USER));
+    headers.insert("x-user-phone", HeaderValue::from_static(PHONE));
+    headers
+}
+
+/// The app behind the proxies: `GET /` and `POST /transfer` answer `BODY`. Runs on its own
+/// thread with a single-threaded runtime for the life of the process.
+fn start_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream bind");
+    listener
+        .set_nonblocking(true)
+        .expect("upstream non-blocking");
+    let address = listener.local_addr().expect("upstream address");
+    std::thread::Builder::new()
+        .name("upstream".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("upstream runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("upstream listener");
+                let app = axum::Router::new()
+                    .route("/", get(answer))
+                    .route("/transfer", post(answer));
+                axum::serve(listener, app).await.expect("upstream serve");
+            });
+        })
+        .expect("upstream thread");
+    address
+}
+
+async fn answer() -> &'static [u8] {
+    BODY
+}
+
+/// A gateway with one policy, on `/transfer`, demanding an SMS code; identity from headers.
+fn stepgate_config(
+    outbox: &Path,
+    upstream: SocketAddr,
+    proxy: u16,
+    api: u16,
+    metrics: u16,
+) -> String {
+    format!(
+        "listen: {{ proxy: \"127.0.0.1:{proxy}\", api: \"127.0.0.1:{api}\", metrics: \"127.0.0.1:{metrics}\" }}
+secret_key: \"bench-secret-0123456789abcdef0123456789\"
+server: {{ threads: 1 }}
+log: {{ level: warn }}
+store: {{ backend: memory }}
+sms: {{ gateway: file, file: {{ path: \"{outbox}\" }} }}
+auth_types:
+  - {{ name: sms_code, method: sms, ttl_seconds: 300, max_attempts: 3, default_messages: {{ en: \"Code: {{code}}\" }} }}
+policies:
+  - {{ name: transfers, match: {{ paths: [\"/transfer\"] }}, require: {{ auth_type: sms_code, freshness_seconds: 3600 }} }}
+proxy:
+  upstream: {{ address: \"{upstream}\" }}
+  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
+",
+        outbox = outbox.display()
+    )
+}
+
+/// Waits until `url` answers with the upstream's body through `process`; panics if the process
+/// exits or `STARTUP` passes first.
+async fn wait_until_proxying(url: &str, process: &mut KillOnDrop, what: &str) {
+    let client = client();
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let last = match client.get(url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                match response.bytes().await {
+                    Ok(body) if status == reqwest::StatusCode::OK && body.as_ref() == BODY => {
+                        return;
+                    }
+                    Ok(body) => format!("status {status}, {}-byte body", body.len()),
+                    Err(e) => format!("status {status}, body failed: {e}"),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        if let Ok(Some(status)) = process.0.try_wait() {
+            panic!("{what} exited ({status}) before proxying {url}; last: {last}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not proxy {url} within {STARTUP:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The newest 6-digit code sent to `phone` by the `file` gateway.
+fn code_in_outbox(outbox: &Path, phone: &str) -> Option<String> {
+    let text = std::fs::read_to_string(outbox).ok()?;
+    text.lines().rev().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        if value["to"].as_str()? != phone {
+            return None;
+        }
+        value["body"]
+            .as_str()?
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|part| part.len() == 6)
+            .map(str::to_owned)
+    })
+}
+
+/// Does one SMS step-up on `/transfer` as an API client and returns the grant token.
+async fn obtain_grant(proxy: &str, outbox: &Path) -> String {
+    let client = client();
+    let response = client
+        .post(format!("{proxy}/transfer"))
+        .headers(user_headers())
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("challenge request");
+    let status = response.status();
+    let text = response.text().await.expect("challenge body");
+    assert_eq!(
+        status.as_u16(),
+        401,
+        "POST /transfer without a grant: {text}"
+    );
+    let challenge: serde_json::Value = serde_json::from_str(&text).expect("challenge JSON");
+    let verify_uri = challenge["verify_uri"]
+        .as_str()
+        .expect("verify_uri in the challenge");
+    let binding = challenge["binding_token"]
+        .as_str()
+        .expect("binding_token in the challenge");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(code) = code_in_outbox(outbox, PHONE) {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SMS code in {}",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let response = client
+        .post(format!("{proxy}{verify_uri}"))
+        .headers(user_headers())
+        .header("stepgate-binding", binding)
+        .form(&[("sms_code", code.as_str())])
+        .send()
+        .await
+        .expect("verify request");
+    let status = response.status();
+    let grant = response
+        .headers()
+        .get("stepgate-grant")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await.expect("verify body");
+    assert_eq!(
+        status.as_u16(),
+        200,
+        "verify: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        body.as_ref(),
+        BODY,
+        "verify forwards the held POST /transfer to the upstream"
+    );
+    grant.expect("a Stepgate-Grant header on the verify answer")
+}
+
+/// The plain pingora baseline: forwards everything to the upstream, no filters.
+struct PlainProxy {
+    peer: HttpPeer,
+}
+
+#[async_trait]
+impl ProxyHttp for PlainProxy {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(self.peer.clone()))
+    }
+}
+
+/// Runs the plain pingora proxy (`spec` is `listen,upstream`) with the same server settings and
+/// peer options as stepgate's proxy; never returns.
+fn run_plain_pingora(spec: &str) -> ! {
+    let (listen, upstream) = spec.split_once(',').expect("listen,upstream");
+    let upstream: SocketAddr = upstream.parse().expect("upstream address");
+    let mut peer = HttpPeer::new(upstream, false, String::new());
+    peer.options.connection_timeout = Some(Duration::from_secs(5));
+    peer.options.read_timeout = Some(Duration::from_secs(60));
+    let conf = ServerConf {
+        threads: 1,
+        upgrade_sock: format!("/tmp/stepgate-bench-upgrade-{}.sock", std::process::id()),
+        pid_file: format!("/tmp/stepgate-bench-{}.pid", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = http_proxy_service(&server.configuration, PlainProxy { peer });
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.run_forever()
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(PLAIN_PINGORA_ENV) {
+        run_plain_pingora(&spec);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outbox = dir.path().join("outbox.jsonl");
+    let upstream = start_upstream();
+    let (proxy, api, metrics, plain) = (free_port(), free_port(), free_port(), free_port());
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(
+        &config_path,
+        stepgate_config(&outbox, upstream, proxy, api, metrics),
+    )
+    .expect("write config");
+    let mut stepgate = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_stepgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start stepgate"),
+    );
+    let mut plain_pingora = KillOnDrop(
+        Command::new(std::env::current_exe().expect("bench binary"))
+            .env(PLAIN_PINGORA_ENV, format!("127.0.0.1:{plain},{upstream}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plain pingora"),
+    );
+
+    // The load generator gets one thread: with the upstream's thread and one proxy worker that
+    // is all two cores can hold.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let direct = format!("http://{upstream}");
+        let stepgate_base = format!("http://127.0.0.1:{proxy}");
+        let plain_base = format!("http://127.0.0.1:{plain}");
+        wait_until_proxying(&format!("{stepgate_base}/"), &mut stepgate, "stepgate").await;
+        wait_until_proxying(&format!("{plain_base}/"), &mut plain_pingora, "plain pingora").await;
+        let grant = obtain_grant(&stepgate_base, &outbox).await;
+
+        let mut granted = user_headers();
+        granted.insert("stepgate-grant", HeaderValue::from_str(&grant).expect("grant is a header value"));
+        let targets = [
+            Target::new("a", "direct GET /", Method::GET, format!("{direct}/"), user_headers()),
+            Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers()),
+            Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers()),
+            Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted),
+        ];
+        println!(
+            "proxy benchmark: {ROUNDS} rounds x {REQUESTS_PER_ROUND} requests per path, {CONNECTIONS} keep-alive \
+             connections, {} B answers; release stepgate (memory store, 1 worker thread)",
+            BODY.len()
+        );
+        for target in &targets {
+            measure(target, WARMUP_REQUESTS).await;
+        }
+
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+        for round in 0..ROUNDS {
+            let mut this_round = vec![None; targets.len()];
+            for offset in 0..targets.len() {
+                let index = (round + offset) % targets.len();
+                this_round[index] = Some(measure(&targets[index], REQUESTS_PER_ROUND).await);
+            }
+            println!("round {}", round + 1);
+            for (index, sample) in this_round.into_iter().enumerate() {
+                let sample = sample.expect("every path measured");
+                let target = &targets[index];
+                println!(
+                    "  ({}) {:<34} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs",
+                    target.key,
+                    target.label,
+                    sample.rate,
+                    micros(sample.p50),
+                    micros(sample.p99)
+                );
+                samples[index].push(sample);
+            }
+            let rate = |index: usize| samples[index][round].rate;
+            println!(
+                "  b/a {:.3}   c/a {:.3}   b/p {:.3}",
+                rate(2) / rate(0),
+                rate(3) / rate(0),
+                rate(2) / rate(1)
+            );
+        }
+
+        // Ratios and differences are taken within each round (the paths ran seconds apart),
+        // then their median over the rounds.
+        let per_round = |index: usize, base: usize, f: &dyn Fn(&Sample, &Sample) -> f64| {
+            median(samples[index].iter().zip(&samples[base]).map(|(s, b)| f(s, b)).collect())
+        };
+        let ratio = |s: &Sample, b: &Sample| s.rate / b.rate;
+        let p50_delta = |s: &Sample, b: &Sample| micros(s.p50) - micros(b.p50);
+        let p99_delta = |s: &Sample, b: &Sample| micros(s.p99) - micros(b.p99);
+
+        println!();
+        println!("medians over {ROUNDS} rounds (ratios and differences: medians of the per-round values)");
+        println!("| path | req/s | p50 | p99 | req/s vs (a) | p50 vs (a) | p99 vs (a) |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for (index, target) in targets.iter().enumerate() {
+            let rates = samples[index].iter().map(|s| s.rate).collect();
+            let p50s = samples[index].iter().map(|s| micros(s.p50)).collect();
+            let p99s = samples[index].iter().map(|s| micros(s.p99)).collect();
+            println!(
+                "| ({}) {} | {:.0} | {:.0} µs | {:.0} µs | {:.3}x | {:+.0} µs | {:+.0} µs |",
+                target.key,
+                target.label,
+                median(rates),
+                median(p50s),
+                median(p99s),
+                per_round(index, 0, &ratio),
+                per_round(index, 0, &p50_delta),
+                per_round(index, 0, &p99_delta)
+            );
+        }
+        println!();
+        println!(
+            "b/a {:.3}   c/a {:.3}   (throughput; p50 {:+.0} / {:+.0} µs, p99 {:+.0} / {:+.0} µs)",
+            per_round(2, 0, &ratio),
+            per_round(3, 0, &ratio),
+            per_round(2, 0, &p50_delta),
+            per_round(3, 0, &p50_delta),
+            per_round(2, 0, &p99_delta),
+            per_round(3, 0, &p99_delta)
+        );
+        println!(
+            "stepgate vs plain pingora: b/p {:.3}   c/p {:.3}   (p50 {:+.0} / {:+.0} µs, p99 {:+.0} / {:+.0} µs)",
+            per_round(2, 1, &ratio),
+            per_round(3, 1, &ratio),
+            per_round(2, 1, &p50_delta),
+            per_round(3, 1, &p50_delta),
+            per_round(2, 1, &p99_delta),
+            per_round(3, 1, &p99_delta)
+        );
+    });
+}
