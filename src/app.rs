@@ -314,14 +314,18 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         );
         proxy.add_tcp(&settings.listen.proxy.to_string());
         server.add_service(proxy);
-        server.add_service(background_service(
-            "policy-reload",
-            PolicyReloader {
-                handle: policies,
-                source: settings.source.clone(),
-                interval: settings.proxy.reload_interval,
-            },
-        ));
+        // A config built in memory (the demo) has no files to watch.
+        let reloadable = settings.source.is_file();
+        if reloadable {
+            server.add_service(background_service(
+                "policy-reload",
+                PolicyReloader {
+                    handle: policies,
+                    source: settings.source.clone(),
+                    interval: settings.proxy.reload_interval,
+                },
+            ));
+        }
         metrics::policy_rules(settings.policies.policies.len());
         tracing::info!(
             proxy = %settings.listen.proxy,

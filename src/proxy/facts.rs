@@ -67,20 +67,22 @@ pub fn scheme(
     }
 }
 
-/// The host the client asked for, lower case, without port.
-pub fn host(req: &RequestHeader) -> String {
-    let raw = req
-        .uri
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers
-                .get("host")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    strip_port(&raw).to_ascii_lowercase()
+/// The host the client asked for, lower case, without port; `None` when the request names two
+/// different hosts (several `Host` headers, or an absolute URI whose host differs from `Host`),
+/// which an upstream might read differently from the policy check, so such requests are refused.
+pub fn unambiguous_host(req: &RequestHeader) -> Option<String> {
+    let mut hosts = req.headers.get_all("host").iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(value), None) => Some(strip_port(value.to_str().ok()?).to_ascii_lowercase()),
+        (None, _) => None,
+        (Some(_), Some(_)) => return None,
+    };
+    let authority = req.uri.host().map(|h| strip_port(h).to_ascii_lowercase());
+    match (authority, header) {
+        (Some(a), Some(h)) if a != h => None,
+        (Some(a), _) => Some(a),
+        (None, h) => Some(h.unwrap_or_default()),
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -296,6 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn requests_naming_two_hosts_are_ambiguous() {
+        let one = request(&[("host", "bank.example:8080")]);
+        assert_eq!(unambiguous_host(&one).as_deref(), Some("bank.example"));
+        let two = request(&[("host", "bank.example"), ("host", "evil.example")]);
+        assert_eq!(unambiguous_host(&two), None);
+        // pingora keeps only the path of an absolute-form target in the URI (and reconciles
+        // its authority with Host itself), so Host is what policies see.
+        let mut absolute =
+            RequestHeader::build("POST", b"http://bank.example/transfer", None).unwrap();
+        absolute.append_header("host", "bank.example").unwrap();
+        assert_eq!(unambiguous_host(&absolute).as_deref(), Some("bank.example"));
+        assert_eq!(unambiguous_host(&request(&[])).as_deref(), Some(""));
+    }
+
+    #[test]
     fn cookies_hosts_and_accept_are_read() {
         let req = request(&[
             ("cookie", "x=1; stepgate_grant=abc"),
@@ -304,7 +321,7 @@ mod tests {
         ]);
         assert_eq!(cookie(&req, GRANT_COOKIE), Some("abc"));
         assert_eq!(cookie(&req, "nope"), None);
-        assert_eq!(host(&req), "bank.example");
+        assert_eq!(unambiguous_host(&req).as_deref(), Some("bank.example"));
         assert!(wants_html(&req));
         assert_eq!(strip_port("[::1]:80"), "::1");
     }

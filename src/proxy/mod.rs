@@ -124,6 +124,13 @@ impl ProxyHttp for StepGateProxy {
             routes::handle(self, session, ctx).await?;
             return Ok(true);
         }
+        let Some(host) = facts::unambiguous_host(req) else {
+            ctx.decision = "invalid";
+            let html = wants_html(req);
+            let refusal = Refusal::BadRequest("the request names more than one host");
+            send(session, Reply::refusal(&refusal, html)).await?;
+            return Ok(true);
+        };
         let Some(normalized) = normalize_path(path) else {
             ctx.decision = "invalid";
             let html = wants_html(req);
@@ -141,7 +148,7 @@ impl ProxyHttp for StepGateProxy {
             .any(|policy| !policy.matcher.headers.is_empty());
         let facts = RequestFacts {
             method: req.method.as_str().to_owned(),
-            host: facts::host(req),
+            host,
             path: normalized,
             client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
             headers: if needs_headers {

@@ -140,7 +140,9 @@ fn rebuild(held: &OriginalRequest, origin: &Origin<'_>) -> pingora::Result<Reque
         Some(held.headers.len() + 3),
     )?;
     for (name, value) in &held.headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        // The body goes out at once: an `Expect: 100-continue` would make the upstream's interim
+        // answer look like its response.
+        if HOP_BY_HOP.contains(&name.as_str()) || name == "expect" {
             continue;
         }
         request.append_header(name.clone(), value.as_slice())?;
