@@ -10,7 +10,8 @@
 //! Routes: `GET /` (sign-in form), `POST /login`, `GET /account`, `POST /transfer`,
 //! `POST /logout`, `GET /style.css`.
 //!
-//! May import: nothing of the gateway (telemetry at most); only external crates.
+//! May import: the pure domain (its phone-number rule) and external crates; nothing else of the
+//! gateway.
 
 pub mod pages;
 pub mod session;
@@ -324,19 +325,9 @@ fn user_name(text: &str) -> Option<&str> {
     valid.then_some(text)
 }
 
-/// `+` and 8 to 15 digits (spaces, dashes, dots and parentheses dropped).
+/// The gateway's own phone-number rule, so what the bank accepts is what SMS delivery takes.
 fn phone_number(text: &str) -> Option<String> {
-    let rest = text.trim().strip_prefix('+')?;
-    let mut digits = String::from("+");
-    for c in rest.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return None,
-        }
-    }
-    let count = digits.len() - 1;
-    ((8..=15).contains(&count) && !digits[1..].starts_with('0')).then_some(digits)
+    crate::domain::sms::normalize_phone_number(text)
 }
 
 /// `10`, `10.5`, `10,50` -> cents; positive, at most two decimals, below a billion euros.

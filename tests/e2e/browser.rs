@@ -6,57 +6,18 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cdp::{Browser, Page};
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, eventually};
+use crate::harness::{GateBuilder, eventually};
+use crate::proxy::{codes, proxy_yaml};
 
 /// Generous: Chromium shares two cores with the other tests; polling keeps the happy path fast.
 const WITHIN: Duration = Duration::from_secs(30);
 const FORM_BODY: &str = "amount=25&iban=NL91ABNA0417164300";
 /// Loaded by the canary: `img-src 'self' data:` must refuse it (never fetched).
 const CANARY_IMAGE: &str = "http://canary.invalid/csp.png";
-
-/// `/transfer` needs an SMS code (to `outbox.jsonl`); identity from trusted headers.
-fn proxy_yaml(upstream: &RecordingUpstream) -> String {
-    format!(
-        "auth_types:
-  - {{ name: sms_code, method: sms, ttl_seconds: 60, max_attempts: 3, max_resends: 1, default_messages: {{ en: \"Code: {{code}}\" }} }}
-sms: {{ gateway: file, file: {{ path: outbox.jsonl }} }}
-rate_limits:
-  sms_per_user: {{ limit: 100, window_seconds: 60 }}
-  sms_per_phone: {{ limit: 100, window_seconds: 60 }}
-policies:
-  - name: transfers
-    match: {{ methods: [POST], paths: [\"/transfer\"] }}
-    require: {{ auth_type: sms_code, freshness_seconds: 300 }}
-    message: \"Approve transfer of {{form.amount}} EUR to {{form.iban}}\"
-    mode: challenge
-proxy:
-  upstream: {{ address: \"{upstream}\" }}
-  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
-",
-        upstream = upstream.address()
-    )
-}
-
-/// The six-digit codes sent so far, oldest first.
-fn codes(gate: &Gate) -> Vec<String> {
-    let text = std::fs::read_to_string(gate.dir().join("outbox.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let value: Value = serde_json::from_str(line).unwrap();
-            value["body"]
-                .as_str()
-                .unwrap()
-                .rsplit(|c: char| !c.is_ascii_digit())
-                .find(|part| part.len() == 6)
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
 
 /// Runs `action` (which navigates) and waits until a new document satisfies `ready`. The old
 /// document is marked first, so a check that also holds on it cannot pass too early.
@@ -106,7 +67,9 @@ fn csp_reports(page: &Page) -> Vec<String> {
 #[tokio::test]
 async fn a_browser_walks_the_sms_interstitial_and_its_form_post_reaches_the_upstream_once() {
     let upstream = RecordingUpstream::start();
-    let gate = GateBuilder::memory().yaml(&proxy_yaml(&upstream)).start();
+    let gate = GateBuilder::memory()
+        .yaml(&proxy_yaml(&upstream, 300, "challenge", ""))
+        .start();
     gate.wait_for_proxy();
     let browser = Browser::launch();
     let page = browser.new_page().await;

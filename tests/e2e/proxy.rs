@@ -19,7 +19,7 @@ const BOB: (&str, &str) = ("bob", "+31687654321");
 const TRANSFER_FORM: &str = "amount=10&iban=NL91ABNA0417164300";
 
 /// A policy file on `/transfer` and `/admin/**`, SMS codes to `outbox.jsonl`.
-fn proxy_yaml(
+pub(crate) fn proxy_yaml(
     upstream: &RecordingUpstream,
     freshness: u64,
     mode: &str,
@@ -75,6 +75,11 @@ fn outbox(gate: &Gate) -> Vec<(String, String)> {
             (code, body)
         })
         .collect()
+}
+
+/// The six-digit codes sent so far, oldest first.
+pub(crate) fn codes(gate: &Gate) -> Vec<String> {
+    outbox(gate).into_iter().map(|(code, _)| code).collect()
 }
 
 fn last_code(gate: &Gate) -> String {
