@@ -33,6 +33,7 @@ impl Fixture {
         let id = TransactionId::random();
         let now = self.clock.now();
         Transaction {
+            evidence: None,
             id,
             auth_type: "sms_code".into(),
             method: Method::Sms,

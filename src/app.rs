@@ -21,7 +21,18 @@ use crate::config::reload::{self, PolicyHandle};
 use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
-use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
+use crate::api::device::DeviceApiState;
+use crate::domain::callback::CallbackQueue;
+use crate::domain::ports::{
+    DeviceStore, HeldRequestStore, RateLimitStore, StoreError, TransactionStore,
+};
+use crate::service::callbacks::{CallbackService, CallbackWorkerOptions};
+use crate::service::devices::{DeviceService, EnrollmentRules};
+use crate::service::push::PushService;
+use crate::store::callbacks::memory::MemoryCallbackQueue;
+use crate::store::callbacks::redis::RedisCallbackQueue;
+use crate::store::devices::memory::MemoryDeviceStore;
+use crate::store::devices::redis::RedisDeviceStore;
 use crate::notify::{self, NotifyError};
 use crate::proxy::{ProxyState, StepGateProxy};
 use crate::service::health::Readiness;
@@ -48,8 +59,8 @@ pub enum AppError {
     },
     #[error("cannot set up the store: {0}")]
     Store(#[from] StoreError),
-    #[error("SMS gateway: {0}")]
-    Sms(#[from] NotifyError),
+    #[error("outbound provider (SMS, push or callbacks): {0}")]
+    Notify(#[from] NotifyError),
     #[error("cannot start a runtime for the start-up checks: {0}")]
     Runtime(std::io::Error),
 }
@@ -68,29 +79,37 @@ struct Stores {
     transactions: Arc<dyn TransactionStore>,
     rate_limits: Arc<dyn RateLimitStore>,
     held: Arc<dyn HeldRequestStore>,
+    devices: Arc<dyn DeviceStore>,
+    callbacks: Arc<dyn CallbackQueue>,
 }
 
 fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
         StoreBackend::Memory => {
-            let store = Arc::new(Instrumented::new(MemoryStore::new(clock, retention)));
+            let store = Arc::new(Instrumented::new(MemoryStore::new(clock.clone(), retention)));
             Stores {
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 held: store,
+                devices: Arc::new(MemoryDeviceStore::new(clock)),
+                callbacks: Arc::new(MemoryCallbackQueue::new()),
             }
         }
         StoreBackend::Redis(redis) => {
             let store = Arc::new(Instrumented::new(RedisStore::new(
                 redis.clone(),
-                clock,
+                clock.clone(),
                 retention,
             )?));
+            // Devices and callbacks share one more connection of their own.
+            let shared = Arc::new(RedisStore::new(redis.clone(), clock.clone(), retention)?);
             Stores {
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 held: store,
+                devices: Arc::new(RedisDeviceStore::new(shared.clone(), clock)),
+                callbacks: Arc::new(RedisCallbackQueue::new(shared)),
             }
         }
     })
@@ -212,6 +231,16 @@ impl BackgroundService for PolicyReloader {
     }
 }
 
+/// Delivers portal callbacks from the durable queue for as long as the server runs.
+struct CallbackWorker(CallbackService);
+
+#[async_trait]
+impl BackgroundService for CallbackWorker {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run(shutdown).await;
+    }
+}
+
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(settings: Settings) -> Result<(), AppError> {
     // Both rustls users (pingora, outbound clients) must agree on one provider; a second call
@@ -243,6 +272,37 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         origin_host,
         &settings.secret_key,
     );
+    let callbacks = CallbackService::new(
+        stores.callbacks.clone(),
+        Arc::new(notify::callback::CallbackSender::new(
+            &settings.callbacks,
+            settings.outgoing_proxy.as_ref(),
+        )?),
+        clock.clone(),
+        CallbackWorkerOptions::new(settings.callbacks.max_attempts, settings.callbacks.timeout),
+    );
+    let devices = DeviceService::new(
+        stores.devices.clone(),
+        clock.clone(),
+        settings.secret_key.clone(),
+        settings.applications.clone(),
+        EnrollmentRules {
+            enabled: settings.enrollment.enabled,
+            code_ttl: settings.enrollment.code_ttl,
+            unique_keys_per_enrollment: settings.enrollment.unique_keys_per_enrollment,
+            push_enrollment_enabled: settings.enrollment.push_enrollment_enabled,
+            mode: settings.enrollment.mode,
+        },
+    );
+    let push = PushService::new(
+        engine.clone(),
+        devices.clone(),
+        Arc::new(notify::push::build(&settings)?),
+        settings.auth_types.clone(),
+        callbacks.clone(),
+        clock.clone(),
+        settings.enrollment.push_authorization_enabled,
+    );
     let stepup = StepUpService::new(
         settings.auth_types.clone(),
         engine,
@@ -257,7 +317,11 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         auth_types: settings.auth_types.clone(),
         max_message_length: settings.max_message_length,
         sms,
+        push: push.clone(),
+        callbacks: settings.callbacks.clone(),
+        public_url: settings.public_url.clone(),
     });
+    let device_api = Arc::new(DeviceApiState { devices, push });
     let policies = PolicyHandle::new(settings.policies.clone());
 
     // pingora binds the proxy listener itself when it starts; a trial bind here turns a taken
@@ -288,7 +352,12 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         api::router(ApiState {
             readiness,
             mobile_auth,
+            device: device_api,
         }),
+    ));
+    server.add_service(background_service(
+        "callbacks",
+        CallbackWorker(callbacks),
     ));
     server.add_service(http_service(
         "metrics",

@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `check-policy`, `demo`, `version`, and the exit codes (64 for a bad
+//! The command line: `run`, `validate`, `check-policy`, `demo`, `device`, `version`, and the exit codes (64 for a bad
 //! config, as EX_USAGE; 1 for a failure at run time).
 //!
 //! May import: everything (wiring only).
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::app;
 use crate::config::{self, ConfigError, env::ProcessEnv};
 use crate::demo;
+use crate::device;
 use crate::domain::policy::{RequestFacts, normalize_path};
 
 /// Exit code for a configuration that does not load.
@@ -74,6 +75,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8090")]
         bank: SocketAddr,
     },
+    /// The reference phone client: enroll, register for push, answer push transactions.
+    Device(device::DeviceArgs),
     /// Print the version.
     Version,
 }
@@ -100,6 +103,7 @@ pub fn main() -> ExitCode {
             metrics,
             bank,
         }),
+        Command::Device(args) => device::main(args),
         Command::Version => {
             println!("stepgate {}", app::VERSION);
             ExitCode::SUCCESS

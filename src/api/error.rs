@@ -31,6 +31,8 @@ pub enum ApiError {
     PhoneNumberMissing,
     #[error("sms not sent: {0}")]
     SmsNotSent(String),
+    #[error("push not sent: {0}")]
+    PushNotSent(String),
     #[error("verification code invalid")]
     InvalidCode,
     #[error("invalid transaction")]
@@ -79,7 +81,7 @@ fn oauth(status: StatusCode, error: &str, description: &str) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::StoreUnavailable(_) | ApiError::SmsNotSent(_) => {
+            ApiError::StoreUnavailable(_) | ApiError::SmsNotSent(_) | ApiError::PushNotSent(_) => {
                 tracing::error!(error = %self, "request failed")
             }
             ApiError::InvalidClient(_) | ApiError::InvalidParameter(_) => {
@@ -124,6 +126,11 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "3002",
                 "Failed to send SMS",
+            ),
+            ApiError::PushNotSent(_) => numeric(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "1002",
+                "Failed to initiate authentication at authentication provider",
             ),
             ApiError::InvalidCode => numeric(
                 StatusCode::NOT_FOUND,

@@ -1,5 +1,7 @@
-//! The Onegini-compatible mobile authentication API (v3 and v4 paths): init, SMS verify and SMS
-//! resend. Bodies are form-encoded, answers JSON; every call first authenticates the API client.
+//! The Onegini-compatible mobile authentication API (v3 and v4 paths): init (push types on a
+//! device or application, falling back along the type's chain, and SMS), the result of push
+//! transactions, SMS verify and resend, and enrollment codes for the End User API. Bodies are
+//! form-encoded, answers JSON; every call first authenticates the API client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,20 +9,22 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use super::client_auth::authenticate;
 use super::error::{ApiError, json_response};
-use crate::config::settings::{ApiClient, ApiScope};
+use crate::config::settings::{ApiClient, ApiScope, CallbackSettings};
 use crate::domain::auth_type::{AuthTypes, Method};
+use crate::domain::device::PushEnrollmentMode;
 use crate::domain::ports::StoreError;
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
 use crate::domain::sms::normalize_phone_number;
 use crate::domain::transaction::TransactionId;
+use crate::service::push::{PushService, PushServiceError, PushStart, PushTarget};
 use crate::service::sms::{SmsError, SmsService, SmsStart};
 use crate::service::transactions::EngineError;
 
@@ -31,20 +35,46 @@ pub struct MobileAuthState {
     pub auth_types: AuthTypes,
     pub max_message_length: usize,
     pub sms: SmsService,
+    pub push: PushService,
+    pub callbacks: CallbackSettings,
+    /// Where enrollment QR codes are served from (the API's public URL).
+    pub public_url: url::Url,
 }
 
 type Shared = Arc<MobileAuthState>;
 
+/// Which API version a route was reached by: it decides how push targets are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiVersion {
+    V3,
+    V4,
+}
+
 /// Mounted under `/oauth/api/v4` and `/oauth/api/v3`.
 pub fn router(state: Shared) -> Router {
-    let routes = Router::new()
-        .route("/authenticate/user", post(init))
-        .route("/authenticate/user/{user_id}/sms", post(verify_sms))
-        .route("/authenticate/user/{user_id}/sms/resend", post(resend_sms))
-        .with_state(state);
+    let routes = |version: ApiVersion| {
+        Router::new()
+            .route("/authenticate/user", post(init))
+            .route("/authenticate/transaction/{transaction_id}", get(result))
+            .route("/authenticate/user/{user_id}/sms", post(verify_sms))
+            .route("/authenticate/user/{user_id}/sms/resend", post(resend_sms))
+            .layer(Extension(version))
+            .with_state(state.clone())
+    };
+    let enrollment = Router::new()
+        .route(
+            "/oauth/api/v4/users/{user_id}/enrollment-codes",
+            post(create_enrollment_code),
+        )
+        .route(
+            "/oauth/api/v4/users/{user_id}/enrollment-codes/qr.svg",
+            get(enrollment_qr),
+        )
+        .with_state(state.clone());
     Router::new()
-        .nest("/oauth/api/v4", routes.clone())
-        .nest("/oauth/api/v3", routes)
+        .nest("/oauth/api/v4", routes(ApiVersion::V4))
+        .nest("/oauth/api/v3", routes(ApiVersion::V3))
+        .merge(enrollment)
 }
 
 /// The form fields, lenient like the reference: unknown fields are ignored, the last of a
@@ -65,6 +95,16 @@ fn admit(
     body: &[u8],
     peer: SocketAddr,
 ) -> Result<HashMap<String, String>, ApiError> {
+    admit_for(state, headers, body, peer, ApiScope::MobileAuthentication)
+}
+
+fn admit_for(
+    state: &MobileAuthState,
+    headers: &HeaderMap,
+    body: &[u8],
+    peer: SocketAddr,
+    scope: ApiScope,
+) -> Result<HashMap<String, String>, ApiError> {
     // Credentials may be in the form, so a body that does not parse is still a client error first.
     let parsed = parse_form(body);
     let empty = HashMap::new();
@@ -73,7 +113,7 @@ fn admit(
         headers,
         parsed.as_ref().unwrap_or(&empty),
         peer.ip(),
-        ApiScope::MobileAuthentication,
+        scope,
     )?;
     if !state.enabled {
         return Err(ApiError::Disabled);
@@ -103,6 +143,7 @@ impl From<SmsError> for ApiError {
 
 async fn init(
     State(state): State<Shared>,
+    Extension(version): Extension<ApiVersion>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -119,14 +160,128 @@ async fn init(
     {
         return Err(ApiError::MessageTooLong);
     }
-    // Push types fall back along their chain when they cannot start; no phone is enrolled for
-    // push yet, so the first SMS type in the chain is the one that can.
+    // Multiple push devices per application are a v4 feature: v3 cannot name one of them.
+    if version == ApiVersion::V3
+        && state.push.devices().rules().mode == PushEnrollmentMode::Multiple
+        && state
+            .auth_types
+            .get(type_name)
+            .is_some_and(|t| t.method.is_push())
+    {
+        return Err(ApiError::NotFound);
+    }
+    // The type and its fallbacks, in order: the first that can start for this user wins
+    // (a push type needs a device that can answer it and a push that goes out).
     let chain = state.auth_types.fallback_chain(type_name);
-    let auth_type = chain
-        .iter()
-        .find(|t| t.method == Method::Sms)
-        .ok_or(ApiError::NoAuthenticationPossibilities)?;
+    let mut push_failure = None;
+    for auth_type in chain {
+        if auth_type.method.is_push() {
+            match start_push(&state, version, auth_type, &form).await {
+                Ok(response) => return Ok(response),
+                Err(PushServiceError::NoDevice | PushServiceError::Disabled) => continue,
+                Err(PushServiceError::SendFailed(error)) => {
+                    push_failure = Some(error.to_string());
+                    continue;
+                }
+                Err(PushServiceError::MissingMessage) => {
+                    return Err(ApiError::InvalidParameter(
+                        "message missing and no default message".into(),
+                    ));
+                }
+                Err(PushServiceError::Store(error)) => return Err(store_error(error)),
+                Err(other) => return Err(ApiError::InvalidParameter(other.to_string())),
+            }
+        }
+        if auth_type.method == Method::Sms {
+            return start_sms(&state, auth_type, &form).await;
+        }
+    }
+    Err(match push_failure {
+        Some(cause) => ApiError::PushNotSent(cause),
+        None => ApiError::NoAuthenticationPossibilities,
+    })
+}
 
+/// Checks `callback_uri` against the exact-match list when that is on.
+fn check_callback(state: &MobileAuthState, uri: &str) -> Result<(), ApiError> {
+    let parsed = url::Url::parse(uri)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https"))
+        .ok_or_else(|| ApiError::InvalidParameter("callback_uri is not an http(s) URL".into()))?;
+    if state.callbacks.only_allow_configured
+        && !state
+            .callbacks
+            .endpoints
+            .iter()
+            .any(|endpoint| endpoint.url == parsed)
+    {
+        return Err(ApiError::InvalidParameter(
+            "callback_uri is not a configured callback endpoint".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn start_push(
+    state: &MobileAuthState,
+    version: ApiVersion,
+    auth_type: &crate::domain::auth_type::AuthType,
+    form: &HashMap<String, String>,
+) -> Result<Response, PushServiceError> {
+    let invalid = |what: &str| PushServiceError::InvalidAnswer(what.to_owned());
+    let target = match version {
+        ApiVersion::V4 => PushTarget::Device(
+            form.get("device_id")
+                .cloned()
+                .ok_or_else(|| invalid("device_id missing"))?,
+        ),
+        ApiVersion::V3 => PushTarget::Application(
+            form.get("app_id")
+                .cloned()
+                .ok_or_else(|| invalid("app_id missing"))?,
+        ),
+    };
+    let user_id = form
+        .get("user_id")
+        .cloned()
+        .ok_or_else(|| invalid("user_id missing"))?;
+    let callback_uri = form
+        .get("callback_uri")
+        .ok_or_else(|| invalid("callback_uri missing"))?;
+    check_callback(state, callback_uri).map_err(|error| invalid(&error.to_string()))?;
+    let request = PushStart {
+        user_id,
+        message: form.get("message").cloned(),
+        secure_message: form.get("secure_message").cloned(),
+        signing_data: form.get("signing_data").cloned(),
+        callback_uri: Some(callback_uri.clone()),
+        language: form
+            .get("language_code")
+            .map(|code| code.to_ascii_lowercase()),
+    };
+    let started = state.push.start(auth_type, &target, request).await?;
+    let tx = &started.transaction;
+    let ttl = tx
+        .expires_at
+        .millis()
+        .saturating_sub(tx.created_at.millis());
+    let mut body = json!({
+        "transaction_id": tx.id.to_string(),
+        "auth_method": tx.method.as_str(),
+        "time_to_live": ttl,
+        "device": {"name": started.device.name, "platform": started.device.platform.as_str()},
+    });
+    if let Some(number) = tx.details.number {
+        body["number"] = json!(number);
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+async fn start_sms(
+    state: &MobileAuthState,
+    auth_type: &crate::domain::auth_type::AuthType,
+    form: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let user_id = form
         .get("user_id")
         .ok_or_else(|| ApiError::InvalidParameter("user_id missing".into()))?;
@@ -150,6 +305,135 @@ async fn init(
         .saturating_sub(tx.created_at.millis());
     let body = json!({"transaction_id": tx.id.to_string(), "auth_method": tx.method.as_str(), "time_to_live": ttl});
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The result of a push (or OTP) transaction, as the reference reports it.
+async fn result(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(transaction_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admit(&state, &headers, &[], peer)?;
+    let id: TransactionId = transaction_id
+        .parse()
+        .map_err(|_| ApiError::InvalidTransaction)?;
+    let tx = state
+        .push
+        .transaction(&id)
+        .await
+        .map_err(|error| match error {
+            PushServiceError::Store(error) => store_error(error),
+            _ => ApiError::InvalidTransaction,
+        })?
+        .filter(|tx| tx.method != Method::Sms)
+        .ok_or(ApiError::InvalidTransaction)?;
+    let authenticated = tx.status == crate::domain::transaction::Status::Approved;
+    let mut body = json!({
+        "callback_uri": tx.details.callback_uri,
+        "transaction_id": tx.id.to_string(),
+        "timestamp": tx.created_at.millis(),
+        "user_id": tx.user_id,
+        "is_authenticated": authenticated,
+    });
+    let evidence = tx.evidence.clone().unwrap_or_default();
+    if authenticated {
+        body["authentication_method"] = json!(evidence.authentication_method);
+    }
+    if let Some(used) = evidence.used_attempts {
+        body["used_authentication_attempts"] = json!(used);
+    }
+    if let Some(signature) = &evidence.signature {
+        body["signature"] = json!(signature);
+        body["user_public_key"] = json!(evidence.user_public_key);
+        body["signature_verified"] = json!(evidence.signature_verified);
+    }
+    if tx.status.is_terminal() && !authenticated {
+        let reason = tx
+            .reason
+            .unwrap_or(crate::domain::transaction::Reason::Expired);
+        body["not_authenticated_reason"] =
+            json!({"reason": reason.as_str(), "description": reason.description()});
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// A one-time enrollment code for a signed-in user (End User API).
+async fn create_enrollment_code(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    admit_for(&state, &headers, &body, peer, ApiScope::EndUser)?;
+    if user_id.trim().is_empty() || user_id.len() > 255 {
+        return Err(ApiError::InvalidParameter("user_id".into()));
+    }
+    let code = state
+        .push
+        .devices()
+        .create_enrollment_code(&user_id)
+        .await
+        .map_err(|error| match error {
+            crate::service::devices::DeviceError::Store(error) => store_error(error),
+            _ => ApiError::Disabled,
+        })?;
+    let mut qr_uri = state.public_url.clone();
+    qr_uri.set_path(&format!(
+        "/oauth/api/v4/users/{}/enrollment-codes/qr.svg",
+        urlencode(&user_id)
+    ));
+    qr_uri.set_query(Some(&format!("code={}", code.code)));
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"code": code.code, "expires_in": code.expires_in.as_secs(), "qr_uri": qr_uri.as_str()}),
+    ))
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[derive(serde::Deserialize)]
+struct QrQuery {
+    code: String,
+}
+
+/// The QR code (SVG) of a live enrollment code: `stepgate://enroll?code=CODE`.
+async fn enrollment_qr(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    Query(query): Query<QrQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admit_for(&state, &headers, &[], peer, ApiScope::EndUser)?;
+    let live = state
+        .push
+        .devices()
+        .code_is_live(&user_id, &query.code)
+        .await
+        .map_err(|error| match error {
+            crate::service::devices::DeviceError::Store(error) => store_error(error),
+            _ => ApiError::NotFound,
+        })?;
+    if !live {
+        return Err(ApiError::NotFound);
+    }
+    let svg = crate::qr::svg(&format!("stepgate://enroll?code={}", query.code))
+        .ok_or(ApiError::NotFound)?;
+    let mut response = (StatusCode::OK, svg).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("image/svg+xml"),
+    );
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 fn transaction_id(form: &HashMap<String, String>) -> Result<TransactionId, ApiError> {

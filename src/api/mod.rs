@@ -5,6 +5,7 @@
 //! May import: service, domain, config, telemetry.
 
 mod client_auth;
+pub mod device;
 pub mod error;
 mod health;
 pub mod mobile_auth;
@@ -25,6 +26,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ApiState {
     pub readiness: Readiness,
     pub mobile_auth: Arc<mobile_auth::MobileAuthState>,
+    pub device: Arc<device::DeviceApiState>,
 }
 
 /// The whole API listener. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
@@ -36,6 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.readiness.clone());
     health
         .merge(mobile_auth::router(state.mobile_auth))
+        .merge(device::router(state.device))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

@@ -41,6 +41,14 @@ pub struct ConfigFile {
     pub proxy: Proxy,
     /// Route policies, checked in order before those of `proxy.policy_files`.
     pub policies: Vec<PolicyEntry>,
+    /// Push provider accounts (APNs, FCM) that application versions refer to.
+    pub push_configs: Vec<PushConfig>,
+    /// HTTP proxy for outgoing provider calls (push and SMS).
+    pub outgoing_proxy: OutgoingProxy,
+    /// The phone apps devices enroll with.
+    pub applications: Vec<Application>,
+    /// Key and push enrollment rules.
+    pub enrollment: Enrollment,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -215,6 +223,9 @@ pub struct AuthType {
     pub transaction_signing: bool,
     /// Accepts an SMS default message without `{code}`; such an SMS then holds only the code.
     pub allow_message_without_code: bool,
+    /// Push types: show a two-digit number to the requester that the user must pick on the
+    /// phone (against push fatigue); a wrong pick denies.
+    pub number_matching: bool,
 }
 
 impl AuthType {
@@ -223,12 +234,33 @@ impl AuthType {
     pub const DEFAULT_MAX_RESENDS: u32 = 0;
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Callbacks {
     /// When on, init only accepts a `callback_uri` that exactly matches an endpoint below.
     pub only_allow_configured: bool,
     pub endpoints: Vec<CallbackEndpoint>,
+    /// Delivery attempts per callback (the first included) before it is given up; retries
+    /// back off exponentially from 1 s up to 5 minutes.
+    pub max_attempts: u32,
+    /// Limit on one whole callback request (connect, send, answer), in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Callbacks {
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+}
+
+impl Default for Callbacks {
+    fn default() -> Self {
+        Self {
+            only_allow_configured: false,
+            endpoints: Vec::new(),
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -570,6 +602,167 @@ impl Default for Require {
         Self {
             auth_type: String::new(),
             freshness_seconds: 300,
+        }
+    }
+}
+
+/// One push provider account, referenced by `applications[].versions[].push_config`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
+    /// Unique name the application versions refer to.
+    pub id: String,
+    /// `ios` (APNs) or `android` (FCM).
+    pub platform: String,
+    /// iOS: the Apple developer team id (the JWT's `iss`).
+    pub team_id: Option<String>,
+    /// iOS: the id of the APNs auth key (the JWT's `kid`).
+    pub key_id: Option<String>,
+    /// iOS: the `.p8` auth key file from Apple (PKCS#8 PEM), relative to this config file.
+    pub key_file: Option<String>,
+    /// Android: the Firebase service-account JSON file (HTTP v1 API), relative to this config file.
+    pub service_account_file: Option<String>,
+    /// Android: the legacy server key, instead of a service account.
+    pub legacy_server_key: Option<String>,
+    /// Base URL of the provider's send API; only tests and private relays change it. iOS
+    /// default: Apple's production or sandbox host by the app version; Android:
+    /// `https://fcm.googleapis.com`.
+    pub endpoint: Option<String>,
+    /// Android HTTP v1: the OAuth token URL; defaults to the service account's `token_uri`.
+    pub token_uri: Option<String>,
+    /// Android legacy: the send URL; defaults to `https://fcm.googleapis.com/fcm/send`.
+    pub legacy_endpoint: Option<String>,
+    /// Extra trusted root certificates (PEM) for a private endpoint, relative to this config file.
+    pub ca_file: Option<String>,
+}
+
+impl std::fmt::Debug for PushConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("id", &self.id)
+            .field("platform", &self.platform)
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("key_file", &self.key_file)
+            .field("service_account_file", &self.service_account_file)
+            .field("endpoint", &self.endpoint)
+            .field("token_uri", &self.token_uri)
+            .field("legacy_endpoint", &self.legacy_endpoint)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP proxy for every outgoing provider call (APNs, FCM, SMS gateways).
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct OutgoingProxy {
+    pub enabled: bool,
+    /// `http://host:port` (or `https://`).
+    pub url: String,
+    /// Send `Proxy-Authorization` with the first request rather than after a challenge.
+    pub preemptive_auth: bool,
+    /// Basic credentials; `username` and `password` go together.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for OutgoingProxy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            preemptive_auth: true,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for OutgoingProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingProxy")
+            .field("enabled", &self.enabled)
+            .field("url", &super::settings::redact_url_password(&self.url))
+            .field("preemptive_auth", &self.preemptive_auth)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Application {
+    /// Unique id, sent by the app at enrollment and used as `app_id` in API v3.
+    pub id: String,
+    /// Shown in availability answers (`app_name`).
+    pub name: String,
+    /// PIN authentication: needed for `push_with_pin` (and as the fallback of the next two).
+    pub pin: bool,
+    /// Biometric authentication for `push_with_fingerprint`.
+    pub fingerprint: bool,
+    /// A custom authenticator for `push_with_custom_authenticator`.
+    pub custom_authenticator: bool,
+    /// Wrong PINs in a row before the device is disconnected; 0 = unlimited. Default 3.
+    pub max_pin_attempts: Option<u32>,
+    pub versions: Vec<AppVersion>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AppVersion {
+    pub version: String,
+    /// `ios` or `android`.
+    pub platform: String,
+    /// The `push_configs[].id` that delivers to this version (its platform must match).
+    pub push_config: Option<String>,
+    /// iOS: `production` (default) or `development` (the APNs sandbox).
+    pub apns_environment: Option<String>,
+    /// iOS: the app's bundle id, required with a push config (the `apns-topic`).
+    pub bundle_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Enrollment {
+    /// Key enrollment (needed for push and OTP).
+    pub enabled: bool,
+    /// How long a one-time enrollment code is valid.
+    pub code_ttl_seconds: u64,
+    /// A new server key pair per enrollment instead of one shared pair.
+    pub unique_keys_per_enrollment: bool,
+    pub push: PushEnrollment,
+}
+
+impl Default for Enrollment {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            code_ttl_seconds: 600,
+            unique_keys_per_enrollment: false,
+            push: PushEnrollment::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PushEnrollment {
+    /// Devices may register push tokens.
+    pub enrollment_enabled: bool,
+    /// Push transactions may be started.
+    pub authorization_enabled: bool,
+    /// `single` (a second device for the same app fails), `override` (the new one replaces the
+    /// old), `multiple` (API v4 only).
+    pub mode: String,
+}
+
+impl Default for PushEnrollment {
+    fn default() -> Self {
+        Self {
+            enrollment_enabled: true,
+            authorization_enabled: true,
+            mode: "single".into(),
         }
     }
 }

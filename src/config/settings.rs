@@ -9,7 +9,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
+use crate::domain::application::Applications;
 use crate::domain::auth_type::AuthTypes;
+use crate::domain::device::PushEnrollmentMode;
 use crate::domain::code::SecretKey;
 use crate::domain::policy::PolicySet;
 
@@ -33,6 +35,22 @@ pub struct Settings {
     /// Inline policies first, then those of `proxy.policy_files`.
     pub policies: PolicySet,
     pub proxy: ProxySettings,
+    /// `push_configs`, keys loaded and checked.
+    pub push_configs: Vec<PushConfigSettings>,
+    /// `None` when `outgoing_proxy.enabled` is off.
+    pub outgoing_proxy: Option<OutgoingProxySettings>,
+    pub applications: Applications,
+    pub enrollment: EnrollmentSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentSettings {
+    pub enabled: bool,
+    pub code_ttl: Duration,
+    pub unique_keys_per_enrollment: bool,
+    pub push_enrollment_enabled: bool,
+    pub push_authorization_enabled: bool,
+    pub mode: PushEnrollmentMode,
 }
 
 #[derive(Debug, Clone)]
@@ -219,10 +237,25 @@ impl fmt::Debug for ApiClient {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallbackSettings {
     pub only_allow_configured: bool,
     pub endpoints: Vec<CallbackEndpoint>,
+    /// Delivery attempts per callback, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Limit on one whole callback request (connect, send, answer).
+    pub timeout: Duration,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        Self {
+            only_allow_configured: false,
+            endpoints: Vec::new(),
+            max_attempts: 10,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -441,6 +474,125 @@ pub fn url_for_logs(url: &Url) -> String {
         shown.set_query(Some("***"));
     }
     shown.to_string()
+}
+
+/// One `push_configs[]` entry, its key read and proven usable when the config loaded.
+#[derive(Debug, Clone)]
+pub struct PushConfigSettings {
+    pub id: String,
+    pub provider: PushProviderSettings,
+    /// Extra trusted root certificates (PEM, checked at load) for private endpoints and tests.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl PushConfigSettings {
+    pub fn platform(&self) -> crate::domain::device::Platform {
+        match self.provider {
+            PushProviderSettings::Apns(_) => crate::domain::device::Platform::Ios,
+            PushProviderSettings::FcmV1(_) | PushProviderSettings::FcmLegacy(_) => {
+                crate::domain::device::Platform::Android
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PushProviderSettings {
+    Apns(ApnsSettings),
+    FcmV1(FcmV1Settings),
+    FcmLegacy(FcmLegacySettings),
+}
+
+/// APNs token auth: ES256 JWTs signed with the team's .p8 key.
+#[derive(Clone)]
+pub struct ApnsSettings {
+    pub team_id: String,
+    pub key_id: String,
+    /// For messages only; the key itself is `key`.
+    pub key_file: PathBuf,
+    pub key: jsonwebtoken::EncodingKey,
+    /// `None`: Apple's production or sandbox host by the app version's environment.
+    pub endpoint: Option<Url>,
+}
+
+impl fmt::Debug for ApnsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApnsSettings")
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("key_file", &self.key_file)
+            .field("endpoint", &self.endpoint.as_ref().map(Url::as_str))
+            .finish_non_exhaustive()
+    }
+}
+
+/// FCM HTTP v1 with a service account: OAuth2 JWT-bearer grant, then `messages:send`.
+#[derive(Clone)]
+pub struct FcmV1Settings {
+    pub project_id: String,
+    pub client_email: String,
+    /// The key's id, sent as the assertion's `kid` when the file has one.
+    pub private_key_id: Option<String>,
+    pub key: jsonwebtoken::EncodingKey,
+    pub service_account_file: PathBuf,
+    /// The config's `token_uri`, else the service account's.
+    pub token_uri: Url,
+    /// Base URL of the send API (`https://fcm.googleapis.com`).
+    pub endpoint: Url,
+}
+
+impl fmt::Debug for FcmV1Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FcmV1Settings")
+            .field("project_id", &self.project_id)
+            .field("client_email", &self.client_email)
+            .field("service_account_file", &self.service_account_file)
+            .field("token_uri", &self.token_uri.as_str())
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The legacy FCM API with a server key (`Authorization: key=...`).
+#[derive(Clone)]
+pub struct FcmLegacySettings {
+    pub server_key: String,
+    /// The full send URL (`https://fcm.googleapis.com/fcm/send`).
+    pub endpoint: Url,
+}
+
+impl fmt::Debug for FcmLegacySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FcmLegacySettings")
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP proxy every outgoing provider call (push, SMS) goes through, when enabled.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutgoingProxySettings {
+    /// `http://` or `https://` proxy URL, without credentials.
+    pub url: Url,
+    /// Basic credentials for `Proxy-Authorization`.
+    pub credentials: Option<(String, String)>,
+    /// Send the credentials with the first request. The HTTP client cannot answer a 407
+    /// challenge, so configured credentials are always sent up front; `false` is accepted for
+    /// compatibility and logged.
+    pub preemptive_auth: bool,
+}
+
+impl fmt::Debug for OutgoingProxySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutgoingProxySettings")
+            .field("url", &url_for_logs(&self.url))
+            .field(
+                "username",
+                &self.credentials.as_ref().map(|(user, _)| user),
+            )
+            .field("preemptive_auth", &self.preemptive_auth)
+            .finish()
+    }
 }
 
 #[cfg(test)]

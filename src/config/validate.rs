@@ -28,7 +28,9 @@ use crate::domain::policy::{
     Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
 };
 
+mod devices;
 mod proxy;
+mod push;
 
 /// One problem: the config path it concerns and what is wrong, ending in what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,10 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let default_decision = default_action(&file.proxy, &mut problems);
     let base = source.parent().unwrap_or_else(|| Path::new("."));
     let proxy = proxy::compile(&file.proxy, base, &mut problems);
+    let push_configs = push::compile(&file.push_configs, base, &mut problems);
+    let outgoing_proxy = push::outgoing_proxy(&file.outgoing_proxy, &mut problems);
+    let applications = devices::applications(&file.applications, &file.push_configs, &mut problems);
+    let enrollment = devices::enrollment(&file.enrollment, &mut problems);
     let mut policy_names = HashSet::new();
     let (inline_policies, policy_problems) =
         policies(&file.policies, auth_types.as_ref(), &mut policy_names);
@@ -125,6 +131,10 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
                 default: default_decision,
             },
             proxy,
+            push_configs,
+            outgoing_proxy,
+            applications,
+            enrollment,
         }),
         _ => Err(problems.0),
     }
@@ -534,6 +544,12 @@ fn auth_type(
             "otp codes are shown, not sent, so they cannot be resent (expected 0 or nothing)",
         );
     }
+    if raw.number_matching && method.is_some_and(|m| !m.is_push()) {
+        problems.add(
+            at("number_matching"),
+            "only push types match numbers (expected false)",
+        );
+    }
     if raw.transaction_signing && method.is_some_and(|m| !m.is_push()) {
         problems.add(
             at("transaction_signing"),
@@ -585,6 +601,7 @@ fn auth_type(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
         transaction_signing: raw.transaction_signing,
+        number_matching: raw.number_matching,
     })
 }
 
@@ -622,11 +639,39 @@ fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> Callback
     if callbacks.only_allow_configured && callbacks.endpoints.is_empty() {
         problems.add("callbacks.only_allow_configured", "no endpoints are configured, so every push and otp init would be refused (expected endpoints, or false)");
     }
+    if !CALLBACK_MAX_ATTEMPTS.contains(&callbacks.max_attempts) {
+        problems.add(
+            "callbacks.max_attempts",
+            format!(
+                "{} is out of range (expected {} to {})",
+                callbacks.max_attempts,
+                CALLBACK_MAX_ATTEMPTS.start(),
+                CALLBACK_MAX_ATTEMPTS.end()
+            ),
+        );
+    }
+    if !CALLBACK_TIMEOUT_MS.contains(&callbacks.timeout_ms) {
+        problems.add(
+            "callbacks.timeout_ms",
+            format!(
+                "{} is out of range (expected {} to {})",
+                callbacks.timeout_ms,
+                CALLBACK_TIMEOUT_MS.start(),
+                CALLBACK_TIMEOUT_MS.end()
+            ),
+        );
+    }
     CallbackSettings {
         only_allow_configured: callbacks.only_allow_configured,
         endpoints,
+        max_attempts: callbacks.max_attempts,
+        timeout: Duration::from_millis(callbacks.timeout_ms),
     }
 }
+
+/// With the 5-minute cap on the backoff, 100 attempts span more than 8 hours.
+const CALLBACK_MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=100;
+const CALLBACK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 /// A CIDR, or a bare address meaning just that host.
 fn parse_network(text: &str) -> Result<IpNet, ipnet::AddrParseError> {

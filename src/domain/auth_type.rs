@@ -97,6 +97,8 @@ pub struct AuthType {
     /// Message templates keyed by lower-case language code.
     pub default_messages: BTreeMap<String, String>,
     pub transaction_signing: bool,
+    /// Push: the requester sees a two-digit number the user must pick on the phone.
+    pub number_matching: bool,
 }
 
 impl AuthType {
@@ -252,6 +254,7 @@ mod tests {
                 ("nl".into(), "Uw code: {code}".into()),
             ]),
             transaction_signing: false,
+            number_matching: false,
         }
     }
 

@@ -4,13 +4,18 @@
 //! Owns every rule that decides whether a step-up succeeds. Knows nothing of HTTP, pingora, Redis,
 //! YAML or the network, and may import nothing else from this crate.
 
+pub mod application;
 pub mod auth_type;
+pub mod callback;
 pub mod clock;
 pub mod code;
+pub mod device;
+pub mod device_crypto;
 pub mod grant;
 pub mod held;
 pub mod policy;
 pub mod ports;
+pub mod push;
 pub mod regulation;
 pub mod sms;
 pub mod transaction;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::auth_type::Method;
+use super::clock::Timestamp;
 use super::code::CodeHash;
+use super::device::{Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome};
 use super::held::{HeldRequest, HeldTicket};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use super::transaction::{Transaction, TransactionId};
@@ -162,4 +164,86 @@ pub trait HeldRequestStore: Send + Sync {
 
     /// The transaction id of the latest request held with this `user_key`, while it is held.
     async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError>;
+}
+
+/// Enrolled devices, one-time enrollment codes and the small atomic counters of the device
+/// protocol. Every method is one atomic step (one Lua script on Redis).
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
+    /// Stores a one-time enrollment code (its HMAC only) for `user_id`, valid for `ttl`.
+    async fn create_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+        user_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Whether the code exists, without using it (the QR endpoint). `Some(user_id)`.
+    async fn peek_enrollment_code(&self, code_hash: &CodeHash)
+    -> Result<Option<String>, StoreError>;
+
+    /// Uses the code up: of two concurrent redemptions one gets the user id, the other `None`.
+    async fn redeem_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn insert_device(&self, device: &Device) -> Result<(), StoreError>;
+
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>, StoreError>;
+
+    /// The user's devices, oldest first.
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+
+    /// Deletes the device, its push registration, token index and PIN counter. `false` when
+    /// there was none.
+    async fn delete_device(&self, id: &DeviceId) -> Result<bool, StoreError>;
+
+    /// Replaces the device record's mutable parts written by the services (keys after
+    /// `disableFingerprint`, `last_used_at`); the push registration is left as it is in the
+    /// store (use `register_push` / `drop_push`).
+    async fn update_device(&self, device: &Device) -> Result<bool, StoreError>;
+
+    /// Registers (or replaces) the device's push registration under `mode`, atomically with
+    /// the checks: the token may not belong to another device; in single mode no other device of
+    /// the same user and application may hold one; in override mode theirs are dropped.
+    async fn register_push(
+        &self,
+        id: &DeviceId,
+        registration: &PushRegistration,
+        mode: PushEnrollmentMode,
+    ) -> Result<PushRegistrationOutcome, StoreError>;
+
+    /// Drops the device's push registration (keys stay). `false` when it had none.
+    async fn drop_push(&self, id: &DeviceId) -> Result<bool, StoreError>;
+
+    /// Drops whichever registration holds `token` (the provider said it is invalid).
+    async fn drop_push_by_token(&self, token: &str) -> Result<Option<DeviceId>, StoreError>;
+
+    /// Counts one wrong PIN; at `max_pin_attempts` (0 = unlimited) the device is deleted as
+    /// in `delete_device`, in the same step (`device::pin_failure`).
+    async fn record_pin_failure(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinFailure, StoreError>;
+
+    /// A correct PIN resets the count; returns the wrong PINs counted before (0 when none), so
+    /// the answer can report its used attempts.
+    async fn reset_pin_failures(&self, id: &DeviceId) -> Result<u32, StoreError>;
+
+    /// `true` the first time `key` is claimed within `ttl`, `false` after (request nonces,
+    /// fetch-once details).
+    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Remembers a push transaction for the device's pending list until `expires_at`.
+    async fn add_pending(
+        &self,
+        id: &DeviceId,
+        transaction: &TransactionId,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// The device's remembered transactions that have not expired, oldest first.
+    async fn pending(&self, id: &DeviceId) -> Result<Vec<TransactionId>, StoreError>;
 }

@@ -6,7 +6,7 @@
 
 use super::clock::Timestamp;
 use super::code::CodeHash;
-use super::transaction::{Reason, Status, Transaction};
+use super::transaction::{Evidence, Reason, Status, Transaction};
 
 /// A fixed-window limit: at most `limit` hits per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +147,7 @@ pub struct Finish {
     pub reason: Option<Reason>,
     /// Links the transaction to a user (OTP learns its user only when a phone answers).
     pub user_id: Option<String>,
+    pub evidence: Option<Evidence>,
 }
 
 /// Compare-and-set from pending to a terminal state.
@@ -163,6 +164,7 @@ pub fn finish(tx: &mut Transaction, update: &Finish, now: Timestamp) -> FinishOu
     if update.user_id.is_some() {
         tx.user_id.clone_from(&update.user_id);
     }
+    tx.evidence.clone_from(&update.evidence);
     FinishOutcome::Finished
 }
 
@@ -178,6 +180,7 @@ mod tests {
         let id = TransactionId::random();
         let code = OneTimeCode::parse("111111").unwrap();
         let tx = Transaction {
+            evidence: None,
             id,
             auth_type: "sms".into(),
             method: Method::Sms,
@@ -318,11 +321,13 @@ mod tests {
     fn finish_is_a_compare_and_set_from_pending() {
         let (mut tx, _) = sms_tx(3, 0);
         let deny = Finish {
+            evidence: None,
             status: Status::Denied,
             reason: Some(Reason::NotAccepted),
             user_id: None,
         };
         let approve = Finish {
+            evidence: None,
             status: Status::Approved,
             reason: None,
             user_id: Some("v".into()),

@@ -178,6 +178,8 @@ pub struct Transaction {
     pub max_resends: u32,
     pub code_hash: Option<CodeHash>,
     pub reason: Option<Reason>,
+    /// How a push or OTP answer was made, recorded when the transaction finished.
+    pub evidence: Option<Evidence>,
     pub details: Details,
 }
 
@@ -196,6 +198,42 @@ pub struct Details {
     pub phone_number: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_id: Option<String>,
+    /// Push: the device the push went to, and its application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// Data the device signs when the type signs transactions; delivered encrypted, never in
+    /// the push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_data: Option<String>,
+    /// Number matching: the two-digit number shown to the requester, which the user must pick
+    /// on the phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u8>,
+}
+
+/// What the answer of a push or OTP transaction proved, for the result API
+/// (`authentication_method`, `used_authentication_attempts`, `signature`, `user_public_key`,
+/// `signature_verified`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The method the answer satisfied, e.g. `push_with_pin` (after a fallback to the PIN for
+    /// a fingerprint type, still the type's method: the reference reports the method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_method: Option<String>,
+    /// The authenticator that signed the answer: `device`, `pin`, `biometric`, `custom_authenticator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticator: Option<String>,
+    /// PIN attempts this answer took, the right one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_verified: Option<bool>,
 }
 
 impl Transaction {

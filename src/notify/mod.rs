@@ -9,7 +9,10 @@
 //!
 //! May import: domain, config, telemetry.
 
+pub mod callback;
 mod outbound;
+pub mod outgoing;
+pub mod push;
 pub mod sms;
 
 use std::path::PathBuf;

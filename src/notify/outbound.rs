@@ -1,35 +1,14 @@
-//! The HTTP client every provider shares the settings of: rustls with the ring provider, a
-//! whole-request timeout, no redirects; plus failure descriptions that carry no URL (a query may
-//! hold an API key) and a capped read of error bodies.
+//! What every provider client shares besides its construction (which is `outgoing`'s: no
+//! redirects, the outgoing proxy): failure descriptions that carry no URL (a query may hold an
+//! API key) and a capped read of error bodies.
 //!
 //! May import: `notify` itself (nothing else in the crate).
 
 use std::error::Error as _;
 use std::time::Duration;
 
-use super::NotifyError;
-
 /// Response bodies are read up to this size; the rest is ignored.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
-
-pub(crate) fn client(
-    provider: &'static str,
-    timeout: Duration,
-) -> Result<reqwest::Client, NotifyError> {
-    // reqwest is built without a rustls provider; pingora uses ring, so both agree on it. A
-    // second install finds it in place, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("stepgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|error| NotifyError::HttpClient {
-            provider,
-            reason: describe_failure(error, timeout),
-        })
-}
 
 /// What went wrong with a request, without its URL.
 pub(crate) fn describe_failure(error: reqwest::Error, timeout: Duration) -> String {

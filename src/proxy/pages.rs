@@ -9,8 +9,6 @@
 //! bodies, no `style=` attributes, no `on*=` handlers. Every dynamic value is HTML-escaped, and the
 //! transaction id is also percent-encoded where it becomes part of a URL path.
 
-use qrcode::QrCode;
-use qrcode::render::svg;
 
 /// Where [`SCRIPT`] is served.
 pub const SCRIPT_PATH: &str = "/.stepgate/assets/stepgate.js";
@@ -244,18 +242,7 @@ fn layout(title_html: &str, main_attrs: &str, body: &str) -> String {
 /// The QR code of `text` as an inline `<svg>` element (at least 200x200, white quiet zone),
 /// without the XML prolog. `None` if the text does not fit in a QR code.
 pub fn qr_svg(text: &str) -> Option<String> {
-    let code = QrCode::new(text.as_bytes()).ok()?;
-    let image = code
-        .render::<svg::Color<'_>>()
-        .min_dimensions(200, 200)
-        .dark_color(svg::Color("#000"))
-        .light_color(svg::Color("#fff"))
-        .build();
-    let start = image.find("<svg")?;
-    let rest = image.get(start + "<svg".len()..)?;
-    Some(format!(
-        r#"<svg class="qr" role="img" aria-label="QR code"{rest}"#
-    ))
+    crate::qr::svg(text)
 }
 
 /// `text` with `& < > " '` replaced by entities, safe in element content and quoted attributes.

@@ -5,7 +5,10 @@
 //!
 //! May import: domain, telemetry.
 
+pub mod callbacks;
+pub mod devices;
 pub mod health;
+pub mod push;
 pub mod sms;
 pub mod stepup;
 pub mod transactions;

@@ -212,6 +212,7 @@ impl SmsService {
             Ok(()) => Ok(tx),
             Err(error) => {
                 let failed = Finish {
+                    evidence: None,
                     status: Status::Failed,
                     reason: Some(Reason::FailedToSend),
                     user_id: None,

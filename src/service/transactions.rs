@@ -70,6 +70,7 @@ impl TransactionEngine {
         let id = TransactionId::random();
         let code = (auth_type.method == Method::Sms).then(|| OneTimeCode::generate(&mut OsRng));
         let transaction = Transaction {
+            evidence: None,
             id,
             auth_type: auth_type.name.clone(),
             method: auth_type.method,
@@ -184,6 +185,7 @@ mod tests {
             fallback: None,
             default_messages: BTreeMap::new(),
             transaction_signing: false,
+            number_matching: false,
         }
     }
 
@@ -354,6 +356,7 @@ mod tests {
             VerifyOutcome::NoCode
         );
         let deny = Finish {
+            evidence: None,
             status: Status::Denied,
             reason: Some(Reason::NotAccepted),
             user_id: None,

@@ -25,7 +25,7 @@ use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
 use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
-use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
 
 /// The Redis server the tests use.
 pub(crate) fn test_redis_url() -> String {
@@ -189,6 +189,7 @@ impl Harness {
         let id = TransactionId::random();
         let now = self.now();
         Transaction {
+            evidence: None,
             id,
             auth_type: "sms_login".into(),
             method: Method::Sms,
@@ -244,6 +245,7 @@ impl Harness {
 
 fn finish(status: Status, reason: Option<Reason>, user_id: Option<&str>) -> Finish {
     Finish {
+        evidence: None,
         status,
         reason,
         user_id: user_id.map(str::to_owned),
@@ -256,6 +258,7 @@ pub(super) async fn round_trip_keeps_every_field(h: &Harness) {
     let now = h.now();
     let id = TransactionId::random();
     let full = Transaction {
+        evidence: None,
         id,
         auth_type: "sms_fallback".into(),
         method: Method::PushWithPin,
@@ -277,6 +280,10 @@ pub(super) async fn round_trip_keeps_every_field(h: &Harness) {
             language: Some("nl".into()),
             phone_number: Some("+31600000000".into()),
             sender_id: Some("Bank".into()),
+            device_id: Some("ab".repeat(32)),
+            application: Some("bank-app".into()),
+            signing_data: Some("{\"amount\":\"100.00\"}".into()),
+            number: Some(47),
         },
     };
     h.tx.insert(&full).await.unwrap();
@@ -600,6 +607,27 @@ pub(super) async fn finish_links_the_user_and_keeps_it_otherwise(h: &Harness) {
     let stored = h.stored(&push.id).await;
     assert_eq!(stored.user_id.as_deref(), Some("user-1"));
     assert_eq!(stored.reason, Some(Reason::FailedToSend));
+    assert_eq!(stored.evidence, None);
+
+    // The evidence of an answer is kept with the final state.
+    let signed = h.inserted(h.push()).await;
+    let evidence = Evidence {
+        authentication_method: Some("push_with_pin".into()),
+        authenticator: Some("pin".into()),
+        used_attempts: Some(2),
+        signature: Some("c2ln".into()),
+        user_public_key: Some("-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n".into()),
+        signature_verified: Some(true),
+    };
+    let approve = Finish {
+        evidence: Some(evidence.clone()),
+        ..finish(Status::Approved, None, None)
+    };
+    assert_eq!(
+        h.tx.finish(&signed.id, &approve).await.unwrap(),
+        Some(FinishOutcome::Finished)
+    );
+    assert_eq!(h.stored(&signed.id).await.evidence, Some(evidence));
 }
 
 pub(super) async fn verify_answers_only_the_owner_and_names_the_transaction(h: &Harness) {

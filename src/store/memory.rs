@@ -349,6 +349,7 @@ mod tests {
     fn pending(clock: &ManualClock, ttl: Duration) -> Transaction {
         let now = clock.now();
         Transaction {
+            evidence: None,
             id: TransactionId::random(),
             auth_type: "push".into(),
             method: Method::Push,

@@ -3,6 +3,8 @@
 //!
 //! May import: domain, telemetry.
 
+pub mod callbacks;
+pub mod devices;
 pub mod instrumented;
 pub mod memory;
 pub mod redis;

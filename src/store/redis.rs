@@ -7,7 +7,8 @@
 //!   `data` holds the immutable parts as JSON (`auth_type`, `method`, `created_at`, `details`);
 //!   the scalar fields `status`, `attempts`, `max_attempts`, `resends`, `max_resends`,
 //!   `expires_at` (epoch ms), `code` (hex HMAC, empty when none), `reason` (empty when none),
-//!   `finished_at` (epoch ms, empty when none) and `user_id` (absent when none) are what the
+//!   `finished_at` (epoch ms, empty when none), `user_id` (absent when none) and `evidence`
+//!   (JSON, absent when none) are what the
 //!   scripts read and write. The key's TTL is `(expires_at - now) + retention`, set with a
 //!   relative PEXPIRE from the injected clock.
 //! - `{prefix}rl:<key>`: a fixed-window counter (INCR, PEXPIRE on the first hit).
@@ -89,6 +90,7 @@ const F_CODE: &str = "code";
 const F_REASON: &str = "reason";
 const F_USER_ID: &str = "user_id";
 const F_FINISHED_AT: &str = "finished_at";
+const F_EVIDENCE: &str = "evidence";
 
 // Held request hash fields.
 const F_HELD_TICKET: &str = "ticket";
@@ -275,9 +277,14 @@ impl RedisStore {
         })
     }
 
+    /// The configured key prefix, for the other Redis-backed stores sharing this connection.
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The shared connection, made on first use. A failed connect leaves the cell empty, so the
     /// next call tries again.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    pub async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let manager = self
             .connection
             .get_or_try_init(|| {
@@ -289,8 +296,9 @@ impl RedisStore {
         Ok(manager.clone())
     }
 
-    /// Runs one call on the connection, bounded by the connect and response timeouts.
-    async fn call<T, F, Fut>(&self, operation: &'static str, run: F) -> Result<T, StoreError>
+    /// Runs one call on the connection, bounded by the connect and response timeouts (also for
+    /// the other Redis-backed stores sharing this connection).
+    pub async fn call<T, F, Fut>(&self, operation: &'static str, run: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
@@ -419,6 +427,10 @@ fn decode(id: TransactionId, fields: &HashMap<String, String>) -> Result<Transac
         max_resends: counter(F_MAX_RESENDS)?,
         code_hash,
         reason,
+        evidence: optional(F_EVIDENCE)
+            .map(|json| serde_json::from_str(json))
+            .transpose()
+            .map_err(|err| corrupt(format!("field {F_EVIDENCE}: {err}")))?,
         details: immutable.details,
     })
 }
@@ -571,6 +583,11 @@ impl TransactionStore for RedisStore {
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError> {
         let reason = update.reason.map(Reason::as_str).unwrap_or_default();
+        let evidence = match &update.evidence {
+            Some(evidence) => serde_json::to_string(evidence)
+                .map_err(|err| corrupt(format!("evidence: {err}")))?,
+            None => String::new(),
+        };
         let (link, user_id) = match &update.user_id {
             Some(user_id) => ("1", user_id.as_str()),
             None => ("0", ""),
@@ -580,7 +597,7 @@ impl TransactionStore for RedisStore {
                 "finish",
                 &self.scripts.finish,
                 id,
-                &[update.status.as_str(), reason, link, user_id],
+                &[update.status.as_str(), reason, link, user_id, &evidence],
             )
             .await?;
         let outcome = match reply.0 {
@@ -993,6 +1010,7 @@ mod tests {
         let id = TransactionId::random();
         let code = CodeHash::from_hex(&"ab".repeat(32)).unwrap();
         let tx = Transaction {
+            evidence: None,
             id,
             auth_type: "sms".into(),
             method: Method::Sms,

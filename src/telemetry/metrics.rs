@@ -230,6 +230,78 @@ pub fn policy_reload(rules: Option<usize>) {
     }
 }
 
+// --- push providers (recorded once per send by `notify::push::PushSenders`) ----------------------
+
+pub const PUSH_SENDS: &str = "stepgate_push_sends_total";
+pub const PUSH_PROVIDER_SECONDS: &str = "stepgate_push_provider_seconds";
+
+static PUSH_SENDS_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        PUSH_SENDS,
+        "Push send attempts by provider (apns | fcm | fcm_legacy | none) and result (sent | unregistered | unavailable | rejected | unknown_config).",
+        &["provider", "result"],
+    )
+});
+
+static PUSH_PROVIDER_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        PUSH_PROVIDER_SECONDS,
+        "Time a push provider took to accept or refuse one push (token fetches included), by provider.",
+        &["provider"],
+        vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
+    )
+});
+
+/// One push send finished. `result` is `sent` or a `PushError` label.
+pub fn record_push_send(provider: &'static str, result: &'static str, elapsed: Duration) {
+    PUSH_SENDS_COUNTER
+        .with_label_values(&[provider, result])
+        .inc();
+    PUSH_PROVIDER_LATENCY
+        .with_label_values(&[provider])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A push named a push config that does not exist; no provider was asked.
+pub fn push_unknown_config() {
+    PUSH_SENDS_COUNTER
+        .with_label_values(&["none", "unknown_config"])
+        .inc();
+}
+
+// --- portal callbacks (recorded by `service::callbacks` once per delivery attempt) -------------
+
+pub const CALLBACKS: &str = "stepgate_callbacks_total";
+
+static CALLBACK_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let counter = counter_vec(
+        CALLBACKS,
+        "Portal callback delivery attempts by result (delivered | retried: failed and scheduled again | failed: rejected or out of attempts, given up).",
+        &["result"],
+    );
+    for result in ["delivered", "retried", "failed"] {
+        counter.with_label_values(&[result]);
+    }
+    counter
+});
+
+/// A portal accepted a callback (2xx).
+pub fn callback_delivered() {
+    CALLBACK_COUNTER.with_label_values(&["delivered"]).inc();
+}
+
+/// A callback attempt failed in a way worth retrying, and the callback is scheduled again.
+pub fn callback_retried() {
+    CALLBACK_COUNTER.with_label_values(&["retried"]).inc();
+}
+
+/// A callback was given up: the portal refused it, or it ran out of attempts.
+pub fn callback_failed() {
+    CALLBACK_COUNTER.with_label_values(&["failed"]).inc();
+}
+
 fn unregistered_gauge(name: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(prometheus::Opts::new(name, "unregistered"), labels)
         .unwrap_or_else(|_| unreachable!("static gauge options are valid"))
@@ -275,6 +347,9 @@ pub fn register_all() {
     LazyLock::force(&PROXY_LATENCY);
     LazyLock::force(&POLICY_RELOAD_COUNTER);
     LazyLock::force(&POLICY_RULES_GAUGE);
+    LazyLock::force(&PUSH_SENDS_COUNTER);
+    LazyLock::force(&PUSH_PROVIDER_LATENCY);
+    LazyLock::force(&CALLBACK_COUNTER);
 }
 
 /// The Prometheus text exposition of every registered metric.

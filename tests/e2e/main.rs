@@ -5,12 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod callbacks;
 mod cdp;
 mod cli;
 mod demo;
+mod device_cli;
 mod fakes;
 mod harness;
 mod proxy;
+mod push_delivery;
 mod redis_outage;
 mod serving;
 mod sms_flow;

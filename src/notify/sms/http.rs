@@ -10,8 +10,11 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::super::NotifyError;
-use super::super::outbound::{client, describe_failure, read_capped};
-use crate::config::settings::{BodyTemplate, HttpAuth, HttpBodyFormat, HttpGatewaySettings};
+use super::super::outbound::{describe_failure, read_capped};
+use super::super::outgoing;
+use crate::config::settings::{
+    BodyTemplate, HttpAuth, HttpBodyFormat, HttpGatewaySettings, OutgoingProxySettings,
+};
 use crate::domain::ports::{SendError, SmsMessage, SmsSender};
 
 const PROVIDER: &str = "http";
@@ -53,6 +56,15 @@ impl std::fmt::Debug for HttpSender {
 
 impl HttpSender {
     pub fn new(settings: &HttpGatewaySettings, timeout: Duration) -> Result<Self, NotifyError> {
+        Self::with_proxy(settings, timeout, None)
+    }
+
+    /// As `new`, with every request through the outgoing proxy when one is configured.
+    pub fn with_proxy(
+        settings: &HttpGatewaySettings,
+        timeout: Duration,
+        proxy: Option<&OutgoingProxySettings>,
+    ) -> Result<Self, NotifyError> {
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let invalid = |what: &str| NotifyError::HttpClient {
@@ -67,7 +79,7 @@ impl HttpSender {
             headers.append(name_parsed, value);
         }
         Ok(Self {
-            client: client(PROVIDER, timeout)?,
+            client: outgoing::client(PROVIDER, timeout, proxy)?,
             url: settings.url.clone(),
             format: settings.format,
             auth: settings.auth.clone(),

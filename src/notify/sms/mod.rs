@@ -18,7 +18,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::NotifyError;
-use crate::config::settings::{SmsGateway, SmsSettings};
+use crate::config::settings::{OutgoingProxySettings, SmsGateway, SmsSettings};
 use crate::domain::ports::{SendError, SmsMessage, SmsSender};
 use crate::telemetry::metrics;
 
@@ -30,14 +30,25 @@ pub use self::twilio::TwilioSender;
 /// The sender for the configured gateway, instrumented. Opens no connection and touches no
 /// file: connections are made by the first send, on the runtime that sends.
 pub fn build(settings: &SmsSettings) -> Result<Arc<dyn SmsSender>, NotifyError> {
+    build_with_proxy(settings, None)
+}
+
+/// As `build`, with the HTTP gateways' requests through the outgoing proxy when one is set.
+pub fn build_with_proxy(
+    settings: &SmsSettings,
+    proxy: Option<&OutgoingProxySettings>,
+) -> Result<Arc<dyn SmsSender>, NotifyError> {
     Ok(match &settings.gateway {
-        SmsGateway::Twilio(twilio) => Arc::new(Instrumented::new(TwilioSender::new(
+        SmsGateway::Twilio(twilio) => Arc::new(Instrumented::new(TwilioSender::with_proxy(
             twilio,
             settings.timeout,
+            proxy,
         )?)),
-        SmsGateway::Http(http) => {
-            Arc::new(Instrumented::new(HttpSender::new(http, settings.timeout)?))
-        }
+        SmsGateway::Http(http) => Arc::new(Instrumented::new(HttpSender::with_proxy(
+            http,
+            settings.timeout,
+            proxy,
+        )?)),
         SmsGateway::File(file) => Arc::new(Instrumented::new(FileSender::new(file))),
         SmsGateway::Console => Arc::new(Instrumented::new(ConsoleSender::new())),
     })
@@ -49,13 +60,21 @@ pub fn build(settings: &SmsSettings) -> Result<Arc<dyn SmsSender>, NotifyError> 
 /// request); the outbox file can be opened for appending; the console gateway warns that it
 /// shows codes.
 pub async fn startup_check(settings: &SmsSettings) -> Result<(), NotifyError> {
+    startup_check_with_proxy(settings, None).await
+}
+
+/// As `startup_check`, through the outgoing proxy when one is set.
+pub async fn startup_check_with_proxy(
+    settings: &SmsSettings,
+    proxy: Option<&OutgoingProxySettings>,
+) -> Result<(), NotifyError> {
     match &settings.gateway {
         SmsGateway::Twilio(twilio) => {
-            TwilioSender::new(twilio, settings.timeout)?
+            TwilioSender::with_proxy(twilio, settings.timeout, proxy)?
                 .check_account()
                 .await
         }
-        SmsGateway::Http(http) => HttpSender::new(http, settings.timeout).map(drop),
+        SmsGateway::Http(http) => HttpSender::with_proxy(http, settings.timeout, proxy).map(drop),
         SmsGateway::File(file) => FileSender::new(file).check_writable().await,
         SmsGateway::Console => {
             ConsoleSender::warn_demo_only();

@@ -14,8 +14,9 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::super::NotifyError;
-use super::super::outbound::{client, describe_failure, read_capped};
-use crate::config::settings::TwilioSettings;
+use super::super::outbound::{describe_failure, read_capped};
+use super::super::outgoing;
+use crate::config::settings::{OutgoingProxySettings, TwilioSettings};
 use crate::domain::ports::{SendError, SmsMessage, SmsSender};
 
 const PROVIDER: &str = "twilio";
@@ -125,10 +126,19 @@ impl std::fmt::Debug for TwilioSender {
 
 impl TwilioSender {
     pub fn new(settings: &TwilioSettings, timeout: Duration) -> Result<Self, NotifyError> {
+        Self::with_proxy(settings, timeout, None)
+    }
+
+    /// As `new`, with every request through the outgoing proxy when one is configured.
+    pub fn with_proxy(
+        settings: &TwilioSettings,
+        timeout: Duration,
+        proxy: Option<&OutgoingProxySettings>,
+    ) -> Result<Self, NotifyError> {
         let base = settings.base_url.as_str().trim_end_matches('/');
         let account_url = format!("{base}/2010-04-01/Accounts/{}", settings.account_sid);
         Ok(Self {
-            client: client(PROVIDER, timeout)?,
+            client: outgoing::client(PROVIDER, timeout, proxy)?,
             messages_url: format!("{account_url}/Messages.json"),
             account_url: format!("{account_url}.json"),
             account_sid: settings.account_sid.clone(),

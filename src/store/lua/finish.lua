@@ -1,6 +1,6 @@
 -- regulation::finish: compare-and-set from pending to a terminal state.
 -- ARGV[3]: the new status. ARGV[4]: the reason, or '' for none. ARGV[5]: '1' when ARGV[6] holds a
--- user id to link, '0' to keep the stored one.
+-- user id to link, '0' to keep the stored one. ARGV[7]: the evidence JSON, or '' for none.
 -- Replies: Finished {1}, Expired {4}, NotPending {5, 0, 0, status}.
 local tx, reply = load_tx()
 if not tx then
@@ -16,5 +16,8 @@ end
 redis.call('HSET', key, 'status', ARGV[3], 'reason', ARGV[4], 'finished_at', now_arg)
 if ARGV[5] == '1' then
   redis.call('HSET', key, 'user_id', ARGV[6])
+end
+if ARGV[7] ~= '' then
+  redis.call('HSET', key, 'evidence', ARGV[7])
 end
 return { R_OK, 0, 0, '' }

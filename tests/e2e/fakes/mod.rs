@@ -2,6 +2,10 @@
 //! from its own thread and runtime, so a test that blocks (waiting for a gate process to boot,
 //! which may call the fake for its startup check) never starves it.
 
+pub mod apns;
+pub mod callback;
+pub mod fcm;
+pub mod push_keys;
 pub mod twilio;
 pub mod upstream;
 

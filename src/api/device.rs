@@ -1,0 +1,372 @@
+//! The device protocol's HTTP side (`docs/device-protocol.md`): enrollment, push registration,
+//! the pending list, once-only transaction details and answers, under `/device/v1`. Every call
+//! but enrollment is verified as a signed request before anything else happens. Errors are
+//! `{"error","error_description"}` with the statuses the protocol lists.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::json_response;
+use crate::domain::device::{Authenticator, DeviceKeys, Platform};
+use crate::domain::transaction::{Status, TransactionId};
+use crate::service::devices::{DeviceError, DeviceService, EnrollRequest, SignedRequest};
+use crate::service::push::{Answer, PushService, PushServiceError};
+
+pub struct DeviceApiState {
+    pub devices: DeviceService,
+    pub push: PushService,
+}
+
+type Shared = Arc<DeviceApiState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/device/v1/enroll", post(enroll))
+        .route(
+            "/device/v1/push-registration",
+            put(register_push).delete(unregister_push),
+        )
+        .route("/device/v1/transactions", get(pending))
+        .route("/device/v1/transactions/{id}", get(details))
+        .route("/device/v1/transactions/{id}/answer", post(answer))
+        .with_state(state)
+}
+
+/// Failures of the device API, each with its documented status and `error` word.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("invalid enrollment code")]
+    InvalidCode,
+    #[error("key enrollment is disabled")]
+    EnrollmentDisabled,
+    #[error("push enrollment is disabled")]
+    PushEnrollmentDisabled,
+    #[error("unknown application")]
+    UnknownApplication,
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("another device holds the push registration for this application")]
+    AlreadyEnrolled,
+    #[error("the token is registered to another device")]
+    TokenInUse,
+    #[error("unknown transaction")]
+    UnknownTransaction,
+    #[error("the details were already fetched")]
+    AlreadyFetched,
+    #[error("the transaction is {0}")]
+    NotPending(Status),
+    #[error("wrong PIN")]
+    InvalidPin { remaining: Option<u32> },
+    #[error("the device was disconnected after too many wrong PINs")]
+    Disconnected,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for DeviceApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = match &self {
+            DeviceApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            DeviceApiError::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            DeviceApiError::EnrollmentDisabled => (StatusCode::FORBIDDEN, "enrollment_disabled"),
+            DeviceApiError::PushEnrollmentDisabled => {
+                (StatusCode::FORBIDDEN, "push_enrollment_disabled")
+            }
+            DeviceApiError::UnknownApplication => (StatusCode::NOT_FOUND, "unknown_application"),
+            DeviceApiError::InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            DeviceApiError::AlreadyEnrolled => (StatusCode::CONFLICT, "already_enrolled"),
+            DeviceApiError::TokenInUse => (StatusCode::CONFLICT, "token_in_use"),
+            DeviceApiError::UnknownTransaction => (StatusCode::NOT_FOUND, "unknown_transaction"),
+            DeviceApiError::AlreadyFetched => (StatusCode::GONE, "already_fetched"),
+            DeviceApiError::NotPending(_) => (StatusCode::CONFLICT, "not_pending"),
+            DeviceApiError::InvalidPin { .. } => (StatusCode::UNAUTHORIZED, "invalid_pin"),
+            DeviceApiError::Disconnected => (StatusCode::FORBIDDEN, "device_disconnected"),
+            DeviceApiError::Unavailable(cause) => {
+                tracing::warn!(cause = %cause, "device API: store unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
+        };
+        let description = match &self {
+            DeviceApiError::Unavailable(_) => "The service is temporarily unavailable.".to_owned(),
+            other => other.to_string(),
+        };
+        let mut body = json!({"error": error, "error_description": description});
+        if let DeviceApiError::InvalidPin { remaining } = self {
+            body["remaining_attempts"] = json!(remaining);
+        }
+        json_response(status, &body)
+    }
+}
+
+impl From<DeviceError> for DeviceApiError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::EnrollmentDisabled => DeviceApiError::EnrollmentDisabled,
+            DeviceError::PushEnrollmentDisabled => DeviceApiError::PushEnrollmentDisabled,
+            DeviceError::InvalidCode => DeviceApiError::InvalidCode,
+            DeviceError::UnknownApplication(_) => DeviceApiError::UnknownApplication,
+            DeviceError::InvalidRequest(what) => DeviceApiError::InvalidRequest(what),
+            DeviceError::InvalidSignature => DeviceApiError::InvalidSignature,
+            DeviceError::AlreadyEnrolled => DeviceApiError::AlreadyEnrolled,
+            DeviceError::TokenInUse => DeviceApiError::TokenInUse,
+            DeviceError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<PushServiceError> for DeviceApiError {
+    fn from(error: PushServiceError) -> Self {
+        match error {
+            PushServiceError::UnknownTransaction => DeviceApiError::UnknownTransaction,
+            PushServiceError::AlreadyFetched => DeviceApiError::AlreadyFetched,
+            PushServiceError::NotPending(status) => DeviceApiError::NotPending(status),
+            PushServiceError::InvalidAnswer(what) => DeviceApiError::InvalidRequest(what),
+            PushServiceError::InvalidSignature => DeviceApiError::InvalidSignature,
+            PushServiceError::WrongPin { remaining } => DeviceApiError::InvalidPin { remaining },
+            PushServiceError::Disconnected => DeviceApiError::Disconnected,
+            PushServiceError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
+            other => DeviceApiError::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DeviceApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        DeviceApiError::InvalidRequest(format!("body is not the expected JSON: {err}"))
+    })
+}
+
+/// Verifies the request's signature headers against the exact method, path, query and body.
+async fn signed(
+    state: &DeviceApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<crate::domain::device::Device, DeviceApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .ok_or(DeviceApiError::InvalidSignature)
+    };
+    // The routes are mounted at their full paths (not nested), so this is the path as sent.
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path(), |pq| pq.as_str());
+    let request = SignedRequest {
+        device_id: header("stepgate-device-id")?,
+        timestamp: header("stepgate-timestamp")?,
+        nonce: header("stepgate-nonce")?,
+        signature: header("stepgate-signature")?,
+        method: method.as_str(),
+        path_and_query,
+        body,
+    };
+    Ok(state.devices.authenticate(request).await?)
+}
+
+#[derive(Deserialize)]
+struct EnrollBody {
+    code: String,
+    application: String,
+    #[serde(default)]
+    name: Option<String>,
+    platform: String,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    os_version: Option<String>,
+    keys: DeviceKeys,
+    proof: String,
+}
+
+async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, DeviceApiError> {
+    let body: EnrollBody = parse_json(&body)?;
+    let platform: Platform =
+        body.platform
+            .parse()
+            .map_err(|err: crate::domain::device::UnknownPlatform| {
+                DeviceApiError::InvalidRequest(err.to_string())
+            })?;
+    let request = EnrollRequest {
+        code: body.code,
+        name: body.name.unwrap_or_else(|| format!("{} device", platform)),
+        application: body.application,
+        platform,
+        model: body.model,
+        os_version: body.os_version,
+        keys: body.keys,
+        proof: body.proof,
+    };
+    let enrolled = state.devices.enroll(request).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "device_id": enrolled.device.id,
+            "user_id": enrolled.device.user_id,
+            "server_public_key": URL_SAFE_NO_PAD.encode(&enrolled.server_public_key.0),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PushRegistrationBody {
+    application: String,
+    version: String,
+    platform: String,
+    token: String,
+}
+
+async fn register_push(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    let body: PushRegistrationBody = parse_json(&body)?;
+    let platform: Platform =
+        body.platform
+            .parse()
+            .map_err(|err: crate::domain::device::UnknownPlatform| {
+                DeviceApiError::InvalidRequest(err.to_string())
+            })?;
+    let replaced = state
+        .devices
+        .register_push(
+            &device,
+            &body.application,
+            &body.version,
+            platform,
+            &body.token,
+        )
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"registered": true, "replaced_device_ids": replaced}),
+    ))
+}
+
+async fn unregister_push(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    state.devices.drop_push(&device).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn transaction_summary(tx: &crate::domain::transaction::Transaction) -> Value {
+    json!({
+        "transaction_id": tx.id.to_string(),
+        "auth_method": tx.method.as_str(),
+        "message": tx.details.message,
+        "expires_at": tx.expires_at.millis(),
+    })
+}
+
+async fn pending(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    let pending = state.push.pending(&device).await?;
+    let list: Vec<Value> = pending.iter().map(transaction_summary).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"transactions": list}),
+    ))
+}
+
+fn transaction_id(text: &str) -> Result<TransactionId, DeviceApiError> {
+    text.parse().map_err(|_| DeviceApiError::UnknownTransaction)
+}
+
+async fn details(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    let details = state.push.details(&device, &transaction_id(&id)?).await?;
+    let mut answer = transaction_summary(&details.transaction);
+    answer["number_choices"] = json!(details.number_choices);
+    answer["encrypted"] = json!(details.sealed);
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+#[derive(Deserialize)]
+struct AnswerBody {
+    decision: String,
+    #[serde(default)]
+    number: Option<u8>,
+    #[serde(default)]
+    authenticator: Option<Authenticator>,
+    #[serde(default)]
+    authenticator_signature: Option<String>,
+    #[serde(default)]
+    signing_signature: Option<String>,
+}
+
+async fn answer(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    let body: AnswerBody = parse_json(&body)?;
+    let approve = match body.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(DeviceApiError::InvalidRequest(format!(
+                "decision '{other}' (expected approve or deny)"
+            )));
+        }
+    };
+    let id = transaction_id(&id)?;
+    let status = state
+        .push
+        .answer(
+            &device,
+            &id,
+            Answer {
+                approve,
+                number: body.number,
+                authenticator: body.authenticator.unwrap_or(Authenticator::Device),
+                authenticator_signature: body.authenticator_signature,
+                signing_signature: body.signing_signature,
+            },
+        )
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"transaction_id": id.to_string(), "status": status.as_str()}),
+    ))
+}

@@ -1,0 +1,622 @@
+//! Push authentication: starting a push transaction on one of the user's enrolled devices,
+//! the device's pending list and once-only details (secure message and signing data sealed
+//! for the device), and the device's answer: which key must sign it for the method, wrong PINs
+//! counted toward the application's limit, number matching, transaction signing, and the
+//! evidence the result API reports. Every final state schedules the portal callback.
+
+use std::sync::Arc;
+
+use rand_core::{OsRng, RngCore};
+
+use crate::domain::application::accepted_authenticators;
+use crate::domain::auth_type::{AuthType, AuthTypes, Method};
+use crate::domain::clock::SharedClock;
+use crate::domain::device::{Authenticator, Device, DeviceId, PinFailure, PublicKeyBytes};
+use crate::domain::device_crypto::{self, SealedPayload};
+use crate::domain::ports::StoreError;
+use crate::domain::push::{PushError, PushMessage, PushSender};
+use crate::domain::regulation::{Finish, FinishOutcome};
+use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
+use crate::service::callbacks::CallbackService;
+use crate::service::devices::{DeviceError, DeviceService};
+use crate::service::transactions::{EngineError, TransactionEngine};
+use crate::telemetry::audit::AuditEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushServiceError {
+    #[error("push authorization is disabled")]
+    Disabled,
+    /// The user has no device that can answer this method (for this target): fall back.
+    #[error("no push enrollment for this user")]
+    NoDevice,
+    /// The provider did not take the push; the transaction failed (`failed_to_send`).
+    #[error("push not sent: {0}")]
+    SendFailed(PushError),
+    #[error("message missing and no default message")]
+    MissingMessage,
+    #[error("unknown transaction")]
+    UnknownTransaction,
+    #[error("details already fetched")]
+    AlreadyFetched,
+    #[error("transaction is {0}")]
+    NotPending(Status),
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(String),
+    /// A biometric or custom-authenticator signature that does not verify.
+    #[error("answer signature invalid")]
+    InvalidSignature,
+    #[error("wrong PIN")]
+    WrongPin { remaining: Option<u32> },
+    #[error("device disconnected after too many wrong PINs")]
+    Disconnected,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<EngineError> for PushServiceError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::UnknownTransaction => PushServiceError::UnknownTransaction,
+            EngineError::Store(error) => PushServiceError::Store(error),
+        }
+    }
+}
+
+impl From<DeviceError> for PushServiceError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::Store(error) => PushServiceError::Store(error),
+            _ => PushServiceError::UnknownTransaction,
+        }
+    }
+}
+
+/// Which of the user's devices a push goes to (API v4, v3, v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushTarget {
+    Device(String),
+    Application(String),
+    /// The only device with a push registration (v2, and the proxy).
+    Any,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PushStart {
+    pub user_id: String,
+    pub message: Option<String>,
+    pub secure_message: Option<String>,
+    pub signing_data: Option<String>,
+    pub callback_uri: Option<String>,
+    pub language: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct PushStarted {
+    pub transaction: Transaction,
+    pub device: Device,
+}
+
+/// What the device posts.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub approve: bool,
+    pub number: Option<u8>,
+    pub authenticator: Authenticator,
+    pub authenticator_signature: Option<String>,
+    pub signing_signature: Option<String>,
+}
+
+/// A pending transaction as the device's list shows it.
+#[derive(Debug, Clone)]
+pub struct PendingItem {
+    pub transaction: Transaction,
+}
+
+/// The once-only details of a transaction for its device.
+#[derive(Debug)]
+pub struct TransactionDetails {
+    pub transaction: Transaction,
+    pub number_choices: Option<Vec<u8>>,
+    pub sealed: Option<SealedPayload>,
+}
+
+#[derive(Clone)]
+pub struct PushService {
+    engine: TransactionEngine,
+    devices: DeviceService,
+    sender: Arc<dyn PushSender>,
+    auth_types: AuthTypes,
+    callbacks: CallbackService,
+    clock: SharedClock,
+    authorization_enabled: bool,
+}
+
+impl PushService {
+    pub fn new(
+        engine: TransactionEngine,
+        devices: DeviceService,
+        sender: Arc<dyn PushSender>,
+        auth_types: AuthTypes,
+        callbacks: CallbackService,
+        clock: SharedClock,
+        authorization_enabled: bool,
+    ) -> Self {
+        Self {
+            engine,
+            devices,
+            sender,
+            auth_types,
+            callbacks,
+            clock,
+            authorization_enabled,
+        }
+    }
+
+    pub fn devices(&self) -> &DeviceService {
+        &self.devices
+    }
+
+    /// A transaction as the result API reports it (expired when its time has passed).
+    pub async fn transaction(
+        &self,
+        id: &TransactionId,
+    ) -> Result<Option<Transaction>, PushServiceError> {
+        Ok(self.engine.get(id).await?)
+    }
+
+    /// The user's devices that can answer `method` now: a push registration and the keys the
+    /// method needs, in an application that allows it.
+    pub async fn push_devices(
+        &self,
+        user_id: &str,
+        method: Method,
+    ) -> Result<Vec<Device>, PushServiceError> {
+        let applications = self.devices.applications();
+        Ok(self
+            .devices
+            .devices_of_user(user_id)
+            .await?
+            .into_iter()
+            .filter(|device| {
+                device.push.is_some()
+                    && applications
+                        .get(&device.application)
+                        .is_some_and(|app| app.supports(method))
+                    && key_for_any(device, method)
+            })
+            .collect())
+    }
+
+    /// Starts a push of `auth_type` (a push method) to the targeted device.
+    pub async fn start(
+        &self,
+        auth_type: &AuthType,
+        target: &PushTarget,
+        request: PushStart,
+    ) -> Result<PushStarted, PushServiceError> {
+        if !self.authorization_enabled {
+            return Err(PushServiceError::Disabled);
+        }
+        let candidates = self
+            .push_devices(&request.user_id, auth_type.method)
+            .await?;
+        let device = match target {
+            PushTarget::Device(id) => candidates.into_iter().find(|d| d.id.as_str() == id),
+            PushTarget::Application(app) => {
+                let mut of_app = candidates.into_iter().filter(|d| &d.application == app);
+                of_app.next()
+            }
+            PushTarget::Any => candidates.into_iter().next(),
+        }
+        .ok_or(PushServiceError::NoDevice)?;
+        let registration = device.push.clone().ok_or(PushServiceError::NoDevice)?;
+        let version = self
+            .devices
+            .applications()
+            .get(&device.application)
+            .and_then(|app| app.version(&registration.version, registration.platform))
+            .cloned()
+            .ok_or(PushServiceError::NoDevice)?;
+        let push_config = version
+            .push_config
+            .clone()
+            .ok_or(PushServiceError::NoDevice)?;
+
+        let message = request
+            .message
+            .clone()
+            .or_else(|| {
+                auth_type
+                    .default_message(request.language.as_deref())
+                    .map(str::to_owned)
+            })
+            .ok_or(PushServiceError::MissingMessage)?;
+        let number = auth_type
+            .number_matching
+            .then(|| two_digit_number(&mut OsRng));
+        let details = Details {
+            callback_uri: request.callback_uri,
+            message: Some(message.clone()),
+            secure_message: request.secure_message,
+            language: request.language,
+            device_id: Some(device.id.to_string()),
+            application: Some(device.application.clone()),
+            signing_data: request
+                .signing_data
+                .filter(|_| auth_type.transaction_signing),
+            number,
+            ..Details::default()
+        };
+        let started = self
+            .engine
+            .start(auth_type, Some(request.user_id.clone()), details)
+            .await?;
+        let tx = started.transaction;
+        self.devices
+            .store()
+            .add_pending(&device.id, &tx.id, tx.expires_at)
+            .await?;
+        let push = PushMessage {
+            token: registration.token.clone(),
+            platform: registration.platform,
+            push_config,
+            topic: version.bundle_id.clone(),
+            environment: version.apns_environment,
+            transaction_id: tx.id.to_string(),
+            message: Some(message),
+            expires_at_secs: tx.expires_at.millis() / 1000,
+        };
+        let audit = |event: &'static str, detail: Option<&str>| {
+            AuditEvent {
+                event,
+                transaction_id: Some(&tx.id.to_string()),
+                auth_type: Some(&tx.auth_type),
+                method: Some(tx.method.as_str()),
+                user_id: Some(&request.user_id),
+                detail,
+                ..AuditEvent::default()
+            }
+            .emit();
+        };
+        match self.sender.send(&push).await {
+            Ok(()) => {
+                audit("PUSH_AUTH_INITIALIZED", Some(device.id.as_str()));
+                Ok(PushStarted {
+                    transaction: tx,
+                    device,
+                })
+            }
+            Err(error) => {
+                if error == PushError::Unregistered {
+                    self.devices
+                        .store()
+                        .drop_push_by_token(&registration.token)
+                        .await?;
+                }
+                audit("PUSH_AUTH_PUSH_SERVICE_FAILURE", Some(&error.to_string()));
+                let failed = Finish {
+                    status: Status::Failed,
+                    reason: Some(Reason::FailedToSend),
+                    user_id: None,
+                    evidence: None,
+                };
+                self.engine.finish(&tx.id, &failed).await?;
+                Err(PushServiceError::SendFailed(error))
+            }
+        }
+    }
+
+    /// The device's pending push transactions, oldest first.
+    pub async fn pending(&self, device: &Device) -> Result<Vec<Transaction>, PushServiceError> {
+        let ids = self.devices.store().pending(&device.id).await?;
+        let mut pending = Vec::new();
+        for id in ids {
+            if let Some(tx) = self.engine.get(&id).await?
+                && tx.status == Status::Pending
+                && owned_by(&tx, &device.id)
+            {
+                pending.push(tx);
+            }
+        }
+        Ok(pending)
+    }
+
+    /// The transaction as the device may see it; the first call also hands out the sealed
+    /// secure message and signing data and the number choices, later ones `AlreadyFetched`.
+    pub async fn details(
+        &self,
+        device: &Device,
+        id: &TransactionId,
+    ) -> Result<TransactionDetails, PushServiceError> {
+        let tx = self.owned_pending(device, id).await?;
+        let once_key = format!("fetched:{id}");
+        let ttl = tx.time_to_live(self.clock.now()) + std::time::Duration::from_secs(60);
+        if !self.devices.store().claim_once(&once_key, ttl).await? {
+            return Err(PushServiceError::AlreadyFetched);
+        }
+        let sealed = if tx.details.secure_message.is_some() || tx.details.signing_data.is_some() {
+            let plaintext = serde_json::json!({
+                "secure_message": tx.details.secure_message,
+                "signing_data": tx.details.signing_data,
+            })
+            .to_string();
+            let server = self.devices.server_key(&device.id);
+            Some(
+                device_crypto::encrypt_for_device(
+                    &server.0,
+                    &device.keys.encryption,
+                    &tx.id.to_string(),
+                    plaintext.as_bytes(),
+                )
+                .map_err(|err| PushServiceError::InvalidAnswer(err.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let number_choices = tx.details.number.map(|n| number_choices(n, &mut OsRng));
+        Ok(TransactionDetails {
+            transaction: tx,
+            number_choices,
+            sealed,
+        })
+    }
+
+    async fn owned_pending(
+        &self,
+        device: &Device,
+        id: &TransactionId,
+    ) -> Result<Transaction, PushServiceError> {
+        let tx = self
+            .engine
+            .get(id)
+            .await?
+            .filter(|tx| owned_by(tx, &device.id))
+            .ok_or(PushServiceError::UnknownTransaction)?;
+        if tx.status != Status::Pending {
+            return Err(PushServiceError::NotPending(tx.status));
+        }
+        Ok(tx)
+    }
+
+    /// Applies the device's answer.
+    pub async fn answer(
+        &self,
+        device: &Device,
+        id: &TransactionId,
+        answer: Answer,
+    ) -> Result<Status, PushServiceError> {
+        let tx = self.owned_pending(device, id).await?;
+        if !answer.approve {
+            return self
+                .finish(&tx, Status::Denied, Some(Reason::NotAccepted), None)
+                .await;
+        }
+        if let Some(expected) = tx.details.number
+            && answer.number != Some(expected)
+        {
+            return self
+                .finish(&tx, Status::Denied, Some(Reason::InvalidAnswer), None)
+                .await;
+        }
+        if !accepted_authenticators(tx.method).contains(&answer.authenticator) {
+            return Err(PushServiceError::InvalidAnswer(format!(
+                "{} cannot answer a {} transaction",
+                answer.authenticator.as_str(),
+                tx.method
+            )));
+        }
+        let key = authenticator_key(device, answer.authenticator).ok_or_else(|| {
+            PushServiceError::InvalidAnswer(format!(
+                "the device has no {} key",
+                answer.authenticator.as_str()
+            ))
+        })?;
+        let statement =
+            device_crypto::answer_statement(&tx.id.to_string(), "approve", answer.number);
+        let mut used_attempts = None;
+        if answer.authenticator != Authenticator::Device {
+            let signature = answer
+                .authenticator_signature
+                .as_deref()
+                .unwrap_or_default();
+            let verified = device_crypto::verify(key, statement.as_bytes(), signature).is_ok();
+            match (verified, answer.authenticator) {
+                (true, Authenticator::Pin) => {
+                    let before = self.devices.store().reset_pin_failures(&device.id).await?;
+                    used_attempts = Some(before + 1);
+                }
+                (true, _) => {}
+                (false, Authenticator::Pin) => return self.wrong_pin(device, &tx).await,
+                (false, _) => return Err(PushServiceError::InvalidSignature),
+            }
+        }
+        let evidence = self.evidence(&tx, device, key, &answer, used_attempts);
+        self.finish(&tx, Status::Approved, None, Some(evidence))
+            .await
+    }
+
+    fn evidence(
+        &self,
+        tx: &Transaction,
+        device: &Device,
+        key: &PublicKeyBytes,
+        answer: &Answer,
+        used_attempts: Option<u32>,
+    ) -> Evidence {
+        let signs = self
+            .auth_types
+            .get(&tx.auth_type)
+            .is_some_and(|t| t.transaction_signing);
+        let mut evidence = Evidence {
+            authentication_method: Some(tx.method.as_str().to_owned()),
+            authenticator: Some(answer.authenticator.as_str().to_owned()),
+            used_attempts,
+            ..Evidence::default()
+        };
+        if signs && let Some(data) = &tx.details.signing_data {
+            let signature = answer.signing_signature.clone().unwrap_or_default();
+            evidence.signature_verified =
+                Some(device_crypto::verify(key, data.as_bytes(), &signature).is_ok());
+            evidence.signature = Some(signature);
+            evidence.user_public_key = device_crypto::public_key_pem(key).ok();
+        }
+        let _ = device;
+        evidence
+    }
+
+    async fn wrong_pin(
+        &self,
+        device: &Device,
+        tx: &Transaction,
+    ) -> Result<Status, PushServiceError> {
+        let max = self
+            .devices
+            .applications()
+            .get(&device.application)
+            .map_or(0, |app| app.max_pin_attempts);
+        match self
+            .devices
+            .store()
+            .record_pin_failure(&device.id, max)
+            .await?
+        {
+            PinFailure::Counted { remaining, .. } => Err(PushServiceError::WrongPin { remaining }),
+            PinFailure::Disconnected { failures } => {
+                AuditEvent {
+                    event: "PUSH_AUTH_VALIDATION_PIN_LIMIT_EXCEEDED",
+                    transaction_id: Some(&tx.id.to_string()),
+                    user_id: Some(&device.user_id),
+                    detail: Some(device.id.as_str()),
+                    ..AuditEvent::default()
+                }
+                .emit();
+                let evidence = Evidence {
+                    authentication_method: Some(tx.method.as_str().to_owned()),
+                    authenticator: Some(Authenticator::Pin.as_str().to_owned()),
+                    used_attempts: Some(failures),
+                    ..Evidence::default()
+                };
+                self.finish(
+                    tx,
+                    Status::Failed,
+                    Some(Reason::InvalidAnswer),
+                    Some(evidence),
+                )
+                .await?;
+                Err(PushServiceError::Disconnected)
+            }
+            PinFailure::UnknownDevice => Err(PushServiceError::UnknownTransaction),
+        }
+    }
+
+    async fn finish(
+        &self,
+        tx: &Transaction,
+        status: Status,
+        reason: Option<Reason>,
+        evidence: Option<Evidence>,
+    ) -> Result<Status, PushServiceError> {
+        let update = Finish {
+            status,
+            reason,
+            user_id: None,
+            evidence,
+        };
+        match self.engine.finish(&tx.id, &update).await? {
+            FinishOutcome::Finished => {
+                AuditEvent {
+                    event: if status == Status::Approved {
+                        "MOBILE_AUTH_AUTHENTICATED"
+                    } else {
+                        "MOBILE_AUTH_NOT_AUTHENTICATED"
+                    },
+                    transaction_id: Some(&tx.id.to_string()),
+                    auth_type: Some(&tx.auth_type),
+                    method: Some(tx.method.as_str()),
+                    user_id: tx.user_id.as_deref(),
+                    detail: reason.map(Reason::as_str),
+                    ..AuditEvent::default()
+                }
+                .emit();
+                let finished = Transaction {
+                    status,
+                    ..tx.clone()
+                };
+                if let Err(error) = self.callbacks.schedule(&finished).await {
+                    tracing::warn!(%error, transaction_id = %tx.id, "callback not queued");
+                }
+                Ok(status)
+            }
+            FinishOutcome::Expired => Err(PushServiceError::NotPending(Status::Expired)),
+            FinishOutcome::NotPending(status) => Err(PushServiceError::NotPending(status)),
+        }
+    }
+
+    /// Finds the first type of `type_name`'s fallback chain that can start for this user,
+    /// as the reference does: push types when the user has a device for them, SMS when a
+    /// phone number is at hand. `None`: nothing in the chain fits.
+    pub fn auth_types(&self) -> &AuthTypes {
+        &self.auth_types
+    }
+}
+
+fn owned_by(tx: &Transaction, device: &DeviceId) -> bool {
+    tx.details.device_id.as_deref() == Some(device.as_str())
+}
+
+fn authenticator_key(device: &Device, authenticator: Authenticator) -> Option<&PublicKeyBytes> {
+    match authenticator {
+        Authenticator::Device => Some(&device.keys.signing),
+        Authenticator::Pin => device.keys.pin.as_ref(),
+        Authenticator::Biometric => device.keys.biometric.as_ref(),
+        Authenticator::CustomAuthenticator => device.keys.custom_authenticator.as_ref(),
+    }
+}
+
+/// Whether the device holds a key for at least one authenticator the method accepts.
+fn key_for_any(device: &Device, method: Method) -> bool {
+    accepted_authenticators(method)
+        .iter()
+        .any(|authenticator| authenticator_key(device, *authenticator).is_some())
+}
+
+/// A number from 10 to 99, uniform (rejection sampling).
+fn two_digit_number(rng: &mut impl RngCore) -> u8 {
+    loop {
+        let draw = (rng.next_u32() & 0x7f) as u8;
+        if draw < 90 {
+            return draw + 10;
+        }
+    }
+}
+
+/// Three distinct two-digit numbers, one of them `right`, in random order.
+fn number_choices(right: u8, rng: &mut impl RngCore) -> Vec<u8> {
+    let mut choices = vec![right];
+    while choices.len() < 3 {
+        let candidate = two_digit_number(rng);
+        if !choices.contains(&candidate) {
+            choices.push(candidate);
+        }
+    }
+    let position = (rng.next_u32() % 3) as usize;
+    choices.swap(0, position);
+    choices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_two_digits_and_choices_hold_the_right_one_once() {
+        for _ in 0..500 {
+            let n = two_digit_number(&mut OsRng);
+            assert!((10..=99).contains(&n));
+            let choices = number_choices(n, &mut OsRng);
+            assert_eq!(choices.len(), 3);
+            assert_eq!(choices.iter().filter(|c| **c == n).count(), 1);
+            assert_ne!(choices[1], choices[2]);
+        }
+    }
+}
