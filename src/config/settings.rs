@@ -586,10 +586,7 @@ impl fmt::Debug for OutgoingProxySettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutgoingProxySettings")
             .field("url", &url_for_logs(&self.url))
-            .field(
-                "username",
-                &self.credentials.as_ref().map(|(user, _)| user),
-            )
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
             .field("preemptive_auth", &self.preemptive_auth)
             .finish()
     }

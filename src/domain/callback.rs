@@ -179,6 +179,11 @@ pub trait CallbackQueue: Send + Sync {
 
     /// Jobs in the queue, due or not.
     async fn len(&self) -> Result<usize, StoreError>;
+
+    /// Whether the queue holds no job at all.
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len().await? == 0)
+    }
 }
 
 /// Why one delivery failed, which decides whether the job is tried again.

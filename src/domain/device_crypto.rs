@@ -113,10 +113,12 @@ pub fn public_key_pem(key: &PublicKeyBytes) -> Result<String, CryptoError> {
 }
 
 /// Signs `message` (ECDSA P-256, SHA-256, RFC 6979 nonces) and encodes the fixed 64-byte
-/// `r || s` form as base64url without padding.
+/// `r || s` form, normalised to low-S, as base64url without padding.
 pub fn sign(key: &SigningKey, message: &[u8]) -> String {
     let signature: Signature = key.sign(message);
-    URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    // Low-S, so verifiers that insist on it (as many do) accept our signatures too.
+    let low_s = signature.normalize_s().unwrap_or(signature);
+    URL_SAFE_NO_PAD.encode(low_s.to_bytes())
 }
 
 /// Verifies a base64url `r || s` signature over `message`. High-S signatures are normalised
@@ -461,12 +463,28 @@ mod tests {
     fn high_s_signatures_verify_too() {
         let key = signing_key();
         let public = signing_public_key(&key);
-        let low: Signature = key.sign(b"message");
-        let (r, s) = low.split_scalars();
-        let high = Signature::from_scalars(r, -*s).unwrap();
-        assert!(high.normalize_s().is_some(), "the negated s must be high");
-        let encoded = URL_SAFE_NO_PAD.encode(high.to_bytes());
-        assert_eq!(verify(&public, b"message", &encoded), Ok(()));
+        let signature: Signature = key.sign(b"message");
+        let (r, s) = signature.split_scalars();
+        let negated = Signature::from_scalars(r, -*s).unwrap();
+        // Exactly one of (r, s) and (r, -s) is high-S; both must verify.
+        assert_ne!(
+            signature.normalize_s().is_some(),
+            negated.normalize_s().is_some()
+        );
+        for form in [signature, negated] {
+            let encoded = URL_SAFE_NO_PAD.encode(form.to_bytes());
+            assert_eq!(verify(&public, b"message", &encoded), Ok(()));
+        }
+    }
+
+    #[test]
+    fn our_signatures_are_low_s() {
+        let key = signing_key();
+        for n in 0..32u8 {
+            let raw = URL_SAFE_NO_PAD.decode(sign(&key, &[n])).unwrap();
+            let parsed = Signature::from_slice(&raw).unwrap();
+            assert!(parsed.normalize_s().is_none(), "signature {n} is high-S");
+        }
     }
 
     #[test]

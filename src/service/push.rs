@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 
 use crate::domain::application::accepted_authenticators;
@@ -335,9 +337,16 @@ impl PushService {
             return Err(PushServiceError::AlreadyFetched);
         }
         let sealed = if tx.details.secure_message.is_some() || tx.details.signing_data.is_some() {
+            // Both values travel base64url inside the sealed JSON (docs/device-protocol.md), so
+            // the signing data the device signs is exactly these bytes.
+            let encode = |value: &Option<String>| {
+                value
+                    .as_ref()
+                    .map(|text| URL_SAFE_NO_PAD.encode(text.as_bytes()))
+            };
             let plaintext = serde_json::json!({
-                "secure_message": tx.details.secure_message,
-                "signing_data": tx.details.signing_data,
+                "secure_message": encode(&tx.details.secure_message),
+                "signing_data": encode(&tx.details.signing_data),
             })
             .to_string();
             let server = self.devices.server_key(&device.id);

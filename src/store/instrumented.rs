@@ -9,8 +9,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::domain::clock::Timestamp;
 use crate::domain::code::CodeHash;
+use crate::domain::device::{
+    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
+};
 use crate::domain::held::{HeldRequest, HeldTicket};
+use crate::domain::ports::DeviceStore;
 use crate::domain::ports::Verified;
 use crate::domain::ports::{
     HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore,
@@ -177,6 +182,133 @@ impl<S: HeldRequestStore> HeldRequestStore for Instrumented<S> {
     }
 }
 
+#[async_trait]
+impl<S: DeviceStore> DeviceStore for Instrumented<S> {
+    async fn create_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+        user_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "device_create_code",
+            self.inner.create_enrollment_code(code_hash, user_id, ttl),
+        )
+        .await
+    }
+
+    async fn peek_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+    ) -> Result<Option<String>, StoreError> {
+        self.timed(
+            "device_peek_code",
+            self.inner.peek_enrollment_code(code_hash),
+        )
+        .await
+    }
+
+    async fn redeem_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+    ) -> Result<Option<String>, StoreError> {
+        self.timed(
+            "device_redeem_code",
+            self.inner.redeem_enrollment_code(code_hash),
+        )
+        .await
+    }
+
+    async fn insert_device(&self, device: &Device) -> Result<(), StoreError> {
+        self.timed("device_insert", self.inner.insert_device(device))
+            .await
+    }
+
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<Device>, StoreError> {
+        self.timed("device_get", self.inner.get_device(id)).await
+    }
+
+    async fn devices_of_user(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        self.timed("device_list", self.inner.devices_of_user(user_id))
+            .await
+    }
+
+    async fn delete_device(&self, id: &DeviceId) -> Result<bool, StoreError> {
+        self.timed("device_delete", self.inner.delete_device(id))
+            .await
+    }
+
+    async fn update_device(&self, device: &Device) -> Result<bool, StoreError> {
+        self.timed("device_update", self.inner.update_device(device))
+            .await
+    }
+
+    async fn register_push(
+        &self,
+        id: &DeviceId,
+        registration: &PushRegistration,
+        mode: PushEnrollmentMode,
+    ) -> Result<PushRegistrationOutcome, StoreError> {
+        self.timed(
+            "device_register_push",
+            self.inner.register_push(id, registration, mode),
+        )
+        .await
+    }
+
+    async fn drop_push(&self, id: &DeviceId) -> Result<bool, StoreError> {
+        self.timed("device_drop_push", self.inner.drop_push(id))
+            .await
+    }
+
+    async fn drop_push_by_token(&self, token: &str) -> Result<Option<DeviceId>, StoreError> {
+        self.timed(
+            "device_drop_push_by_token",
+            self.inner.drop_push_by_token(token),
+        )
+        .await
+    }
+
+    async fn record_pin_failure(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinFailure, StoreError> {
+        self.timed(
+            "device_pin_failure",
+            self.inner.record_pin_failure(id, max_pin_attempts),
+        )
+        .await
+    }
+
+    async fn reset_pin_failures(&self, id: &DeviceId) -> Result<u32, StoreError> {
+        self.timed("device_reset_pin", self.inner.reset_pin_failures(id))
+            .await
+    }
+
+    async fn claim_once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.timed("device_claim_once", self.inner.claim_once(key, ttl))
+            .await
+    }
+
+    async fn add_pending(
+        &self,
+        id: &DeviceId,
+        transaction: &TransactionId,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "device_add_pending",
+            self.inner.add_pending(id, transaction, expires_at),
+        )
+        .await
+    }
+
+    async fn pending(&self, id: &DeviceId) -> Result<Vec<TransactionId>, StoreError> {
+        self.timed("device_pending", self.inner.pending(id)).await
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)
 mod tests {
@@ -269,6 +401,31 @@ mod tests {
 
         let after = rendered();
         for operation in ["held_hold", "held_ticket", "held_take", "held_latest"] {
+            let grew = sample_count(&after, "memory", operation, "ok")
+                - sample_count(&before, "memory", operation, "ok");
+            assert!(grew >= 1, "{operation} not recorded:\n{after}");
+        }
+    }
+
+    #[tokio::test]
+    async fn device_store_calls_are_delegated_and_timed() {
+        use crate::store::devices::MemoryDeviceStore;
+
+        metrics::register_all();
+        let clock = Arc::new(ManualClock::new(Timestamp(1_000)));
+        let store = Instrumented::with_backend(MemoryDeviceStore::new(clock), "memory");
+        let before = rendered();
+
+        let ghost = DeviceId::random();
+        assert_eq!(store.get_device(&ghost).await.unwrap(), None);
+        assert!(store.claim_once("k", Duration::from_secs(1)).await.unwrap());
+        assert_eq!(
+            store.record_pin_failure(&ghost, 3).await.unwrap(),
+            PinFailure::UnknownDevice
+        );
+
+        let after = rendered();
+        for operation in ["device_get", "device_claim_once", "device_pin_failure"] {
             let grew = sample_count(&after, "memory", operation, "ok")
                 - sample_count(&before, "memory", operation, "ok");
             assert!(grew >= 1, "{operation} not recorded:\n{after}");

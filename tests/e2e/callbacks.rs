@@ -231,6 +231,15 @@ async fn delivers_with_basic_auth_only_for_the_configured_url(store: Store) {
             .find(|r| r.json["transaction_id"] == transaction_id.to_string())
             .unwrap_or_else(|| panic!("no callback for {uri}: {received:#?}"));
         assert_eq!(request.method, "POST");
+        let target = match &request.query {
+            Some(query) => format!("{}?{query}", request.path),
+            None => request.path.clone(),
+        };
+        assert_eq!(
+            &portal.url(&target),
+            uri,
+            "posted to the callback_uri itself"
+        );
         assert_eq!(
             request.json,
             json!({"callback_uri": uri, "transaction_id": transaction_id.to_string()}),

@@ -14,6 +14,7 @@ mod fakes;
 mod harness;
 mod proxy;
 mod push_delivery;
+mod push_flow;
 mod redis_outage;
 mod serving;
 mod sms_flow;

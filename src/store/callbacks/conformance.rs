@@ -122,8 +122,10 @@ pub(super) async fn enqueue_claim_complete(h: &Harness) {
     );
     assert_eq!(h.queue.len().await.unwrap(), 1, "claimed, not removed");
 
+    assert!(!h.queue.is_empty().await.unwrap());
     h.queue.complete(&job.id).await.unwrap();
     assert_eq!(h.queue.len().await.unwrap(), 0);
+    assert!(h.queue.is_empty().await.unwrap());
     h.clock.advance(LEASE * 2);
     assert!(
         h.claim(10).await.is_empty(),

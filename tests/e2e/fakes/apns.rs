@@ -249,7 +249,7 @@ struct ProviderClaims {
 }
 
 /// Apple's checks of the provider token, in Apple's words.
-fn check_provider_token(config: &Config, headers: &HeaderMap) -> Result<String, Response> {
+fn check_provider_token(config: &Config, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let Some(jwt) = headers
         .get("authorization")
         .and_then(|value| value.to_str().ok())
@@ -259,9 +259,12 @@ fn check_provider_token(config: &Config, headers: &HeaderMap) -> Result<String, 
                 .or(value.strip_prefix("Bearer "))
         })
     else {
-        return Err(reason(StatusCode::FORBIDDEN, "MissingProviderToken"));
+        return Err(Box::new(reason(
+            StatusCode::FORBIDDEN,
+            "MissingProviderToken",
+        )));
     };
-    let invalid = || reason(StatusCode::FORBIDDEN, "InvalidProviderToken");
+    let invalid = || Box::new(reason(StatusCode::FORBIDDEN, "InvalidProviderToken"));
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| invalid())?;
     if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(KEY_ID) {
         return Err(invalid());
@@ -281,7 +284,10 @@ fn check_provider_token(config: &Config, headers: &HeaderMap) -> Result<String, 
         .unwrap_or_default();
     // Apple refuses tokens older than an hour; allow the clock a little skew the other way.
     if claims.iat + 3600 < now || claims.iat > now + 300 {
-        return Err(reason(StatusCode::FORBIDDEN, "ExpiredProviderToken"));
+        return Err(Box::new(reason(
+            StatusCode::FORBIDDEN,
+            "ExpiredProviderToken",
+        )));
     }
     Ok(jwt.to_owned())
 }
@@ -307,7 +313,7 @@ async fn push(
     }
     let jwt = match check_provider_token(config, &headers) {
         Ok(jwt) => jwt,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     match header("apns-topic") {

@@ -1,0 +1,261 @@
+//! Push authentication end to end: a portal drives the real gateway binary over the v4/v3 API,
+//! the reference phone client (`stepgate device`, the real binary) enrolls and answers, pushes
+//! reach a fake APNs over HTTP/2 + TLS (or a fake FCM), and callbacks reach a fake portal. Runs
+//! on the memory store and on Redis.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::device_cli::DeviceCli;
+use crate::fakes::apns::FakeApns;
+use crate::fakes::callback::FakePortal;
+use crate::fakes::push_keys::{KEY_ID, PushKeys, TEAM_ID};
+use crate::harness::{Gate, GateBuilder, client, eventually, redis_url};
+
+const CLIENT_ID: &str = "portal";
+const CLIENT_SECRET: &str = "portal-secret-0123456789";
+const BUNDLE: &str = "com.example.bank";
+/// APNs device tokens are 32 bytes in hex.
+const ANN_TOKEN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+
+#[derive(Clone, Copy)]
+enum Store {
+    Memory,
+    Redis,
+}
+
+struct World {
+    gate: Gate,
+    apns: FakeApns,
+    portal: FakePortal,
+    _keys: PushKeys,
+}
+
+fn world(store: Store, mode: &str, extra: &str) -> World {
+    let keys = PushKeys::generate();
+    let apns = FakeApns::start(&keys, BUNDLE);
+    let portal = FakePortal::start();
+    let callback = portal.url("/ma-callback");
+    let yaml = format!(
+        "api_clients:
+  - {{ client_id: {CLIENT_ID}, client_secret: \"{CLIENT_SECRET}\", apis: [mobile_authentication, end_user] }}
+auth_types:
+  - name: login_pin
+    method: push_with_pin
+    ttl_seconds: 60
+    transaction_signing: true
+    fallback: sms_code
+    default_messages: {{ en: \"Approve sign-in to the bank\" }}
+  - name: login_push
+    method: push
+    ttl_seconds: 60
+    number_matching: true
+    fallback: sms_code
+    default_messages: {{ en: \"Approve sign-in\" }}
+  - name: short_push
+    method: push
+    ttl_seconds: 2
+    default_messages: {{ en: \"Quick\" }}
+  - name: sms_code
+    method: sms
+    default_messages: {{ en: \"Code: {{code}}\" }}
+sms: {{ gateway: file, file: {{ path: outbox.jsonl }} }}
+applications:
+  - id: bank-app
+    name: Bank app
+    pin: true
+    max_pin_attempts: 3
+    versions:
+      - {{ version: \"1.0\", platform: ios, push_config: apns-main, apns_environment: development, bundle_id: {BUNDLE} }}
+push_configs:
+  - {{ id: apns-main, platform: ios, team_id: {TEAM_ID}, key_id: {KEY_ID}, key_file: \"{key}\", endpoint: \"{endpoint}\", ca_file: \"{ca}\" }}
+enrollment: {{ push: {{ mode: {mode} }} }}
+callbacks:
+  only_allow_configured: true
+  endpoints:
+    - {{ url: \"{callback}\", username: portal-cb, password: \"cb-secret-0123\" }}
+{extra}",
+        key = keys.apns_key_file().display(),
+        endpoint = apns.url(),
+        ca = apns.ca_file().display(),
+    );
+    let builder = match store {
+        Store::Memory => GateBuilder::memory(),
+        Store::Redis => GateBuilder::redis(redis_url()),
+    };
+    World {
+        gate: builder.yaml(&yaml).start(),
+        apns,
+        portal,
+        _keys: keys,
+    }
+}
+
+impl World {
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let response = client()
+            .post(self.gate.url(path))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(form)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = client()
+            .get(self.gate.url(path))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A phone enrolled for `user` (with PIN 1234) and registered for push with `token`.
+    async fn phone(&self, user: &str, token: &str) -> (DeviceCli, String) {
+        let (status, code) = self
+            .post(&format!("/oauth/api/v4/users/{user}/enrollment-codes"), &[])
+            .await;
+        assert_eq!(status, 201, "enrollment code: {code}");
+        let phone = DeviceCli::new(&self.gate.url(""));
+        let device_id = phone.enroll(
+            code["code"].as_str().unwrap(),
+            "bank-app",
+            &[
+                "--pin",
+                "1234",
+                "--platform",
+                "ios",
+                "--name",
+                "Ann's iPhone",
+            ],
+        );
+        let (exit, out, err) = phone.run(&[
+            "register-push",
+            "--app",
+            "bank-app",
+            "--version",
+            "1.0",
+            "--platform",
+            "ios",
+            "--token",
+            token,
+        ]);
+        assert_eq!(exit, 0, "register-push: {out} {err}");
+        (phone, device_id)
+    }
+
+    fn callback_url(&self) -> String {
+        self.portal.url("/ma-callback")
+    }
+}
+
+async fn push_with_pin_end_to_end(store: Store) {
+    let w = world(store, "single", "");
+    let (phone, device_id) = w.phone("ann", ANN_TOKEN).await;
+    let callback = w.callback_url();
+    let (status, init) = w
+        .post(
+            "/oauth/api/v4/authenticate/user",
+            &[
+                ("type", "login_pin"),
+                ("user_id", "ann"),
+                ("device_id", &device_id),
+                ("callback_uri", &callback),
+                ("secure_message", "Transfer EUR 100 to NL00BANK0123456789"),
+                ("signing_data", "amount=100.00&to=NL00BANK0123456789"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "init: {init}\n{}", w.gate.log_text());
+    assert_eq!(init["auth_method"], "push_with_pin");
+    assert_eq!(init["device"]["name"], "Ann's iPhone");
+    assert_eq!(init["device"]["platform"], "ios");
+    let tx = init["transaction_id"].as_str().unwrap().to_owned();
+
+    // The push reached APNs with the transaction id and the display message only.
+    let pushes = w.apns.received();
+    assert_eq!(pushes.len(), 1);
+    let push = &pushes[0];
+    assert_eq!(push.token, ANN_TOKEN);
+    assert_eq!(push.payload["og_transaction_id"], tx.as_str());
+    let raw = push.payload.to_string();
+    assert!(
+        !raw.contains("NL00BANK"),
+        "no secure message or signing data in the push: {raw}"
+    );
+
+    let (exit, pending, err) = phone.run(&["pending"]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(pending["transactions"][0]["transaction_id"], tx.as_str());
+
+    let (exit, shown, err) = phone.run(&["show", &tx]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(
+        shown["secure_message"],
+        "Transfer EUR 100 to NL00BANK0123456789"
+    );
+    assert_eq!(shown["signing_data"], "amount=100.00&to=NL00BANK0123456789");
+
+    // A wrong PIN is refused and counted; the right one approves.
+    let (exit, _, err) = phone.run(&["approve", &tx, "--pin", "9999"]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("invalid_pin"), "{err}");
+    let (exit, answer, err) = phone.run(&["approve", &tx, "--pin", "1234"]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(answer["status"], "approved");
+
+    // The callback arrives, with Basic auth, and the result says who and how.
+    eventually(Duration::from_secs(10), "the callback", || async {
+        !w.portal.received().is_empty()
+    })
+    .await;
+    let calls = w.portal.received();
+    assert_eq!(calls[0].json["transaction_id"], tx.as_str());
+    assert_eq!(calls[0].json["callback_uri"], callback.as_str());
+    assert!(
+        calls[0]
+            .authorization
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("Basic ")
+    );
+
+    let (status, result) = w
+        .get(&format!("/oauth/api/v4/authenticate/transaction/{tx}"))
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["is_authenticated"], true);
+    assert_eq!(result["user_id"], "ann");
+    assert_eq!(result["authentication_method"], "push_with_pin");
+    assert_eq!(result["used_authentication_attempts"], 2);
+    assert_eq!(result["signature_verified"], true);
+    assert!(
+        result["user_public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+
+    // Answering again changes nothing.
+    let (exit, _, err) = phone.run(&["deny", &tx]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("not_pending"), "{err}");
+}
+
+#[tokio::test]
+async fn push_with_pin_end_to_end_on_memory() {
+    push_with_pin_end_to_end(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn push_with_pin_end_to_end_on_redis() {
+    push_with_pin_end_to_end(Store::Redis).await;
+}
