@@ -13,32 +13,32 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
+use crate::api::device::DeviceApiState;
 use crate::api::mobile_auth::MobileAuthState;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::config::env::{EnvSource, ProcessEnv};
 use crate::config::reload::{self, PolicyHandle};
 use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
+use crate::domain::callback::CallbackQueue;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
-use crate::api::device::DeviceApiState;
-use crate::domain::callback::CallbackQueue;
 use crate::domain::ports::{
     DeviceStore, HeldRequestStore, RateLimitStore, StoreError, TransactionStore,
 };
+use crate::notify::{self, NotifyError};
+use crate::proxy::{ProxyState, StepGateProxy};
 use crate::service::callbacks::{CallbackService, CallbackWorkerOptions};
 use crate::service::devices::{DeviceService, EnrollmentRules};
+use crate::service::health::Readiness;
 use crate::service::push::PushService;
+use crate::service::sms::{SmsLimits, SmsService};
+use crate::service::stepup::StepUpService;
+use crate::service::transactions::TransactionEngine;
 use crate::store::callbacks::memory::MemoryCallbackQueue;
 use crate::store::callbacks::redis::RedisCallbackQueue;
 use crate::store::devices::memory::MemoryDeviceStore;
 use crate::store::devices::redis::RedisDeviceStore;
-use crate::notify::{self, NotifyError};
-use crate::proxy::{ProxyState, StepGateProxy};
-use crate::service::health::Readiness;
-use crate::service::sms::{SmsLimits, SmsService};
-use crate::service::stepup::StepUpService;
-use crate::service::transactions::TransactionEngine;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -87,7 +87,10 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
         StoreBackend::Memory => {
-            let store = Arc::new(Instrumented::new(MemoryStore::new(clock.clone(), retention)));
+            let store = Arc::new(Instrumented::new(MemoryStore::new(
+                clock.clone(),
+                retention,
+            )));
             Stores {
                 transactions: store.clone(),
                 rate_limits: store.clone(),
@@ -134,7 +137,10 @@ fn check_sms_gateway(settings: &Settings) -> Result<(), AppError> {
         .enable_all()
         .build()
         .map_err(AppError::Runtime)?;
-    runtime.block_on(notify::sms::startup_check(&settings.sms))?;
+    runtime.block_on(notify::sms::startup_check_with_proxy(
+        &settings.sms,
+        settings.outgoing_proxy.as_ref(),
+    ))?;
     Ok(())
 }
 
@@ -257,7 +263,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         clock.clone(),
         CodeHasher::new(&settings.secret_key),
     );
-    let sms_sender = notify::sms::build(&settings.sms)?;
+    let sms_sender =
+        notify::sms::build_with_proxy(&settings.sms, settings.outgoing_proxy.as_ref())?;
     check_sms_gateway(&settings)?;
     let limits = SmsLimits {
         per_user: settings.rate_limits.sms_per_user,
@@ -274,9 +281,11 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     );
     let callbacks = CallbackService::new(
         stores.callbacks.clone(),
+        // Portals are usually reached inside the network, not through the outgoing proxy
+        // that APNs, FCM and SMS gateways need.
         Arc::new(notify::callback::CallbackSender::new(
             &settings.callbacks,
-            settings.outgoing_proxy.as_ref(),
+            None,
         )?),
         clock.clone(),
         CallbackWorkerOptions::new(settings.callbacks.max_attempts, settings.callbacks.timeout),
@@ -310,7 +319,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         stores.held.clone(),
         clock,
         &settings.secret_key,
-    );
+    )
+    .with_push(push.clone());
     let mobile_auth = Arc::new(MobileAuthState {
         enabled: settings.features.mobile_authentication,
         clients: settings.api_clients.clone(),
@@ -355,10 +365,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
             device: device_api,
         }),
     ));
-    server.add_service(background_service(
-        "callbacks",
-        CallbackWorker(callbacks),
-    ));
+    server.add_service(background_service("callbacks", CallbackWorker(callbacks)));
     server.add_service(http_service(
         "metrics",
         metrics_socket,

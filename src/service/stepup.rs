@@ -13,6 +13,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::push::{PushService, PushServiceError, PushStart, PushTarget};
 use super::sms::{SmsError, SmsService, SmsStart};
 use super::transactions::{EngineError, TransactionEngine};
 use crate::domain::auth_type::{AuthTypes, CODE_PLACEHOLDER, Method};
@@ -106,6 +107,7 @@ pub struct StepUpService {
     clock: SharedClock,
     csrf_key: [u8; 32],
     user_key: [u8; 32],
+    push: Option<PushService>,
 }
 
 impl StepUpService {
@@ -126,7 +128,14 @@ impl StepUpService {
             clock,
             csrf_key: secret.derive("proxy-csrf"),
             user_key: secret.derive("held-user-key"),
+            push: None,
         }
+    }
+
+    /// Lets policies whose type is a push method push to the user's enrolled phone.
+    pub fn with_push(mut self, push: PushService) -> Self {
+        self.push = Some(push);
+        self
     }
 
     pub fn now(&self) -> Timestamp {
@@ -197,33 +206,8 @@ impl StepUpService {
         message: Option<String>,
         request: OriginalRequest,
     ) -> Result<Challenge, StepUpError> {
-        let chain = self.auth_types.fallback_chain(&step_up.auth_type);
-        // Push and OTP need an enrolled phone app, which does not exist yet: the first SMS type
-        // of the chain is the one that can run.
-        let auth_type = chain
-            .into_iter()
-            .find(|t| t.method == Method::Sms)
-            .ok_or_else(|| StepUpError::NoUsableMethod(step_up.auth_type.clone()))?;
-        let phone_number = requester
-            .phone_number
-            .clone()
-            .ok_or(StepUpError::NoPhoneNumber)?;
-        // The SMS carries the policy's message and then the type's own text with the code.
-        let code_line = auth_type.default_message(None).unwrap_or(CODE_PLACEHOLDER);
-        let template = message
-            .as_ref()
-            .map(|message| format!("{message}\n{code_line}"));
         let transaction = self
-            .sms
-            .start(
-                auth_type,
-                SmsStart {
-                    user_id: requester.user_id.clone(),
-                    phone_number,
-                    message: template,
-                    language: None,
-                },
-            )
+            .start_first_usable(step_up, requester, &message)
             .await?;
         let binding_token = random_token();
         let mode = HeldMode::from(step_up.mode);
@@ -250,6 +234,63 @@ impl StepUpService {
             binding_token,
             csrf_token,
         })
+    }
+
+    /// Starts the first type of the policy's fallback chain that can run for this user: a push
+    /// type when the user has a phone enrolled for it and the push goes out, an SMS type when
+    /// the user has a phone number. OTP needs a portal to show the code and is skipped.
+    async fn start_first_usable(
+        &self,
+        step_up: &StepUp,
+        requester: &Requester,
+        message: &Option<String>,
+    ) -> Result<Transaction, StepUpError> {
+        let mut last_failure = None;
+        for auth_type in self.auth_types.fallback_chain(&step_up.auth_type) {
+            if auth_type.method.is_push()
+                && let Some(push) = &self.push
+            {
+                let request = PushStart {
+                    user_id: requester.user_id.clone(),
+                    message: message.clone(),
+                    ..PushStart::default()
+                };
+                match push.start(auth_type, &PushTarget::Any, request).await {
+                    Ok(started) => return Ok(started.transaction),
+                    Err(PushServiceError::Store(error)) => return Err(error.into()),
+                    Err(error) => {
+                        tracing::debug!(%error, auth_type = %auth_type.name, "push cannot start; trying the fallback");
+                        last_failure = Some(StepUpError::NoUsableMethod(auth_type.name.clone()));
+                        continue;
+                    }
+                }
+            }
+            if auth_type.method != Method::Sms {
+                continue;
+            }
+            let Some(phone_number) = requester.phone_number.clone() else {
+                last_failure = Some(StepUpError::NoPhoneNumber);
+                continue;
+            };
+            // The SMS carries the policy's message and then the type's own text with the code.
+            let code_line = auth_type.default_message(None).unwrap_or(CODE_PLACEHOLDER);
+            let template = message
+                .as_ref()
+                .map(|message| format!("{message}\n{code_line}"));
+            return Ok(self
+                .sms
+                .start(
+                    auth_type,
+                    SmsStart {
+                        user_id: requester.user_id.clone(),
+                        phone_number,
+                        message: template,
+                        language: None,
+                    },
+                )
+                .await?);
+        }
+        Err(last_failure.unwrap_or_else(|| StepUpError::NoUsableMethod(step_up.auth_type.clone())))
     }
 
     /// The ticket of a held request, when `requester` may act on it: it must be the user's,

@@ -11,28 +11,31 @@ use crate::device_cli::DeviceCli;
 use crate::fakes::apns::FakeApns;
 use crate::fakes::callback::FakePortal;
 use crate::fakes::push_keys::{KEY_ID, PushKeys, TEAM_ID};
+use crate::fakes::upstream::RecordingUpstream;
 use crate::harness::{Gate, GateBuilder, client, eventually, redis_url};
 
-const CLIENT_ID: &str = "portal";
-const CLIENT_SECRET: &str = "portal-secret-0123456789";
-const BUNDLE: &str = "com.example.bank";
+pub const CLIENT_ID: &str = "portal";
+pub const CLIENT_SECRET: &str = "portal-secret-0123456789";
+pub const BUNDLE: &str = "com.example.bank";
 /// APNs device tokens are 32 bytes in hex.
-const ANN_TOKEN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+pub const ANN_TOKEN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 
 #[derive(Clone, Copy)]
-enum Store {
+pub enum Store {
     Memory,
     Redis,
 }
 
-struct World {
-    gate: Gate,
-    apns: FakeApns,
-    portal: FakePortal,
-    _keys: PushKeys,
+pub struct World {
+    pub gate: Gate,
+    pub apns: FakeApns,
+    pub portal: FakePortal,
+    pub keys: PushKeys,
 }
 
-fn world(store: Store, mode: &str, extra: &str) -> World {
+/// A gate with the push types, the `bank-app` application (PIN, max 3 wrong), a fake APNs, a
+/// fake portal for callbacks, `enrollment.push.mode: mode`, and `extra` YAML appended.
+pub fn world(store: Store, mode: &str, extra: &str) -> World {
     let keys = PushKeys::generate();
     let apns = FakeApns::start(&keys, BUNDLE);
     let portal = FakePortal::start();
@@ -88,12 +91,12 @@ callbacks:
         gate: builder.yaml(&yaml).start(),
         apns,
         portal,
-        _keys: keys,
+        keys,
     }
 }
 
 impl World {
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
         let response = client()
             .post(self.gate.url(path))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
@@ -106,7 +109,7 @@ impl World {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = client()
             .get(self.gate.url(path))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
@@ -119,7 +122,7 @@ impl World {
     }
 
     /// A phone enrolled for `user` (with PIN 1234) and registered for push with `token`.
-    async fn phone(&self, user: &str, token: &str) -> (DeviceCli, String) {
+    pub async fn phone(&self, user: &str, token: &str) -> (DeviceCli, String) {
         let (status, code) = self
             .post(&format!("/oauth/api/v4/users/{user}/enrollment-codes"), &[])
             .await;
@@ -152,7 +155,7 @@ impl World {
         (phone, device_id)
     }
 
-    fn callback_url(&self) -> String {
+    pub fn callback_url(&self) -> String {
         self.portal.url("/ma-callback")
     }
 }
@@ -258,4 +261,112 @@ async fn push_with_pin_end_to_end_on_memory() {
 #[tokio::test]
 async fn push_with_pin_end_to_end_on_redis() {
     push_with_pin_end_to_end(Store::Redis).await;
+}
+
+/// The sidecar with push: a policy whose type is `push_with_pin` challenges an API client, the
+/// phone approves, `complete` forwards the held POST exactly once; in hold mode the waiting
+/// connection itself is forwarded when the phone approves.
+#[tokio::test]
+async fn the_proxy_pushes_to_the_phone_and_forwards_after_approval() {
+    let upstream = RecordingUpstream::start();
+    let extra = format!(
+        "policies:
+  - name: transfers
+    match: {{ methods: [POST], paths: [\"/transfer\"] }}
+    require: {{ auth_type: login_pin, freshness_seconds: 0 }}
+    message: \"Approve transfer of {{form.amount}} EUR\"
+  - name: held
+    match: {{ methods: [POST], paths: [\"/held\"] }}
+    require: {{ auth_type: login_pin, freshness_seconds: 0 }}
+    mode: hold
+proxy:
+  upstream: {{ address: \"{}\" }}
+  identity: {{ header: X-User-Id }}
+",
+        upstream.address()
+    );
+    let w = world(Store::Memory, "single", &extra);
+    w.gate.wait_for_proxy();
+    let (phone, _) = w.phone("ann", ANN_TOKEN).await;
+
+    let response = client()
+        .post(w.gate.proxy_url("/transfer"))
+        .header("x-user-id", "ann")
+        .header("accept", "application/json")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let challenge: Value = response.json().await.unwrap();
+    assert_eq!(challenge["auth_method"], "push_with_pin");
+    let tx = challenge["transaction_id"].as_str().unwrap().to_owned();
+    let push = w.apns.received().pop().expect("a push");
+    assert_eq!(push.payload["og_transaction_id"], tx.as_str());
+    assert_eq!(push.payload["og_message"], "Approve transfer of 25 EUR");
+
+    let complete = |binding: String| {
+        let url = w
+            .gate
+            .proxy_url(challenge["complete_uri"].as_str().unwrap());
+        async move {
+            client()
+                .post(url)
+                .header("x-user-id", "ann")
+                .header("accept", "application/json")
+                .header("stepgate-binding", binding)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let binding = challenge["binding_token"].as_str().unwrap().to_owned();
+    // Not approved yet: nothing is forwarded.
+    let early = complete(binding.clone()).await;
+    assert_ne!(early.status().as_u16(), 200);
+    assert!(upstream.seen_on("/transfer").is_empty());
+
+    let (exit, _, err) = phone.run(&["approve", &tx, "--pin", "1234"]);
+    assert_eq!(exit, 0, "{err}");
+    let done = complete(binding.clone()).await;
+    assert_eq!(done.status().as_u16(), 200);
+    let again = complete(binding).await;
+    assert_ne!(
+        again.status().as_u16(),
+        200,
+        "the held request goes out once"
+    );
+    let seen = upstream.seen_on("/transfer");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, b"amount=25");
+
+    // Hold mode: the connection waits for the phone.
+    let proxy_url = w.gate.proxy_url("/held");
+    let waiting = tokio::spawn(async move {
+        client()
+            .post(proxy_url)
+            .header("x-user-id", "ann")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("amount=7")
+            .send()
+            .await
+            .unwrap()
+    });
+    let mut held_tx = String::new();
+    eventually(Duration::from_secs(10), "the held push", || {
+        let (_, pending, _) = phone.run(&["pending"]);
+        held_tx = pending["transactions"][0]["transaction_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let found = !held_tx.is_empty();
+        async move { found }
+    })
+    .await;
+    let (exit, _, err) = phone.run(&["approve", &held_tx, "--pin", "1234"]);
+    assert_eq!(exit, 0, "{err}");
+    let response = waiting.await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(upstream.seen_on("/held").len(), 1);
 }
