@@ -95,7 +95,10 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 held: store,
-                devices: Arc::new(MemoryDeviceStore::new(clock)),
+                devices: Arc::new(Instrumented::with_backend(
+                    MemoryDeviceStore::new(clock),
+                    "memory",
+                )),
                 callbacks: Arc::new(MemoryCallbackQueue::new()),
             }
         }
@@ -111,7 +114,10 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 held: store,
-                devices: Arc::new(RedisDeviceStore::new(shared.clone(), clock)),
+                devices: Arc::new(Instrumented::with_backend(
+                    RedisDeviceStore::new(shared.clone(), clock),
+                    "redis",
+                )),
                 callbacks: Arc::new(RedisCallbackQueue::new(shared)),
             }
         }

@@ -58,6 +58,10 @@ pub fn router(state: Shared) -> Router {
             .route("/authenticate/transaction/{transaction_id}", get(result))
             .route("/authenticate/user/{user_id}/sms", post(verify_sms))
             .route("/authenticate/user/{user_id}/sms/resend", post(resend_sms))
+            .route(
+                "/authenticate/user/{user_id}/push/resend",
+                post(resend_push),
+            )
             .layer(Extension(version))
             .with_state(state.clone())
     };
@@ -228,17 +232,26 @@ async fn start_push(
     auth_type: &crate::domain::auth_type::AuthType,
     form: &HashMap<String, String>,
 ) -> Result<Response, PushServiceError> {
+    // Without the push parameters the push cannot start: a type with a fallback falls back
+    // (the portal may not know of any device), one without names what is missing.
+    let missing = |what: &str| {
+        if auth_type.fallback.is_some() {
+            PushServiceError::NoDevice
+        } else {
+            PushServiceError::InvalidAnswer(format!("{what} missing"))
+        }
+    };
     let invalid = |what: &str| PushServiceError::InvalidAnswer(what.to_owned());
     let target = match version {
         ApiVersion::V4 => PushTarget::Device(
             form.get("device_id")
                 .cloned()
-                .ok_or_else(|| invalid("device_id missing"))?,
+                .ok_or_else(|| missing("device_id"))?,
         ),
         ApiVersion::V3 => PushTarget::Application(
             form.get("app_id")
                 .cloned()
-                .ok_or_else(|| invalid("app_id missing"))?,
+                .ok_or_else(|| missing("app_id"))?,
         ),
     };
     let user_id = form
@@ -247,7 +260,7 @@ async fn start_push(
         .ok_or_else(|| invalid("user_id missing"))?;
     let callback_uri = form
         .get("callback_uri")
-        .ok_or_else(|| invalid("callback_uri missing"))?;
+        .ok_or_else(|| missing("callback_uri"))?;
     check_callback(state, callback_uri).map_err(|error| invalid(&error.to_string()))?;
     let request = PushStart {
         user_id,
@@ -483,5 +496,26 @@ async fn resend_sms(
         Err(
             ResendOutcome::Expired | ResendOutcome::NotPending(_) | ResendOutcome::Resent { .. },
         ) => Err(ApiError::InvalidTransaction),
+    }
+}
+
+/// Sends a push again (ours: the reference documents `max_resends` for push but no endpoint).
+async fn resend_push(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let form = admit(&state, &headers, &body, peer)?;
+    let id = transaction_id(&form)?;
+    match state.push.resend(&id, &user_id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(PushServiceError::ResendRefused(
+            ResendOutcome::Disabled | ResendOutcome::LimitReached,
+        )) => Err(ApiError::ResendLimit),
+        Err(PushServiceError::SendFailed(error)) => Err(ApiError::PushNotSent(error.to_string())),
+        Err(PushServiceError::Store(error)) => Err(store_error(error)),
+        Err(_) => Err(ApiError::InvalidTransaction),
     }
 }

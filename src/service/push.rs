@@ -10,14 +10,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 
-use crate::domain::application::accepted_authenticators;
+use crate::domain::application::{AppVersion, accepted_authenticators};
 use crate::domain::auth_type::{AuthType, AuthTypes, Method};
 use crate::domain::clock::SharedClock;
-use crate::domain::device::{Authenticator, Device, DeviceId, PinFailure, PublicKeyBytes};
+use crate::domain::device::{
+    Authenticator, Device, DeviceId, PinFailure, PublicKeyBytes, PushRegistration,
+};
 use crate::domain::device_crypto::{self, SealedPayload};
 use crate::domain::ports::StoreError;
 use crate::domain::push::{PushError, PushMessage, PushSender};
-use crate::domain::regulation::{Finish, FinishOutcome};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
 use crate::service::callbacks::CallbackService;
 use crate::service::devices::{DeviceError, DeviceService};
@@ -36,6 +38,9 @@ pub enum PushServiceError {
     SendFailed(PushError),
     #[error("message missing and no default message")]
     MissingMessage,
+    /// Resends are off for the type, or all used.
+    #[error("resend refused: {0:?}")]
+    ResendRefused(ResendOutcome),
     #[error("unknown transaction")]
     UnknownTransaction,
     #[error("details already fetched")]
@@ -211,18 +216,11 @@ impl PushService {
             PushTarget::Any => candidates.into_iter().next(),
         }
         .ok_or(PushServiceError::NoDevice)?;
-        let registration = device.push.clone().ok_or(PushServiceError::NoDevice)?;
-        let version = self
-            .devices
-            .applications()
-            .get(&device.application)
-            .and_then(|app| app.version(&registration.version, registration.platform))
-            .cloned()
-            .ok_or(PushServiceError::NoDevice)?;
-        let push_config = version
-            .push_config
-            .clone()
-            .ok_or(PushServiceError::NoDevice)?;
+        // Checked before anything is stored: a device whose registration leads to no push
+        // config (the config changed since it registered) falls back like one without.
+        if self.route(&device).is_none() {
+            return Err(PushServiceError::NoDevice);
+        }
 
         let message = request
             .message
@@ -258,16 +256,7 @@ impl PushService {
             .store()
             .add_pending(&device.id, &tx.id, tx.expires_at)
             .await?;
-        let push = PushMessage {
-            token: registration.token.clone(),
-            platform: registration.platform,
-            push_config,
-            topic: version.bundle_id.clone(),
-            environment: version.apns_environment,
-            transaction_id: tx.id.to_string(),
-            message: Some(message),
-            expires_at_secs: tx.expires_at.millis() / 1000,
-        };
+        let (push, token) = self.push_message(&device, &tx)?;
         let audit = |event: &'static str, detail: Option<&str>| {
             AuditEvent {
                 event,
@@ -290,10 +279,7 @@ impl PushService {
             }
             Err(error) => {
                 if error == PushError::Unregistered {
-                    self.devices
-                        .store()
-                        .drop_push_by_token(&registration.token)
-                        .await?;
+                    self.devices.store().drop_push_by_token(&token).await?;
                 }
                 audit("PUSH_AUTH_PUSH_SERVICE_FAILURE", Some(&error.to_string()));
                 let failed = Finish {
@@ -306,6 +292,84 @@ impl PushService {
                 Err(PushServiceError::SendFailed(error))
             }
         }
+    }
+
+    /// Sends the push of a pending transaction again (the portal's resend), counted against
+    /// the type's `max_resends` in the same atomic store step that checks it. A provider
+    /// failure leaves the transaction pending.
+    pub async fn resend(&self, id: &TransactionId, user_id: &str) -> Result<(), PushServiceError> {
+        let tx = self.engine.get_owned(id, user_id).await?;
+        if !tx.method.is_push() {
+            return Err(PushServiceError::UnknownTransaction);
+        }
+        let device_id: DeviceId = tx
+            .details
+            .device_id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .ok_or(PushServiceError::NoDevice)?;
+        let device = self
+            .devices
+            .get_device(&device_id)
+            .await?
+            .ok_or(PushServiceError::NoDevice)?;
+        let (push, _) = self.push_message(&device, &tx)?;
+        match self.engine.count_resend(id).await? {
+            ResendOutcome::Resent { .. } => {}
+            refused => return Err(PushServiceError::ResendRefused(refused)),
+        }
+        self.sender
+            .send(&push)
+            .await
+            .map_err(PushServiceError::SendFailed)?;
+        AuditEvent {
+            event: "PUSH_AUTH_RESEND_SUCCEEDED",
+            transaction_id: Some(&tx.id.to_string()),
+            auth_type: Some(&tx.auth_type),
+            user_id: Some(user_id),
+            ..AuditEvent::default()
+        }
+        .emit();
+        Ok(())
+    }
+
+    /// Where a push to `device` goes: its registration, the application version it registered
+    /// and that version's push config.
+    fn route<'a>(
+        &'a self,
+        device: &'a Device,
+    ) -> Option<(&'a PushRegistration, &'a AppVersion, String)> {
+        let registration = device.push.as_ref()?;
+        let version = self
+            .devices
+            .applications()
+            .get(&device.application)?
+            .version(&registration.version, registration.platform)?;
+        let push_config = version.push_config.clone()?;
+        Some((registration, version, push_config))
+    }
+
+    /// The push for `tx` to `device`'s registration, and the registration's token.
+    fn push_message(
+        &self,
+        device: &Device,
+        tx: &Transaction,
+    ) -> Result<(PushMessage, String), PushServiceError> {
+        let (registration, version, push_config) =
+            self.route(device).ok_or(PushServiceError::NoDevice)?;
+        Ok((
+            PushMessage {
+                token: registration.token.clone(),
+                platform: registration.platform,
+                push_config,
+                topic: version.bundle_id.clone(),
+                environment: version.apns_environment,
+                transaction_id: tx.id.to_string(),
+                message: tx.details.message.clone(),
+                expires_at_secs: tx.expires_at.millis() / 1000,
+            },
+            registration.token.clone(),
+        ))
     }
 
     /// The device's pending push transactions, oldest first.
@@ -439,7 +503,7 @@ impl PushService {
                 (false, _) => return Err(PushServiceError::InvalidSignature),
             }
         }
-        let evidence = self.evidence(&tx, device, key, &answer, used_attempts);
+        let evidence = self.evidence(&tx, key, &answer, used_attempts);
         self.finish(&tx, Status::Approved, None, Some(evidence))
             .await
     }
@@ -447,7 +511,6 @@ impl PushService {
     fn evidence(
         &self,
         tx: &Transaction,
-        device: &Device,
         key: &PublicKeyBytes,
         answer: &Answer,
         used_attempts: Option<u32>,
@@ -469,7 +532,6 @@ impl PushService {
             evidence.signature = Some(signature);
             evidence.user_public_key = device_crypto::public_key_pem(key).ok();
         }
-        let _ = device;
         evidence
     }
 

@@ -149,6 +149,15 @@ impl TransactionEngine {
         }
     }
 
+    /// Counts a resend of a transaction without a code (push), atomically against its
+    /// `max_resends`.
+    pub async fn count_resend(&self, id: &TransactionId) -> Result<ResendOutcome, EngineError> {
+        self.store
+            .resend(id, None)
+            .await?
+            .ok_or(EngineError::UnknownTransaction)
+    }
+
     /// Moves a pending transaction to a terminal state (approve, deny, fail).
     pub async fn finish(
         &self,

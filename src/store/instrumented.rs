@@ -40,7 +40,8 @@ impl<S: TransactionStore> Instrumented<S> {
 }
 
 impl<S> Instrumented<S> {
-    /// For a store that is only a rate limiter: names the backend label explicitly.
+    /// For a store that is not a transaction store (a rate limiter, the device store): names
+    /// the backend label explicitly.
     pub fn with_backend(inner: S, backend: &'static str) -> Self {
         Self { inner, backend }
     }

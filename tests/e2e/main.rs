@@ -13,6 +13,7 @@ mod device_cli;
 mod fakes;
 mod harness;
 mod proxy;
+mod push_cases;
 mod push_delivery;
 mod push_flow;
 mod redis_outage;

@@ -10,12 +10,18 @@ use serde_json::Value;
 use crate::device_cli::DeviceCli;
 use crate::fakes::apns::FakeApns;
 use crate::fakes::callback::FakePortal;
+use crate::fakes::fcm::FakeFcm;
 use crate::fakes::push_keys::{KEY_ID, PushKeys, TEAM_ID};
 use crate::fakes::upstream::RecordingUpstream;
 use crate::harness::{Gate, GateBuilder, client, eventually, redis_url};
 
 pub const CLIENT_ID: &str = "portal";
 pub const CLIENT_SECRET: &str = "portal-secret-0123456789";
+/// A client with the mobile authentication API only (no `end_user`).
+pub const MA_ONLY_CLIENT_ID: &str = "portal-ma-only";
+pub const MA_ONLY_CLIENT_SECRET: &str = "portal-ma-only-secret-0123";
+/// The `bank-app` version for Android (delivered through FCM) in `world_with_fcm`.
+pub const ANDROID_VERSION: &str = "2.0";
 pub const BUNDLE: &str = "com.example.bank";
 /// APNs device tokens are 32 bytes in hex.
 pub const ANN_TOKEN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -31,18 +37,45 @@ pub struct World {
     pub apns: FakeApns,
     pub portal: FakePortal,
     pub keys: PushKeys,
+    /// The fake FCM, in `world_with_fcm` only.
+    pub fcm: Option<FakeFcm>,
 }
 
 /// A gate with the push types, the `bank-app` application (PIN, max 3 wrong), a fake APNs, a
 /// fake portal for callbacks, `enrollment.push.mode: mode`, and `extra` YAML appended.
 pub fn world(store: Store, mode: &str, extra: &str) -> World {
+    build_world(store, mode, extra, false)
+}
+
+/// `world` plus a fake FCM: `bank-app` also has version `ANDROID_VERSION` for Android, delivered
+/// through the FCM HTTP v1 API with a service account whose token URL is the fake's.
+pub fn world_with_fcm(store: Store, mode: &str, extra: &str) -> World {
+    build_world(store, mode, extra, true)
+}
+
+fn build_world(store: Store, mode: &str, extra: &str, android: bool) -> World {
     let keys = PushKeys::generate();
     let apns = FakeApns::start(&keys, BUNDLE);
+    let fcm = android.then(|| FakeFcm::start(&keys));
+    let (android_version, fcm_config) = match &fcm {
+        Some(fcm) => (
+            format!(
+                "\n      - {{ version: \"{ANDROID_VERSION}\", platform: android, push_config: fcm-main }}"
+            ),
+            format!(
+                "\n  - {{ id: fcm-main, platform: android, service_account_file: \"{}\", endpoint: \"{}\" }}",
+                keys.write_service_account(&fcm.token_uri()).display(),
+                fcm.url()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     let portal = FakePortal::start();
     let callback = portal.url("/ma-callback");
     let yaml = format!(
         "api_clients:
   - {{ client_id: {CLIENT_ID}, client_secret: \"{CLIENT_SECRET}\", apis: [mobile_authentication, end_user] }}
+  - {{ client_id: {MA_ONLY_CLIENT_ID}, client_secret: \"{MA_ONLY_CLIENT_SECRET}\", apis: [mobile_authentication] }}
 auth_types:
   - name: login_pin
     method: push_with_pin
@@ -60,6 +93,11 @@ auth_types:
     method: push
     ttl_seconds: 2
     default_messages: {{ en: \"Quick\" }}
+  - name: login_finger
+    method: push_with_fingerprint
+    ttl_seconds: 60
+    max_resends: 1
+    default_messages: {{ en: \"Approve with your fingerprint\" }}
   - name: sms_code
     method: sms
     default_messages: {{ en: \"Code: {{code}}\" }}
@@ -68,11 +106,12 @@ applications:
   - id: bank-app
     name: Bank app
     pin: true
+    fingerprint: true
     max_pin_attempts: 3
     versions:
-      - {{ version: \"1.0\", platform: ios, push_config: apns-main, apns_environment: development, bundle_id: {BUNDLE} }}
+      - {{ version: \"1.0\", platform: ios, push_config: apns-main, apns_environment: development, bundle_id: {BUNDLE} }}{android_version}
 push_configs:
-  - {{ id: apns-main, platform: ios, team_id: {TEAM_ID}, key_id: {KEY_ID}, key_file: \"{key}\", endpoint: \"{endpoint}\", ca_file: \"{ca}\" }}
+  - {{ id: apns-main, platform: ios, team_id: {TEAM_ID}, key_id: {KEY_ID}, key_file: \"{key}\", endpoint: \"{endpoint}\", ca_file: \"{ca}\" }}{fcm_config}
 enrollment: {{ push: {{ mode: {mode} }} }}
 callbacks:
   only_allow_configured: true
@@ -92,6 +131,7 @@ callbacks:
         apns,
         portal,
         keys,
+        fcm,
     }
 }
 
@@ -369,4 +409,85 @@ proxy:
     let response = waiting.await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(upstream.seen_on("/held").len(), 1);
+}
+
+/// `push_with_fingerprint`: the biometric key answers, the PIN is its fallback, the device key
+/// alone is not enough; the push can be sent again once (`max_resends: 1`).
+#[tokio::test]
+async fn fingerprint_accepts_the_biometric_key_or_the_pin_and_resends_are_counted() {
+    let w = world(Store::Memory, "single", "");
+    let (status, code) = w
+        .post("/oauth/api/v4/users/ann/enrollment-codes", &[])
+        .await;
+    assert_eq!(status, 201);
+    let phone = DeviceCli::new(&w.gate.url(""));
+    let device_id = phone.enroll(
+        code["code"].as_str().unwrap(),
+        "bank-app",
+        &["--pin", "1234", "--biometric", "--platform", "ios"],
+    );
+    let (exit, _, err) = phone.run(&[
+        "register-push",
+        "--app",
+        "bank-app",
+        "--version",
+        "1.0",
+        "--platform",
+        "ios",
+        "--token",
+        ANN_TOKEN,
+    ]);
+    assert_eq!(exit, 0, "{err}");
+    let callback = w.callback_url();
+    let init = || async {
+        let (status, init) = w
+            .post(
+                "/oauth/api/v4/authenticate/user",
+                &[
+                    ("type", "login_finger"),
+                    ("user_id", "ann"),
+                    ("device_id", &device_id),
+                    ("callback_uri", &callback),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{init}");
+        init["transaction_id"].as_str().unwrap().to_owned()
+    };
+
+    let first = init().await;
+    let resend_path = "/oauth/api/v4/authenticate/user/ann/push/resend";
+    let form = [("transaction_id", first.as_str())];
+    assert_eq!(w.post(resend_path, &form).await.0, 204);
+    let (status, refused) = w.post(resend_path, &form).await;
+    assert_eq!(
+        (status, refused["error_code"].as_str()),
+        (403, Some("3006"))
+    );
+    let pushes_for_first = w
+        .apns
+        .received()
+        .iter()
+        .filter(|p| p.payload["og_transaction_id"] == first.as_str())
+        .count();
+    assert_eq!(pushes_for_first, 2, "the push and one resend");
+
+    // The device key alone does not satisfy a fingerprint type.
+    let (exit, _, err) = phone.run(&["approve", &first]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("invalid_request"), "{err}");
+    let (exit, answer, err) = phone.run(&["approve", &first, "--biometric"]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(answer["status"], "approved");
+    let (_, result) = w
+        .get(&format!("/oauth/api/v4/authenticate/transaction/{first}"))
+        .await;
+    assert_eq!(result["is_authenticated"], true);
+    assert_eq!(result["authentication_method"], "push_with_fingerprint");
+
+    // The PIN is the fallback.
+    let second = init().await;
+    let (exit, answer, err) = phone.run(&["approve", &second, "--pin", "1234"]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(answer["status"], "approved");
 }

@@ -420,7 +420,18 @@ async fn requests_and_credentials(store: Store) {
             "{form:?} -> {body}"
         );
     }
+    // A push type without fallback and without its target: the reference's "missing app id"
+    // failure, a parameter error. With a target but no enrolled device: nothing can start.
     let (status, body) = v3.init(&[("type", "push_only"), ("user_id", "cas")]).await;
+    assert_eq!((status, error_code(&body)), (400, "1003"), "{body}");
+    let (status, body) = v3
+        .init(&[
+            ("type", "push_only"),
+            ("user_id", "cas"),
+            ("app_id", "bank-app"),
+            ("callback_uri", "https://portal.example/cb"),
+        ])
+        .await;
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("not_found")),
