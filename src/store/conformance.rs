@@ -1035,45 +1035,38 @@ pub(super) async fn concurrent_takes_have_one_winner(h: &Harness) {
 
 macro_rules! conformance_suite {
     ($harness:path) => {
-        conformance_suite!(@each $harness, #[tokio::test];
-            round_trip_keeps_every_field,
-            duplicate_insert_is_refused,
-            missing_ids_are_none,
-            right_code_approves_once,
-            wrong_codes_count_and_the_last_one_exhausts,
-            a_single_allowed_attempt_exhausts_at_once,
-            zero_max_attempts_is_unlimited_until_expiry,
-            expiry_ends_verify_resend_and_finish,
-            resends_are_bounded_and_replace_the_code,
-            resend_is_refused_when_disabled,
-            finish_is_a_compare_and_set_from_pending,
-            finish_links_the_user_and_keeps_it_otherwise,
-            verify_without_a_code_counts_nothing,
-            verify_answers_only_the_owner_and_names_the_transaction,
-            rate_limit_counts_per_window_and_resets,
-            entries_are_evicted_after_expiry_plus_retention,
-            held_request_round_trips_byte_for_byte,
-            held_request_is_taken_once,
-            missing_held_requests_are_none,
-            held_requests_expire_with_their_ttl,
-            latest_for_user_follows_the_newest_hold,
-            latest_for_user_keeps_users_apart,
-            held_requests_are_isolated_by_key_prefix
+        run_suite!($harness;
+            single: [
+                round_trip_keeps_every_field,
+                duplicate_insert_is_refused,
+                missing_ids_are_none,
+                right_code_approves_once,
+                wrong_codes_count_and_the_last_one_exhausts,
+                a_single_allowed_attempt_exhausts_at_once,
+                zero_max_attempts_is_unlimited_until_expiry,
+                expiry_ends_verify_resend_and_finish,
+                resends_are_bounded_and_replace_the_code,
+                resend_is_refused_when_disabled,
+                finish_is_a_compare_and_set_from_pending,
+                finish_links_the_user_and_keeps_it_otherwise,
+                verify_without_a_code_counts_nothing,
+                verify_answers_only_the_owner_and_names_the_transaction,
+                rate_limit_counts_per_window_and_resets,
+                entries_are_evicted_after_expiry_plus_retention,
+                held_request_round_trips_byte_for_byte,
+                held_request_is_taken_once,
+                missing_held_requests_are_none,
+                held_requests_expire_with_their_ttl,
+                latest_for_user_follows_the_newest_hold,
+                latest_for_user_keeps_users_apart,
+                held_requests_are_isolated_by_key_prefix,
+            ];
+            concurrent: [
+                concurrent_wrong_guesses_cannot_buy_extra_tries,
+                concurrent_finishes_have_one_winner,
+                concurrent_takes_have_one_winner,
+            ]
         );
-        conformance_suite!(@each $harness, #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
-            concurrent_wrong_guesses_cannot_buy_extra_tries,
-            concurrent_finishes_have_one_winner,
-            concurrent_takes_have_one_winner
-        );
-    };
-    (@each $harness:path, #[$attr:meta]; $($name:ident),+ $(,)?) => {
-        $(
-            #[$attr]
-            async fn $name() {
-                let harness = $harness().await;
-                super::$name(&harness).await;
-            }
-        )+
     };
 }
 

@@ -269,27 +269,20 @@ pub(super) async fn concurrent_claimers_get_each_job_once(h: &Harness) {
 
 macro_rules! callback_queue_suite {
     ($harness:path) => {
-        callback_queue_suite!(@each $harness, #[tokio::test];
-            enqueue_claim_complete,
-            jobs_not_due_are_not_claimed,
-            claims_take_the_earliest_first_up_to_the_limit,
-            a_lease_hides_the_job_until_it_ends,
-            reschedule_records_the_attempt_and_the_new_due_time,
-            reschedule_does_not_bring_back_a_completed_job,
-            enqueue_with_the_same_id_replaces_the_job
+        run_suite!($harness;
+            single: [
+                enqueue_claim_complete,
+                jobs_not_due_are_not_claimed,
+                claims_take_the_earliest_first_up_to_the_limit,
+                a_lease_hides_the_job_until_it_ends,
+                reschedule_records_the_attempt_and_the_new_due_time,
+                reschedule_does_not_bring_back_a_completed_job,
+                enqueue_with_the_same_id_replaces_the_job,
+            ];
+            concurrent: [
+                concurrent_claimers_get_each_job_once,
+            ]
         );
-        callback_queue_suite!(@each $harness, #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
-            concurrent_claimers_get_each_job_once
-        );
-    };
-    (@each $harness:path, #[$attr:meta]; $($name:ident),+ $(,)?) => {
-        $(
-            #[$attr]
-            async fn $name() {
-                let harness = $harness().await;
-                super::$name(&harness).await;
-            }
-        )+
     };
 }
 

@@ -728,38 +728,31 @@ pub(super) async fn keys_hold_no_secret_or_personal_data_in_clear(h: &Harness) {
 
 macro_rules! device_conformance_suite {
     ($harness:path) => {
-        device_conformance_suite!(@each $harness, #[tokio::test];
-            enrollment_code_is_single_use,
-            enrollment_codes_expire,
-            devices_round_trip_and_list_oldest_first,
-            update_keeps_identity_and_push,
-            unknown_devices_change_nothing,
-            single_mode_refuses_a_second_device,
-            override_mode_drops_the_others,
-            multiple_mode_allows_many,
-            a_token_belongs_to_one_device,
-            drop_push_by_token_drops_the_holder_only,
-            pin_failures_disconnect_at_the_limit,
-            zero_max_pin_attempts_is_unlimited,
-            a_right_pin_resets_the_count,
-            claim_once_holds_for_its_ttl,
-            pending_lists_keep_live_entries_soonest_first,
-            keys_hold_no_secret_or_personal_data_in_clear
+        run_suite!($harness;
+            single: [
+                enrollment_code_is_single_use,
+                enrollment_codes_expire,
+                devices_round_trip_and_list_oldest_first,
+                update_keeps_identity_and_push,
+                unknown_devices_change_nothing,
+                single_mode_refuses_a_second_device,
+                override_mode_drops_the_others,
+                multiple_mode_allows_many,
+                a_token_belongs_to_one_device,
+                drop_push_by_token_drops_the_holder_only,
+                pin_failures_disconnect_at_the_limit,
+                zero_max_pin_attempts_is_unlimited,
+                a_right_pin_resets_the_count,
+                claim_once_holds_for_its_ttl,
+                pending_lists_keep_live_entries_soonest_first,
+                keys_hold_no_secret_or_personal_data_in_clear,
+            ];
+            concurrent: [
+                concurrent_redemptions_have_one_winner,
+                concurrent_pin_failures_disconnect_once,
+                concurrent_claims_have_one_winner,
+            ]
         );
-        device_conformance_suite!(@each $harness, #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
-            concurrent_redemptions_have_one_winner,
-            concurrent_pin_failures_disconnect_once,
-            concurrent_claims_have_one_winner
-        );
-    };
-    (@each $harness:path, #[$attr:meta]; $($name:ident),+ $(,)?) => {
-        $(
-            #[$attr]
-            async fn $name() {
-                let harness = $harness().await;
-                super::$name(&harness).await;
-            }
-        )+
     };
 }
 
