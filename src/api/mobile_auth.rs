@@ -274,16 +274,9 @@ async fn start_push(
     };
     let started = state.push.start(auth_type, &target, request).await?;
     let tx = &started.transaction;
-    let ttl = tx
-        .expires_at
-        .millis()
-        .saturating_sub(tx.created_at.millis());
-    let mut body = json!({
-        "transaction_id": tx.id.to_string(),
-        "auth_method": tx.method.as_str(),
-        "time_to_live": ttl,
-        "device": {"name": started.device.name, "platform": started.device.platform.as_str()},
-    });
+    let mut body = started_body(tx);
+    body["device"] =
+        json!({"name": started.device.name, "platform": started.device.platform.as_str()});
     if let Some(number) = tx.details.number {
         body["number"] = json!(number);
     }
@@ -312,12 +305,16 @@ async fn start_sms(
             .map(|code| code.to_ascii_lowercase()),
     };
     let tx = state.sms.start(auth_type, request).await?;
+    Ok(json_response(StatusCode::OK, &started_body(&tx)))
+}
+
+/// The init answer's common fields: id, the method used (after fallback) and the lifetime.
+fn started_body(tx: &crate::domain::transaction::Transaction) -> serde_json::Value {
     let ttl = tx
         .expires_at
         .millis()
         .saturating_sub(tx.created_at.millis());
-    let body = json!({"transaction_id": tx.id.to_string(), "auth_method": tx.method.as_str(), "time_to_live": ttl});
-    Ok(json_response(StatusCode::OK, &body))
+    json!({"transaction_id": tx.id.to_string(), "auth_method": tx.method.as_str(), "time_to_live": ttl})
 }
 
 /// The result of a push (or OTP) transaction, as the reference reports it.
