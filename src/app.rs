@@ -13,7 +13,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
+use crate::api::availability::AvailabilityState;
 use crate::api::device::DeviceApiState;
+use crate::api::end_user::EndUserState;
 use crate::api::mobile_auth::MobileAuthState;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
@@ -28,8 +30,10 @@ use crate::domain::ports::{
 };
 use crate::notify::{self, NotifyError};
 use crate::proxy::{ProxyState, StepGateProxy};
+use crate::service::availability::AvailabilityService;
 use crate::service::callbacks::{CallbackService, CallbackWorkerOptions};
 use crate::service::devices::{DeviceService, EnrollmentRules};
+use crate::service::end_user::EndUserDevices;
 use crate::service::health::Readiness;
 use crate::service::push::PushService;
 use crate::service::sms::{SmsLimits, SmsService};
@@ -63,6 +67,8 @@ pub enum AppError {
     Notify(#[from] NotifyError),
     #[error("cannot start a runtime for the start-up checks: {0}")]
     Runtime(std::io::Error),
+    #[error("secure-message context: {0}")]
+    Enrich(#[from] crate::enrich::EnrichError),
 }
 
 /// Installs logging as configured. Separate from `run` so the CLI can log config problems too.
@@ -336,6 +342,21 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         push: push.clone(),
         callbacks: settings.callbacks.clone(),
         public_url: settings.public_url.clone(),
+        secure_context: secure_context(&settings)?,
+    });
+    let availability = Arc::new(AvailabilityState {
+        enabled: settings.features.mobile_authentication,
+        clients: settings.api_clients.clone(),
+        service: AvailabilityService::new(
+            push.clone(),
+            settings.enrollment.push_authorization_enabled,
+        ),
+        applications: settings.applications.clone(),
+        mode: settings.enrollment.mode,
+    });
+    let end_user = Arc::new(EndUserState {
+        clients: settings.api_clients.clone(),
+        devices: EndUserDevices::new(devices.clone()),
     });
     let device_api = Arc::new(DeviceApiState { devices, push });
     let policies = PolicyHandle::new(settings.policies.clone());
@@ -369,6 +390,9 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
             readiness,
             mobile_auth,
             device: device_api,
+            availability,
+            end_user,
+            minimum_api_version: settings.minimum_api_version,
         }),
     ));
     server.add_service(background_service("callbacks", CallbackWorker(callbacks)));
@@ -430,4 +454,19 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     server.run(RunArgs::default());
     tracing::info!("stepgate stopped");
     Ok(())
+}
+
+/// The secure-message context when `features.geolocation` is on: user agents and the
+/// database that config opened and checked.
+fn secure_context(
+    settings: &Settings,
+) -> Result<Option<Arc<dyn crate::domain::context::SecureMessageContext>>, AppError> {
+    if !settings.features.geolocation {
+        return Ok(None);
+    }
+    let builder = crate::enrich::SecureMessageBuilder::new(&settings.geolocation)?;
+    if let Some(database) = &settings.geolocation.database {
+        tracing::info!(database = ?database, "geolocation: secure messages carry device and location");
+    }
+    Ok(Some(Arc::new(builder)))
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod domain;
+pub mod enrich;
 pub mod notify;
 pub mod proxy;
 pub mod qr;

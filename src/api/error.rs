@@ -1,6 +1,8 @@
 //! The single mapping from API failures to status codes and bodies: the OAuth shape
 //! (`error`, `error_description`) for client authentication and "no possibilities", the
-//! reference's numeric shape (`error_code`, `description`) for everything else. Every answer
+//! reference's numeric shape (`error_code`, `description`) for everything else on the mobile
+//! authentication API, and the End User API's own shapes (`{"error":"No devices found"}`,
+//! `{"code","message","details"}`) on its device paths. Every answer
 //! carries the reference's no-cache headers. Clients get the documented generic text; the cause
 //! goes to the log.
 
@@ -46,6 +48,18 @@ pub enum ApiError {
         limit: &'static str,
         retry_after: Duration,
     },
+    /// A mobile authentication path of a version below `api.minimum_version` (4001).
+    #[error("API version below the configured minimum {minimum}")]
+    VersionNotAllowed { minimum: u8 },
+    /// End User API: the user has no devices (or is unknown).
+    #[error("no devices found")]
+    NoDevicesFound,
+    /// End User API: a parameter is missing or malformed (`details` names it).
+    #[error("invalid request parameter '{parameter}'")]
+    EndUserInvalidRequest { parameter: &'static str },
+    /// End User API: a bulk delete left these device ids in place.
+    #[error("{} devices not deleted", failed.len())]
+    NotAllDevicesDeleted { failed: Vec<String> },
 }
 
 /// A JSON response with the headers every mobile-authentication answer carries.
@@ -81,7 +95,10 @@ fn oauth(status: StatusCode, error: &str, description: &str) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::StoreUnavailable(_) | ApiError::SmsNotSent(_) | ApiError::PushNotSent(_) => {
+            ApiError::StoreUnavailable(_)
+            | ApiError::SmsNotSent(_)
+            | ApiError::PushNotSent(_)
+            | ApiError::NotAllDevicesDeleted { .. } => {
                 tracing::error!(error = %self, "request failed")
             }
             ApiError::InvalidClient(_) | ApiError::InvalidParameter(_) => {
@@ -157,6 +174,47 @@ impl IntoResponse for ApiError {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 response
+            }
+            ApiError::VersionNotAllowed { minimum } => numeric(
+                StatusCode::NOT_FOUND,
+                "4001",
+                &format!(
+                    "Server configuration mandates use of API version {minimum} and above for mobile authentication"
+                ),
+            ),
+            ApiError::NoDevicesFound => {
+                json_response(StatusCode::NOT_FOUND, &json!({"error": "No devices found"}))
+            }
+            ApiError::EndUserInvalidRequest { parameter } => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "code": "invalid_request",
+                    "message": "One or more parameters is missing or incorrect.",
+                    "details": [parameter],
+                }),
+            ),
+            ApiError::NotAllDevicesDeleted { failed } => {
+                let details: Vec<Value> = failed
+                    .iter()
+                    .map(|id| {
+                        json!({
+                            "id": id,
+                            "status": {
+                                "code": "device_not_deleted",
+                                "message": "The device could not be deleted.",
+                                "details": [],
+                            },
+                        })
+                    })
+                    .collect();
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({
+                        "code": "not_all_devices_deleted",
+                        "message": "Some of the devices could not be deleted.",
+                        "details": details,
+                    }),
+                )
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The Onegini-compatible mobile authentication API (v3 and v4 paths): init (push types on a
-//! device or application, falling back along the type's chain, and SMS), the result of push
+//! The Onegini-compatible mobile authentication API (v2, v3 and v4 paths): init (push types on
+//! a device (v4), an application (v3) or the single push enrollment (v2), falling back along the type's chain, and SMS), the result of push
 //! transactions, SMS verify and resend, and enrollment codes for the End User API. Bodies are
 //! form-encoded, answers JSON; every call first authenticates the API client.
 
@@ -39,6 +39,9 @@ pub struct MobileAuthState {
     pub callbacks: CallbackSettings,
     /// Where enrollment QR codes are served from (the API's public URL).
     pub public_url: url::Url,
+    /// Adds the sign-in's device and location to the secure message (v4 init with
+    /// `ip_address`/`user_agent`); `None` while `features.geolocation` is off.
+    pub secure_context: Option<Arc<dyn crate::domain::context::SecureMessageContext>>,
 }
 
 type Shared = Arc<MobileAuthState>;
@@ -46,11 +49,13 @@ type Shared = Arc<MobileAuthState>;
 /// Which API version a route was reached by: it decides how push targets are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApiVersion {
+    /// The user's single push enrollment: no target parameter.
+    V2,
     V3,
     V4,
 }
 
-/// Mounted under `/oauth/api/v4` and `/oauth/api/v3`.
+/// Mounted under `/oauth/api/v4`, `/oauth/api/v3` and `/oauth/api/v2`.
 pub fn router(state: Shared) -> Router {
     let routes = |version: ApiVersion| {
         Router::new()
@@ -78,6 +83,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .nest("/oauth/api/v4", routes(ApiVersion::V4))
         .nest("/oauth/api/v3", routes(ApiVersion::V3))
+        .nest("/oauth/api/v2", routes(ApiVersion::V2))
         .merge(enrollment)
 }
 
@@ -164,8 +170,9 @@ async fn init(
     {
         return Err(ApiError::MessageTooLong);
     }
-    // Multiple push devices per application are a v4 feature: v3 cannot name one of them.
-    if version == ApiVersion::V3
+    // Multiple push devices per application are a v4 feature: v2 and v3 cannot name one of
+    // them, so their push types answer 404 (SMS types keep working).
+    if version != ApiVersion::V4
         && state.push.devices().rules().mode == PushEnrollmentMode::Multiple
         && state
             .auth_types
@@ -253,6 +260,7 @@ async fn start_push(
                 .cloned()
                 .ok_or_else(|| missing("app_id"))?,
         ),
+        ApiVersion::V2 => PushTarget::Any,
     };
     let user_id = form
         .get("user_id")
@@ -262,10 +270,15 @@ async fn start_push(
         .get("callback_uri")
         .ok_or_else(|| missing("callback_uri"))?;
     check_callback(state, callback_uri).map_err(|error| invalid(&error.to_string()))?;
+    let context = secure_context(state, version, auth_type, form)
+        .map_err(|error| PushServiceError::InvalidAnswer(error.to_string()))?;
     let request = PushStart {
         user_id,
         message: form.get("message").cloned(),
-        secure_message: form.get("secure_message").cloned(),
+        secure_message: match &context {
+            Some(context) => Some(context.text.clone()),
+            None => form.get("secure_message").cloned(),
+        },
         signing_data: form.get("signing_data").cloned(),
         callback_uri: Some(callback_uri.clone()),
         language: form
@@ -274,6 +287,9 @@ async fn start_push(
     };
     let started = state.push.start(auth_type, &target, request).await?;
     let tx = &started.transaction;
+    if let Some(failure) = context.and_then(|context| context.geolocation_failure) {
+        report_geolocation_failure(tx, &failure);
+    }
     let mut body = started_body(tx);
     body["device"] =
         json!({"name": started.device.name, "platform": started.device.platform.as_str()});
@@ -515,4 +531,66 @@ async fn resend_push(
         Err(PushServiceError::Store(error)) => Err(store_error(error)),
         Err(_) => Err(ApiError::InvalidTransaction),
     }
+}
+
+/// The secure message with the sign-in's context, when it applies: a v4 init (v2 and v3 have
+/// no `ip_address`/`user_agent`), `features.geolocation` on, and either field given. The base
+/// is `secure_message`, else `message`, else the type's default message. An `ip_address` that
+/// is not an address is a parameter error (1003); a lookup that fails only leaves the location
+/// out.
+fn secure_context(
+    state: &MobileAuthState,
+    version: ApiVersion,
+    auth_type: &crate::domain::auth_type::AuthType,
+    form: &HashMap<String, String>,
+) -> Result<Option<crate::domain::context::EnrichedMessage>, ApiError> {
+    if version != ApiVersion::V4 {
+        return Ok(None);
+    }
+    let ip = form
+        .get("ip_address")
+        .map(|text| {
+            text.trim()
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| ApiError::InvalidParameter("ip_address is not an IP address".into()))
+        })
+        .transpose()?;
+    let user_agent = form.get("user_agent").map(String::as_str);
+    let Some(context) = &state.secure_context else {
+        return Ok(None);
+    };
+    if ip.is_none() && user_agent.is_none() {
+        return Ok(None);
+    }
+    let language = form
+        .get("language_code")
+        .map(|code| code.to_ascii_lowercase());
+    let base = form
+        .get("secure_message")
+        .or_else(|| form.get("message"))
+        .map(String::as_str)
+        .or_else(|| auth_type.default_message(language.as_deref()));
+    Ok(base.map(|base| context.build(base, ip, user_agent, language.as_deref())))
+}
+
+/// The reference logs an event when geolocation fails; the sign-in goes on without a location.
+fn report_geolocation_failure(
+    tx: &crate::domain::transaction::Transaction,
+    failure: &crate::domain::context::GeolocationFailure,
+) {
+    tracing::info!(
+        transaction_id = %tx.id,
+        reason = %failure,
+        "geolocation lookup failed; location left out of the secure message"
+    );
+    let transaction_id = tx.id.to_string();
+    crate::telemetry::audit::AuditEvent {
+        event: "GEOLOCATION_LOOKUP_FAILED",
+        transaction_id: Some(&transaction_id),
+        auth_type: Some(&tx.auth_type),
+        method: Some(tx.method.as_str()),
+        detail: Some(failure.as_str()),
+        ..crate::telemetry::audit::AuditEvent::default()
+    }
+    .emit();
 }

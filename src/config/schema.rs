@@ -49,6 +49,10 @@ pub struct ConfigFile {
     pub applications: Vec<Application>,
     /// Key and push enrollment rules.
     pub enrollment: Enrollment,
+    /// The secure-message context (`features.geolocation`): GeoIP database and templates.
+    pub geolocation: Geolocation,
+    /// OTP (QR) authentication: how the code is handed to the phone app.
+    pub otp: Otp,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,12 +182,16 @@ impl Default for Features {
 pub struct Api {
     /// Longest accepted `message`, in characters (the reference's default is 155).
     pub max_message_length: u32,
+    /// The lowest mobile authentication API version served (2 to 4); paths of older versions
+    /// answer error 4001.
+    pub minimum_version: u8,
 }
 
 impl Default for Api {
     fn default() -> Self {
         Self {
             max_message_length: 155,
+            minimum_version: 3,
         }
     }
 }
@@ -763,6 +771,34 @@ impl Default for PushEnrollment {
             enrollment_enabled: true,
             authorization_enabled: true,
             mode: "single".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Geolocation {
+    /// A MaxMind-format City or Country database (`.mmdb`), relative to this file. Required
+    /// when `features.geolocation` is on; opened and checked at load.
+    pub database: Option<String>,
+    /// Secure-message templates per lower-case language code, with the placeholders
+    /// `[message]`, `[operatingSystem]`, `[browser]`, `[countryCode]`, `[region]`, `[city]`.
+    /// `en` (the fallback) is required when any is given; none: the reference's default.
+    pub templates: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Otp {
+    /// The URL scheme of the deep link that opens the phone app with an OTP code:
+    /// `<scheme>://otp?c=<code>` (shown as a QR code and as an "open the app" link).
+    pub deep_link_scheme: String,
+}
+
+impl Default for Otp {
+    fn default() -> Self {
+        Self {
+            deep_link_scheme: "stepgate".into(),
         }
     }
 }

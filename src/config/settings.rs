@@ -27,6 +27,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub features: Features,
     pub max_message_length: usize,
+    /// `api.minimum_version`: mobile authentication API paths of older versions answer 4001.
+    pub minimum_api_version: u8,
     pub api_clients: Vec<ApiClient>,
     pub auth_types: AuthTypes,
     pub callbacks: CallbackSettings,
@@ -41,6 +43,8 @@ pub struct Settings {
     pub outgoing_proxy: Option<OutgoingProxySettings>,
     pub applications: Applications,
     pub enrollment: EnrollmentSettings,
+    pub geolocation: GeolocationSettings,
+    pub otp: OtpSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -588,6 +592,40 @@ impl fmt::Debug for OutgoingProxySettings {
             .field("url", &url_for_logs(&self.url))
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
             .field("preemptive_auth", &self.preemptive_auth)
+            .finish()
+    }
+}
+
+/// `geolocation`, compiled: the database opened once at load, the templates parsed.
+#[derive(Debug, Clone, Default)]
+pub struct GeolocationSettings {
+    /// `None` when `features.geolocation` is off.
+    pub database: Option<GeoDatabase>,
+    /// Per lower-case language code; empty: the reference's default template for every language.
+    pub templates: std::collections::BTreeMap<String, crate::domain::context::MessageTemplate>,
+}
+
+/// OTP (QR) authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpSettings {
+    /// Lower case, checked to be a URL scheme that is no web or script scheme.
+    pub deep_link_scheme: String,
+}
+
+/// An opened MaxMind-format database whose type was checked to hold countries (and cities).
+#[derive(Clone)]
+pub struct GeoDatabase {
+    pub path: PathBuf,
+    pub reader: std::sync::Arc<maxminddb::Reader<Vec<u8>>>,
+}
+
+impl fmt::Debug for GeoDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let metadata = self.reader.metadata();
+        f.debug_struct("GeoDatabase")
+            .field("path", &self.path)
+            .field("database_type", &metadata.database_type)
+            .field("build_epoch", &metadata.build_epoch)
             .finish()
     }
 }

@@ -29,6 +29,7 @@ use crate::domain::policy::{
 };
 
 mod devices;
+mod geolocation;
 mod proxy;
 mod push;
 
@@ -70,6 +71,13 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             format!("{max_message_length} is out of range (expected 1 to 1600)"),
         );
     }
+    let minimum_api_version = file.api.minimum_version;
+    if !(2..=4).contains(&minimum_api_version) {
+        problems.add(
+            "api.minimum_version",
+            format!("{minimum_api_version} is out of range (expected 2, 3 or 4)"),
+        );
+    }
     let api_clients = api_clients(&file.api_clients, &mut problems);
     let auth_types = auth_types(&file.auth_types, max_message_length, &mut problems);
     let callbacks = callbacks(&file.callbacks, &mut problems);
@@ -82,6 +90,13 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let outgoing_proxy = push::outgoing_proxy(&file.outgoing_proxy, &mut problems);
     let applications = devices::applications(&file.applications, &file.push_configs, &mut problems);
     let enrollment = devices::enrollment(&file.enrollment, &mut problems);
+    let geolocation = geolocation::compile(
+        &file.geolocation,
+        file.features.geolocation,
+        base,
+        &mut problems,
+    );
+    let otp = otp(&file.otp, &mut problems);
     let mut policy_names = HashSet::new();
     let (inline_policies, policy_problems) =
         policies(&file.policies, auth_types.as_ref(), &mut policy_names);
@@ -121,6 +136,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
                 geolocation: file.features.geolocation,
             },
             max_message_length,
+            minimum_api_version,
             api_clients,
             auth_types,
             callbacks,
@@ -135,6 +151,8 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             outgoing_proxy,
             applications,
             enrollment,
+            geolocation,
+            otp,
         }),
         _ => Err(problems.0),
     }
@@ -1177,6 +1195,45 @@ fn file_gateway(raw: &schema::SmsFile, problems: &mut Problems) -> Option<FileGa
     Some(FileGatewaySettings { path: path.into() })
 }
 
+/// Schemes a deep link may not use: the web's own (the link would be a page, not the app) and
+/// those that run script or read files.
+const FORBIDDEN_DEEP_LINK_SCHEMES: [&str; 8] = [
+    "http",
+    "https",
+    "javascript",
+    "vbscript",
+    "data",
+    "file",
+    "about",
+    "blob",
+];
+
+fn otp(raw: &schema::Otp, problems: &mut Problems) -> super::settings::OtpSettings {
+    let scheme = raw.deep_link_scheme.trim().to_ascii_lowercase();
+    // RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+    let well_formed = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !well_formed {
+        problems.add(
+            "otp.deep_link_scheme",
+            format!(
+                "'{}' is not a URL scheme (expected a letter, then letters, digits, '+', '-' or '.', e.g. stepgate)",
+                raw.deep_link_scheme
+            ),
+        );
+    } else if FORBIDDEN_DEEP_LINK_SCHEMES.contains(&scheme.as_str()) {
+        problems.add(
+            "otp.deep_link_scheme",
+            format!("'{scheme}' is not an app's scheme (expected the phone app's own, e.g. stepgate)"),
+        );
+    }
+    super::settings::OtpSettings {
+        deep_link_scheme: scheme,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1205,6 +1262,26 @@ mod tests {
         }
         for bad in ["EN", "e", "english", "en_US", ""] {
             assert!(!valid_language(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn otp_deep_link_schemes() {
+        let check = |scheme: &str| {
+            let mut problems = Problems::default();
+            let raw = schema::Otp {
+                deep_link_scheme: scheme.into(),
+            };
+            let compiled = otp(&raw, &mut problems);
+            (compiled.deep_link_scheme, problems.0)
+        };
+        assert_eq!(check("stepgate"), ("stepgate".to_owned(), Vec::new()));
+        assert_eq!(check(" Bank-App.v2 ").0, "bank-app.v2");
+        assert!(check(" Bank-App.v2 ").1.is_empty());
+        for bad in ["", "2fa", "bank app", "bank:", "https", "JavaScript", "data"] {
+            let (_, problems) = check(bad);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].path, "otp.deep_link_scheme");
         }
     }
 }

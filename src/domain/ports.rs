@@ -10,6 +10,7 @@ use super::clock::Timestamp;
 use super::code::CodeHash;
 use super::device::{Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome};
 use super::held::{HeldRequest, HeldTicket};
+use super::otp::{OtpAnswer, RedeemOutcome};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use super::transaction::{Transaction, TransactionId};
 
@@ -64,6 +65,17 @@ pub trait TransactionStore: Send + Sync {
         id: &TransactionId,
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError>;
+
+    /// An OTP submission: checks the code and counts the attempt and, when the code is right,
+    /// links the transaction to `answer.user_id` and finishes it as the answer says, in one
+    /// atomic step (`otp::redeem`). `None` when there is no such OTP transaction or it is bound
+    /// to another user; then nothing is counted or changed.
+    async fn redeem_otp(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+        answer: &OtpAnswer,
+    ) -> Result<Option<RedeemOutcome>, StoreError>;
 }
 
 /// A verification's outcome with the labels of the transaction it counted against (for metrics
@@ -246,4 +258,47 @@ pub trait DeviceStore: Send + Sync {
 
     /// The device's remembered transactions that have not expired, oldest first.
     async fn pending(&self, id: &DeviceId) -> Result<Vec<TransactionId>, StoreError>;
+}
+
+/// What the admin API asks for: transactions created at or after `since`, newest first, at most
+/// `limit` of them, optionally only one user's and only those in one (effective) status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionQuery {
+    pub since: Timestamp,
+    pub user_id: Option<String>,
+    pub status: Option<super::transaction::Status>,
+    pub limit: usize,
+}
+
+/// One stored audit event: when it happened and the event itself as a JSON object, opaque to
+/// the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub event: String,
+}
+
+/// The admin's read side: a time index of transactions (written in the same atomic step as
+/// `TransactionStore::insert`, trimmed by age) and a bounded, age-trimmed log of audit events.
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    /// Live (not evicted) transactions matching `query`, newest first. The status filter sees
+    /// the effective status (`Transaction::effective_status` at the store's clock). A status
+    /// filter looks at a bounded number of the newest transactions in the window, so on a very
+    /// busy gateway it may answer fewer than `limit` even though older matches exist.
+    async fn recent_transactions(
+        &self,
+        query: &TransactionQuery,
+    ) -> Result<Vec<Transaction>, StoreError>;
+
+    /// Stores audit events; each is kept until it is older than the store's audit horizon or
+    /// pushed out by newer ones (the log is bounded).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+
+    /// Audit events at or after `since`, newest first, at most `limit`.
+    async fn audit_since(
+        &self,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -568,6 +568,7 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
         "status_uri": format!("{base}/status"),
         "verify_uri": format!("{base}/verify"),
         "complete_uri": format!("{base}/complete"),
+        "number": tx.details.number,
     });
     Reply::json(401, &body)
         .with_header(

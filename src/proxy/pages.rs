@@ -9,7 +9,6 @@
 //! bodies, no `style=` attributes, no `on*=` handlers. Every dynamic value is HTML-escaped, and the
 //! transaction id is also percent-encoded where it becomes part of a URL path.
 
-
 /// Where [`SCRIPT`] is served.
 pub const SCRIPT_PATH: &str = "/.stepgate/assets/stepgate.js";
 /// Where [`STYLE`] is served.
@@ -59,6 +58,8 @@ pub struct ChallengeView<'a> {
     /// it continues by itself; push/OTP pages have no complete form and say "you can close this
     /// tab" once approved.
     pub hold_mode: bool,
+    /// Push with number matching: the number the user must pick on the phone.
+    pub number: Option<u8>,
 }
 
 /// The challenge page for one pending transaction.
@@ -93,6 +94,11 @@ pub fn challenge_page(view: &ChallengeView<'_>) -> String {
             String::from(r#" data-method="sms""#)
         }
         PageMethod::Push | PageMethod::Otp => {
+            if let Some(number) = view.number {
+                body.push_str(&format!(
+                    "<p id=\"number\" class=\"number\">Pick <strong>{number}</strong> on your phone.</p>\n"
+                ));
+            }
             live_body(&mut body, view, &tx_path, &csrf_field);
             let method = if view.method == PageMethod::Push {
                 "push"
@@ -455,6 +461,10 @@ body {
 }
 h1 { margin: 0 0 1rem; font-size: 1.375rem; line-height: 1.3; }
 p { margin: 0 0 1rem; }
+.number strong {
+  font-size: 2.5rem;
+  letter-spacing: 0.1em;
+}
 .message {
   padding: 0.75rem 1rem;
   font-size: 1.125rem;
@@ -524,6 +534,7 @@ mod tests {
             can_resend: false,
             otp_link: None,
             hold_mode: false,
+            number: None,
         }
     }
 
@@ -587,6 +598,16 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;Tom &amp; &#39;Jerry&#39;&lt;/a&gt;"
         );
         assert_eq!(escape_html("plain €"), "plain €");
+    }
+
+    #[test]
+    fn a_push_page_shows_the_number_to_pick() {
+        let mut v = view(PageMethod::Push);
+        assert!(!challenge_page(&v).contains("id=\"number\""));
+        v.number = Some(47);
+        let page = challenge_page(&v);
+        assert!(page.contains("Pick <strong>47</strong> on your phone."));
+        assert_common(&page);
     }
 
     #[test]

@@ -226,6 +226,7 @@ impl Handler<'_> {
             can_resend: tx.method == Method::Sms && tx.resends < tx.max_resends,
             otp_link: None,
             hold_mode: ticket.mode == HeldMode::Hold,
+            number: tx.details.number,
         };
         send(session, Reply::html(200, pages::challenge_page(&view))).await
     }
@@ -241,6 +242,7 @@ impl Handler<'_> {
             "status_uri": format!("{base}/status"),
             "verify_uri": format!("{base}/verify"),
             "complete_uri": format!("{base}/complete"),
+            "number": tx.details.number,
         })
     }
 

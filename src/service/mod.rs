@@ -5,9 +5,13 @@
 //!
 //! May import: domain, telemetry.
 
+pub mod admin;
+pub mod availability;
 pub mod callbacks;
 pub mod devices;
+pub mod end_user;
 pub mod health;
+pub mod otp;
 pub mod push;
 pub mod sms;
 pub mod stepup;

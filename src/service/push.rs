@@ -25,6 +25,7 @@ use crate::service::callbacks::CallbackService;
 use crate::service::devices::{DeviceError, DeviceService};
 use crate::service::transactions::{EngineError, TransactionEngine};
 use crate::telemetry::audit::AuditEvent;
+use crate::telemetry::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushServiceError {
@@ -252,6 +253,7 @@ impl PushService {
             .start(auth_type, Some(request.user_id.clone()), details)
             .await?;
         let tx = started.transaction;
+        metrics::transaction_started(&tx.auth_type, tx.method.as_str());
         self.devices
             .store()
             .add_pending(&device.id, &tx.id, tx.expires_at)
@@ -288,7 +290,13 @@ impl PushService {
                     user_id: None,
                     evidence: None,
                 };
-                self.engine.finish(&tx.id, &failed).await?;
+                if self.engine.finish(&tx.id, &failed).await? == FinishOutcome::Finished {
+                    metrics::transaction_finished(
+                        &tx.auth_type,
+                        tx.method.as_str(),
+                        Status::Failed.as_str(),
+                    );
+                }
                 Err(PushServiceError::SendFailed(error))
             }
         }
@@ -595,6 +603,7 @@ impl PushService {
         };
         match self.engine.finish(&tx.id, &update).await? {
             FinishOutcome::Finished => {
+                metrics::transaction_finished(&tx.auth_type, tx.method.as_str(), status.as_str());
                 AuditEvent {
                     event: if status == Status::Approved {
                         "MOBILE_AUTH_AUTHENTICATED"

@@ -23,6 +23,7 @@ use crate::domain::auth_type::Method;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
+use crate::domain::otp::{OtpAnswer, OtpCode, RedeemOutcome};
 use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
@@ -1031,6 +1032,204 @@ pub(super) async fn concurrent_takes_have_one_winner(h: &Harness) {
     assert_eq!(h.held.ticket(&id).await.unwrap(), None);
 }
 
+// ---- OTP redemption ------------------------------------------------------------------------
+
+impl Harness {
+    /// A pending OTP transaction (bound to `user` when given) and its code.
+    fn otp(&self, user: Option<&str>, max_attempts: u32) -> (Transaction, OtpCode) {
+        let sample = self.sms(max_attempts, 0);
+        let code = OtpCode::generate(sample.id, &mut rand_core::OsRng);
+        let tx = Transaction {
+            auth_type: "qr_login".into(),
+            method: Method::Otp,
+            user_id: user.map(str::to_owned),
+            code_hash: Some(code.hash(&self.hasher)),
+            ..sample
+        };
+        (tx, code)
+    }
+
+    async fn redeem(
+        &self,
+        id: &TransactionId,
+        code: &OtpCode,
+        user: &str,
+        approve: bool,
+    ) -> Option<RedeemOutcome> {
+        self.tx
+            .redeem_otp(id, &code.hash(&self.hasher), &otp_answer(user, approve))
+            .await
+            .unwrap()
+    }
+}
+
+fn otp_answer(user: &str, approve: bool) -> OtpAnswer {
+    OtpAnswer {
+        user_id: user.to_owned(),
+        approve,
+        evidence: Some(Evidence {
+            authentication_method: Some("otp".into()),
+            authenticator: Some("device".into()),
+            ..Evidence::default()
+        }),
+    }
+}
+
+pub(super) async fn otp_redeem_links_the_user_and_finishes_once(h: &Harness) {
+    let (tx, code) = h.otp(None, 3);
+    let tx = h.inserted(tx).await;
+    h.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.redeem(&tx.id, &code, "ann", true).await,
+        Some(RedeemOutcome::Finished {
+            status: Status::Approved,
+            attempts: 1
+        })
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.status, Status::Approved);
+    assert_eq!(stored.user_id.as_deref(), Some("ann"));
+    assert_eq!(stored.reason, None);
+    assert_eq!(stored.finished_at, Some(h.now()));
+    assert_eq!(stored.evidence, otp_answer("ann", true).evidence);
+    // Single use: the same code again changes nothing; once linked, the transaction is ann's
+    // and another phone sees no transaction at all.
+    assert_eq!(
+        h.redeem(&tx.id, &code, "ann", false).await,
+        Some(RedeemOutcome::NotPending(Status::Approved))
+    );
+    assert_eq!(h.redeem(&tx.id, &code, "bob", true).await, None);
+    assert_eq!(h.stored(&tx.id).await, stored);
+
+    // A deny with the right code denies, and still names who answered.
+    let (denied, code) = h.otp(None, 3);
+    let denied = h.inserted(denied).await;
+    assert_eq!(
+        h.redeem(&denied.id, &code, "ann", false).await,
+        Some(RedeemOutcome::Finished {
+            status: Status::Denied,
+            attempts: 1
+        })
+    );
+    let stored = h.stored(&denied.id).await;
+    assert_eq!(
+        (stored.status, stored.reason, stored.user_id.as_deref()),
+        (Status::Denied, Some(Reason::NotAccepted), Some("ann"))
+    );
+}
+
+pub(super) async fn otp_redeem_counts_wrong_codes_and_exhausts(h: &Harness) {
+    let (tx, code) = h.otp(None, 2);
+    let tx = h.inserted(tx).await;
+    let wrong = OtpCode::generate(tx.id, &mut rand_core::OsRng);
+    assert_eq!(
+        h.redeem(&tx.id, &wrong, "ann", true).await,
+        Some(RedeemOutcome::WrongCode {
+            attempts: 1,
+            remaining: Some(1)
+        })
+    );
+    assert_eq!(h.stored(&tx.id).await.user_id, None, "a wrong code links nobody");
+    assert_eq!(
+        h.redeem(&tx.id, &wrong, "ann", true).await,
+        Some(RedeemOutcome::Exhausted { attempts: 2 })
+    );
+    assert_eq!(
+        h.redeem(&tx.id, &code, "ann", true).await,
+        Some(RedeemOutcome::NotPending(Status::Failed))
+    );
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(
+        (stored.status, stored.reason, stored.attempts, stored.user_id),
+        (Status::Failed, Some(Reason::AttemptsExhausted), 2, None)
+    );
+
+    // Unlimited attempts until expiry, and expiry wins over the right code.
+    let (unlimited, code) = h.otp(None, 0);
+    let unlimited = h.inserted(unlimited).await;
+    let wrong = OtpCode::generate(unlimited.id, &mut rand_core::OsRng);
+    assert_eq!(
+        h.redeem(&unlimited.id, &wrong, "ann", true).await,
+        Some(RedeemOutcome::WrongCode {
+            attempts: 1,
+            remaining: None
+        })
+    );
+    h.clock.advance(TTL);
+    assert_eq!(
+        h.redeem(&unlimited.id, &code, "ann", true).await,
+        Some(RedeemOutcome::Expired)
+    );
+    let stored = h.stored(&unlimited.id).await;
+    assert_eq!(
+        (stored.status, stored.reason, stored.attempts, stored.user_id),
+        (Status::Expired, Some(Reason::Expired), 1, None)
+    );
+}
+
+pub(super) async fn otp_redeem_touches_only_unbound_or_own_otp_transactions(h: &Harness) {
+    // Bound to ann: bob's phone sees an unknown transaction, and nothing is counted.
+    let (bound, code) = h.otp(Some("ann"), 3);
+    let bound = h.inserted(bound).await;
+    assert_eq!(h.redeem(&bound.id, &code, "bob", true).await, None);
+    assert_eq!(h.stored(&bound.id).await, bound);
+    assert!(matches!(
+        h.redeem(&bound.id, &code, "ann", true).await,
+        Some(RedeemOutcome::Finished { .. })
+    ));
+
+    // Not an OTP transaction: missing, untouched, even with a hash that would match.
+    let (otp_shaped, code) = h.otp(Some(OWNER), 3);
+    let sms = h
+        .inserted(Transaction {
+            method: Method::Sms,
+            ..otp_shaped
+        })
+        .await;
+    assert_eq!(h.redeem(&sms.id, &code, OWNER, true).await, None);
+    assert_eq!(h.stored(&sms.id).await, sms);
+
+    // No transaction at all.
+    let nowhere = OtpCode::generate(TransactionId::random(), &mut rand_core::OsRng);
+    assert_eq!(
+        h.redeem(&nowhere.transaction_id(), &nowhere, "ann", true)
+            .await,
+        None
+    );
+    assert_eq!(h.tx.get(&nowhere.transaction_id()).await.unwrap(), None);
+}
+
+pub(super) async fn concurrent_otp_redeems_have_one_winner(h: &Harness) {
+    const RACERS: usize = 50;
+    let (tx, code) = h.otp(None, 0);
+    let tx = h.inserted(tx).await;
+    let candidate = code.hash(&h.hasher);
+    let start = Arc::new(Barrier::new(RACERS));
+    let mut racers = JoinSet::new();
+    for n in 0..RACERS {
+        let (store, start, id) = (h.tx.clone(), start.clone(), tx.id);
+        racers.spawn(async move {
+            let answer = otp_answer(&format!("racer-{n}"), n % 2 == 0);
+            start.wait().await;
+            (n, store.redeem_otp(&id, &candidate, &answer).await.unwrap())
+        });
+    }
+    let mut winners = Vec::new();
+    while let Some(joined) = racers.join_next().await {
+        let (n, outcome) = joined.unwrap();
+        match outcome {
+            Some(RedeemOutcome::Finished { attempts: 1, .. }) => winners.push(n),
+            // The losers find it finished, or already linked to the winner.
+            Some(RedeemOutcome::NotPending(Status::Approved | Status::Denied)) | None => {}
+            other => panic!("racer {n}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.user_id, Some(format!("racer-{}", winners[0])));
+    assert_eq!(stored.attempts, 1);
+}
+
 // ---- instantiation -------------------------------------------------------------------------
 
 macro_rules! conformance_suite {
@@ -1060,11 +1259,15 @@ macro_rules! conformance_suite {
                 latest_for_user_follows_the_newest_hold,
                 latest_for_user_keeps_users_apart,
                 held_requests_are_isolated_by_key_prefix,
+                otp_redeem_links_the_user_and_finishes_once,
+                otp_redeem_counts_wrong_codes_and_exhausts,
+                otp_redeem_touches_only_unbound_or_own_otp_transactions,
             ];
             concurrent: [
                 concurrent_wrong_guesses_cannot_buy_extra_tries,
                 concurrent_finishes_have_one_winner,
                 concurrent_takes_have_one_winner,
+                concurrent_otp_redeems_have_one_winner,
             ]
         );
     };

@@ -15,6 +15,7 @@ use crate::domain::device::{
     Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
 };
 use crate::domain::held::{HeldRequest, HeldTicket};
+use crate::domain::otp::{OtpAnswer, RedeemOutcome};
 use crate::domain::ports::DeviceStore;
 use crate::domain::ports::Verified;
 use crate::domain::ports::{
@@ -140,6 +141,16 @@ impl<S: TransactionStore> TransactionStore for Instrumented<S> {
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError> {
         self.timed("finish", self.inner.finish(id, update)).await
+    }
+
+    async fn redeem_otp(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+        answer: &OtpAnswer,
+    ) -> Result<Option<RedeemOutcome>, StoreError> {
+        self.timed("redeem_otp", self.inner.redeem_otp(id, candidate, answer))
+            .await
     }
 }
 

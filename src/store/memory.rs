@@ -11,7 +11,7 @@
 //!
 //! May import: domain.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -21,11 +21,15 @@ use async_trait::async_trait;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::held::{HeldRequest, HeldTicket};
+use crate::domain::otp::{self, OtpAnswer, RedeemOutcome};
 use crate::domain::ports::{
-    HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore, Verified,
+    AuditEntry, HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore,
+    Verified,
 };
 use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
+
+mod admin;
 
 /// How often (in clock time) expired entries are swept out.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,6 +53,10 @@ struct State {
     next_window_sweep: Timestamp,
     /// No sweep of held requests before this time.
     next_held_sweep: Timestamp,
+    /// The admin's time index, `(created_at, id)` of every stored transaction (see `admin`).
+    index: BTreeSet<(Timestamp, TransactionId)>,
+    /// The newest audit events in arrival order, bounded (see `admin`).
+    audit: VecDeque<AuditEntry>,
 }
 
 /// A held request and when it is gone.
@@ -83,6 +91,8 @@ impl MemoryStore {
                 next_sweep: Timestamp(0),
                 next_window_sweep: Timestamp(0),
                 next_held_sweep: Timestamp(0),
+                index: BTreeSet::new(),
+                audit: VecDeque::new(),
             }),
         }
     }
@@ -137,6 +147,9 @@ impl State {
         self.next_sweep = now.plus(SWEEP_INTERVAL);
         self.transactions
             .retain(|_, tx| now < tx.expires_at.plus(retention));
+        let live = &self.transactions;
+        self.index
+            .retain(|(at, id)| live.get(id).is_some_and(|tx| tx.created_at == *at));
     }
 
     fn sweep_held(&mut self, now: Timestamp) {
@@ -199,6 +212,7 @@ impl TransactionStore for MemoryStore {
             }
         }
         state.transactions.insert(tx.id, tx.clone());
+        state.index.insert((tx.created_at, tx.id));
         Ok(())
     }
 
@@ -236,6 +250,16 @@ impl TransactionStore for MemoryStore {
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError> {
         Ok(self.with_live(id, |tx, now| regulation::finish(tx, update, now)))
+    }
+
+    async fn redeem_otp(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+        answer: &OtpAnswer,
+    ) -> Result<Option<RedeemOutcome>, StoreError> {
+        let redeemed = self.with_live(id, |tx, now| otp::redeem(tx, candidate, answer, now));
+        Ok(redeemed.flatten())
     }
 }
 

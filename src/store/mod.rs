@@ -26,6 +26,7 @@ macro_rules! run_suite {
     };
 }
 
+pub mod admin;
 pub mod callbacks;
 pub mod devices;
 pub mod instrumented;

@@ -23,6 +23,9 @@
 //!   (one round trip). `latest_for_user` answers the id only while its hash still exists (GET,
 //!   then EXISTS: two round trips), so an index that outlives a take or a failed hold is harmless.
 //!
+//! - `{prefix}tx-index`, `{prefix}tx-user:{<sha256 of user id>}` and `{prefix}audit`: the admin's
+//!   time index and audit log (see `admin`).
+//!
 //! Held requests expire on Redis's own clock (a relative PEXPIRE of the given TTL), not the
 //! injected one: nothing in the hash carries an absolute expiry.
 //!
@@ -51,11 +54,14 @@ use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::held::{HeldRequest, HeldTicket, OriginalRequest};
+use crate::domain::otp::{OtpAnswer, RedeemOutcome};
 use crate::domain::ports::{
     HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore, Verified,
 };
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+
+mod admin;
 
 const COMMON_LUA: &str = include_str!("lua/common.lua");
 const VERIFY_LUA: &str = include_str!("lua/verify.lua");
@@ -65,6 +71,7 @@ const INSERT_LUA: &str = include_str!("lua/insert.lua");
 const HIT_LUA: &str = include_str!("lua/hit.lua");
 const HELD_HOLD_LUA: &str = include_str!("lua/held_hold.lua");
 const HELD_TAKE_LUA: &str = include_str!("lua/held_take.lua");
+const OTP_REDEEM_LUA: &str = include_str!("lua/otp_redeem.lua");
 
 // The script replies' first element (see lua/common.lua).
 const R_MISSING: i64 = 0;
@@ -109,6 +116,7 @@ struct Scripts {
     hit: Script,
     held_hold: Script,
     held_take: Script,
+    otp_redeem: Script,
 }
 
 impl Scripts {
@@ -122,6 +130,7 @@ impl Scripts {
             hit: Script::new(HIT_LUA),
             held_hold: Script::new(HELD_HOLD_LUA),
             held_take: Script::new(HELD_TAKE_LUA),
+            otp_redeem: with_common(OTP_REDEEM_LUA),
         }
     }
 }
@@ -478,6 +487,8 @@ impl TransactionStore for RedisStore {
             .arg(now.millis())
             .arg(millis(self.retention))
             .arg(ttl);
+        // KEYS[2..] and ARGV[4..7]: the admin's time index, written in the same step.
+        self.index_on_insert(&mut invocation, tx, now);
         for (name, value) in self.encode(tx)? {
             invocation.arg(name).arg(value);
         }
@@ -602,9 +613,72 @@ impl TransactionStore for RedisStore {
             .await?;
         let outcome = match reply.0 {
             R_MISSING => return Ok(None),
-            R_OK => FinishOutcome::Finished,
+            R_OK => {
+                if let Some(user_id) = &update.user_id {
+                    self.index_linked_user(id, user_id).await;
+                }
+                FinishOutcome::Finished
+            }
             R_EXPIRED => FinishOutcome::Expired,
             R_NOT_PENDING => FinishOutcome::NotPending(reply_status(&reply.3)?),
+            _ => return Err(unexpected(&reply)),
+        };
+        Ok(Some(outcome))
+    }
+
+    async fn redeem_otp(
+        &self,
+        id: &TransactionId,
+        candidate: &CodeHash,
+        answer: &OtpAnswer,
+    ) -> Result<Option<RedeemOutcome>, StoreError> {
+        let (status, reason) = if answer.approve {
+            (Status::Approved, "")
+        } else {
+            (Status::Denied, Reason::NotAccepted.as_str())
+        };
+        let evidence = match &answer.evidence {
+            Some(evidence) => serde_json::to_string(evidence)
+                .map_err(|err| corrupt(format!("evidence: {err}")))?,
+            None => String::new(),
+        };
+        let candidate = candidate.to_hex();
+        let reply: Reply = self
+            .run_tx_script(
+                "redeem_otp",
+                &self.scripts.otp_redeem,
+                id,
+                &[
+                    &candidate,
+                    &answer.user_id,
+                    status.as_str(),
+                    reason,
+                    &evidence,
+                ],
+            )
+            .await?;
+        let outcome = match reply.0 {
+            R_MISSING => return Ok(None),
+            R_OK => {
+                self.index_linked_user(id, &answer.user_id).await;
+                RedeemOutcome::Finished {
+                    status: reply_status(&reply.3)?,
+                    attempts: reply_count(reply.1)?,
+                }
+            }
+            R_WRONG => RedeemOutcome::WrongCode {
+                attempts: reply_count(reply.1)?,
+                remaining: if reply.2 < 0 {
+                    None
+                } else {
+                    Some(reply_count(reply.2)?)
+                },
+            },
+            R_EXHAUSTED => RedeemOutcome::Exhausted {
+                attempts: reply_count(reply.1)?,
+            },
+            R_EXPIRED => RedeemOutcome::Expired,
+            R_NOT_PENDING => RedeemOutcome::NotPending(reply_status(&reply.3)?),
             _ => return Err(unexpected(&reply)),
         };
         Ok(Some(outcome))

@@ -4,12 +4,14 @@
 // Test code may unwrap: a panic is the failure report (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod availability;
 mod browser;
 mod callbacks;
 mod cdp;
 mod cli;
 mod demo;
 mod device_cli;
+mod end_user_api;
 mod fakes;
 mod harness;
 mod proxy;

@@ -590,10 +590,10 @@ async fn push_falls_back_to_sms_without_a_device_or_when_apns_fails() {
         sent[0]["body"].as_str().unwrap().starts_with("Code: "),
         "{sent:?}"
     );
-    // v4 names the device of a push type: leaving it out is a parameter error (the reference's
-    // "PUSH AUTH INIT FAILURE MISSING DEVICE ID"), not a silent fallback.
+    // A portal that knows of no device may leave `device_id` out: a type with a fallback falls
+    // back, one without names the missing parameter.
     let callback = w.callback_url();
-    let (status, body) = w
+    let (status, init) = w
         .post(
             INIT_V4,
             &[
@@ -601,6 +601,19 @@ async fn push_falls_back_to_sms_without_a_device_or_when_apns_fails() {
                 ("user_id", "carl"),
                 ("callback_uri", &callback),
                 ("phone_number", PHONE),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{init}");
+    assert_eq!(init["auth_method"], "sms");
+    assert_eq!(outbox(&w).len(), 2);
+    let (status, body) = w
+        .post(
+            INIT_V4,
+            &[
+                ("type", "short_push"),
+                ("user_id", "carl"),
+                ("callback_uri", &callback),
             ],
         )
         .await;
@@ -614,7 +627,7 @@ async fn push_falls_back_to_sms_without_a_device_or_when_apns_fails() {
     assert_eq!(status, 200, "{init}");
     assert_eq!(init["auth_method"], "sms");
     assert_eq!(w.apns.requests(), 1);
-    assert_eq!(outbox(&w).len(), 2);
+    assert_eq!(outbox(&w).len(), 3);
     let (status, init) =
         push_init(&w, "login_pin", "ann", &ann_id, &[("phone_number", PHONE)]).await;
     assert_eq!(status, 200, "{init}");

@@ -36,6 +36,8 @@ pub struct World {
     pub gate: Gate,
     pub apns: FakeApns,
     pub portal: FakePortal,
+    /// The key files the gate reads; held so they live as long as the gate.
+    #[allow(dead_code)]
     pub keys: PushKeys,
     /// The fake FCM, in `world_with_fcm` only.
     pub fcm: Option<FakeFcm>,
@@ -490,4 +492,73 @@ async fn fingerprint_accepts_the_biometric_key_or_the_pin_and_resends_are_counte
     let (exit, answer, err) = phone.run(&["approve", &second, "--pin", "1234"]);
     assert_eq!(exit, 0, "{err}");
     assert_eq!(answer["status"], "approved");
+}
+
+/// Number matching through the proxy: the challenge shows the number, a wrong pick on the
+/// phone denies, the right one approves and the held request goes out.
+#[tokio::test]
+async fn the_proxy_shows_the_number_to_pick() {
+    let upstream = RecordingUpstream::start();
+    let extra = format!(
+        "policies:
+  - name: login
+    match: {{ methods: [POST], paths: [\"/login\"] }}
+    require: {{ auth_type: login_push, freshness_seconds: 0 }}
+proxy:
+  upstream: {{ address: \"{}\" }}
+  identity: {{ header: X-User-Id }}
+",
+        upstream.address()
+    );
+    let w = world(Store::Memory, "single", &extra);
+    w.gate.wait_for_proxy();
+    let (phone, _) = w.phone("ann", ANN_TOKEN).await;
+    let challenge = || async {
+        let response = client()
+            .post(w.gate.proxy_url("/login"))
+            .header("x-user-id", "ann")
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        response.json::<Value>().await.unwrap()
+    };
+
+    let first = challenge().await;
+    let number = first["number"].as_u64().expect("a number to pick") as u8;
+    assert!((10..=99).contains(&number));
+    let tx = first["transaction_id"].as_str().unwrap();
+    let wrong = if number == 99 { 98 } else { number + 1 }.to_string();
+    let (exit, answer, err) = phone.run(&["approve", tx, "--pin", "1234", "--number", &wrong]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(answer["status"], "denied");
+
+    let second = challenge().await;
+    let tx = second["transaction_id"].as_str().unwrap();
+    let (_, shown, _) = phone.run(&["show", tx]);
+    let right = second["number"].as_u64().unwrap();
+    assert!(
+        shown["number_choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_u64() == Some(right))
+    );
+    let (exit, answer, err) = phone.run(&["approve", tx, "--number", &right.to_string()]);
+    assert_eq!(exit, 0, "{err}");
+    assert_eq!(answer["status"], "approved");
+    let done = client()
+        .post(w.gate.proxy_url(second["complete_uri"].as_str().unwrap()))
+        .header("x-user-id", "ann")
+        .header("accept", "application/json")
+        .header(
+            "stepgate-binding",
+            second["binding_token"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status().as_u16(), 200);
+    assert_eq!(upstream.seen_on("/login").len(), 1);
 }
