@@ -13,6 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
+use crate::api::admin::AdminState;
 use crate::api::availability::AvailabilityState;
 use crate::api::device::DeviceApiState;
 use crate::api::end_user::EndUserState;
@@ -21,20 +22,24 @@ use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::config::env::{EnvSource, ProcessEnv};
 use crate::config::reload::{self, PolicyHandle};
+use crate::config::settings::ApiScope;
 use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
 use crate::domain::callback::CallbackQueue;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
+use crate::domain::ports::AdminStore;
 use crate::domain::ports::{
     DeviceStore, HeldRequestStore, RateLimitStore, StoreError, TransactionStore,
 };
 use crate::notify::{self, NotifyError};
 use crate::proxy::{ProxyState, StepGateProxy};
+use crate::service::admin::AdminService;
 use crate::service::availability::AvailabilityService;
 use crate::service::callbacks::{CallbackService, CallbackWorkerOptions};
 use crate::service::devices::{DeviceService, EnrollmentRules};
 use crate::service::end_user::EndUserDevices;
 use crate::service::health::Readiness;
+use crate::service::otp::OtpService;
 use crate::service::push::PushService;
 use crate::service::sms::{SmsLimits, SmsService};
 use crate::service::stepup::StepUpService;
@@ -46,6 +51,7 @@ use crate::store::devices::redis::RedisDeviceStore;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::telemetry::audit::{self, AuditRecord};
 use crate::telemetry::{self, metrics};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,6 +93,7 @@ struct Stores {
     held: Arc<dyn HeldRequestStore>,
     devices: Arc<dyn DeviceStore>,
     callbacks: Arc<dyn CallbackQueue>,
+    admin: Arc<dyn AdminStore>,
 }
 
 fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
@@ -100,6 +107,7 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
             Stores {
                 transactions: store.clone(),
                 rate_limits: store.clone(),
+                admin: store.clone(),
                 held: store,
                 devices: Arc::new(Instrumented::with_backend(
                     MemoryDeviceStore::new(clock),
@@ -119,6 +127,7 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
             Stores {
                 transactions: store.clone(),
                 rate_limits: store.clone(),
+                admin: store.clone(),
                 held: store,
                 devices: Arc::new(Instrumented::with_backend(
                     RedisDeviceStore::new(shared.clone(), clock),
@@ -259,6 +268,74 @@ impl BackgroundService for CallbackWorker {
     }
 }
 
+/// Audit records waiting for the store; past this, emitting drops them (their log lines stay).
+const AUDIT_QUEUE: usize = 4096;
+
+/// Whether an API client may call the admin API; without one its listener is not bound.
+fn admin_enabled(settings: &Settings) -> bool {
+    settings
+        .api_clients
+        .iter()
+        .any(|client| client.apis.contains(&ApiScope::Admin))
+}
+
+fn bind_admin(settings: &Settings) -> Result<TcpListener, AppError> {
+    let addr = settings.listen.admin;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(admin = %addr, "the admin API listens beyond loopback: restrict its network and its clients' allowed_networks");
+    }
+    bind("admin", addr)
+}
+
+/// The admin listener, and the worker that stores audit events for it to show.
+fn add_admin_services(
+    server: &mut Server,
+    socket: TcpListener,
+    settings: &Settings,
+    admin: AdminService,
+    policies: PolicyHandle,
+) {
+    match audit::install_sink(AUDIT_QUEUE) {
+        Some(records) => {
+            server.add_service(background_service(
+                "audit",
+                AuditWorker {
+                    admin: admin.clone(),
+                    records: Mutex::new(Some(records)),
+                },
+            ));
+        }
+        None => tracing::warn!(
+            "audit events already go to another sink; the admin API will not show them"
+        ),
+    }
+    let state = Arc::new(AdminState {
+        clients: settings.api_clients.clone(),
+        admin,
+        policies,
+        config_source: settings.source.clone(),
+        env: Arc::new(ProcessEnv),
+    });
+    server.add_service(http_service("admin", socket, api::admin::router(state)));
+    tracing::info!(admin = %settings.listen.admin, "admin API enabled");
+}
+
+/// Moves audit events from the telemetry sink into the store for as long as the server runs.
+struct AuditWorker {
+    admin: AdminService,
+    records: Mutex<Option<tokio::sync::mpsc::Receiver<AuditRecord>>>,
+}
+
+#[async_trait]
+impl BackgroundService for AuditWorker {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let records = self.records.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(records) = records {
+            self.admin.drain_audit(records, shutdown).await;
+        }
+    }
+}
+
 /// Runs the gateway until SIGTERM (graceful) or SIGINT (fast).
 pub fn run(settings: Settings) -> Result<(), AppError> {
     // Both rustls users (pingora, outbound clients) must agree on one provider; a second call
@@ -269,6 +346,12 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
 
     let clock: SharedClock = Arc::new(SystemClock);
     let stores = build_store(&settings, clock.clone())?;
+    let admin = AdminService::new(
+        stores.admin.clone(),
+        stores.transactions.clone(),
+        stores.devices.clone(),
+        clock.clone(),
+    );
     let readiness = Readiness::new(stores.transactions.clone(), READINESS_TIMEOUT);
     let engine = TransactionEngine::new(
         stores.transactions.clone(),
@@ -324,6 +407,13 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         clock.clone(),
         settings.enrollment.push_authorization_enabled,
     );
+    let otp = OtpService::new(
+        stores.transactions.clone(),
+        clock.clone(),
+        &settings.secret_key,
+        callbacks.clone(),
+        settings.otp.deep_link_scheme.clone(),
+    );
     let stepup = StepUpService::new(
         settings.auth_types.clone(),
         engine,
@@ -332,7 +422,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         clock,
         &settings.secret_key,
     )
-    .with_push(push.clone());
+    .with_push(push.clone())
+    .with_otp(otp.clone());
     let mobile_auth = Arc::new(MobileAuthState {
         enabled: settings.features.mobile_authentication,
         clients: settings.api_clients.clone(),
@@ -340,6 +431,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         max_message_length: settings.max_message_length,
         sms,
         push: push.clone(),
+        otp: otp.clone(),
         callbacks: settings.callbacks.clone(),
         public_url: settings.public_url.clone(),
         secure_context: secure_context(&settings)?,
@@ -358,7 +450,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         clients: settings.api_clients.clone(),
         devices: EndUserDevices::new(devices.clone()),
     });
-    let device_api = Arc::new(DeviceApiState { devices, push });
+    let device_api = Arc::new(DeviceApiState { devices, push, otp });
     let policies = PolicyHandle::new(settings.policies.clone());
 
     // pingora binds the proxy listener itself when it starts; a trial bind here turns a taken
@@ -368,6 +460,9 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     }
     let api_socket = bind("api", settings.listen.api)?;
     let metrics_socket = bind("metrics", settings.listen.metrics)?;
+    let admin_socket = admin_enabled(&settings)
+        .then(|| bind_admin(&settings))
+        .transpose()?;
 
     let conf = ServerConf {
         threads: settings.server.threads,
@@ -401,6 +496,10 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         metrics_socket,
         telemetry::http::router(),
     ));
+    match admin_socket {
+        Some(socket) => add_admin_services(&mut server, socket, &settings, admin, policies.clone()),
+        None => tracing::info!("admin API off: no api client has apis: [admin]"),
+    }
 
     if let Some(upstream) = &settings.proxy.upstream {
         let state = Arc::new(ProxyState {

@@ -1,5 +1,6 @@
 //! The device protocol's HTTP side (`docs/device-protocol.md`): enrollment, push registration,
-//! the pending list, once-only transaction details and answers, under `/device/v1`. Every call
+//! the pending list, once-only transaction details and answers, and scanned OTP codes, under
+//! `/device/v1`. Every call
 //! but enrollment is verified as a signed request before anything else happens. Errors are
 //! `{"error","error_description"}` with the statuses the protocol lists.
 
@@ -20,11 +21,13 @@ use super::error::json_response;
 use crate::domain::device::{Authenticator, DeviceKeys, Platform};
 use crate::domain::transaction::{Status, TransactionId};
 use crate::service::devices::{DeviceError, DeviceService, EnrollRequest, SignedRequest};
+use crate::service::otp::{OtpError, OtpService};
 use crate::service::push::{Answer, PushService, PushServiceError};
 
 pub struct DeviceApiState {
     pub devices: DeviceService,
     pub push: PushService,
+    pub otp: OtpService,
 }
 
 type Shared = Arc<DeviceApiState>;
@@ -39,6 +42,7 @@ pub fn router(state: Shared) -> Router {
         .route("/device/v1/transactions", get(pending))
         .route("/device/v1/transactions/{id}", get(details))
         .route("/device/v1/transactions/{id}/answer", post(answer))
+        .route("/device/v1/otp", post(submit_otp))
         .with_state(state)
 }
 
@@ -69,6 +73,8 @@ pub enum DeviceApiError {
     NotPending(Status),
     #[error("wrong PIN")]
     InvalidPin { remaining: Option<u32> },
+    #[error("wrong OTP code")]
+    InvalidOtp { remaining: Option<u32> },
     #[error("the device was disconnected after too many wrong PINs")]
     Disconnected,
     #[error("store unavailable: {0}")]
@@ -92,6 +98,7 @@ impl IntoResponse for DeviceApiError {
             DeviceApiError::AlreadyFetched => (StatusCode::GONE, "already_fetched"),
             DeviceApiError::NotPending(_) => (StatusCode::CONFLICT, "not_pending"),
             DeviceApiError::InvalidPin { .. } => (StatusCode::UNAUTHORIZED, "invalid_pin"),
+            DeviceApiError::InvalidOtp { .. } => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             DeviceApiError::Disconnected => (StatusCode::FORBIDDEN, "device_disconnected"),
             DeviceApiError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "device API: store unavailable");
@@ -103,7 +110,9 @@ impl IntoResponse for DeviceApiError {
             other => other.to_string(),
         };
         let mut body = json!({"error": error, "error_description": description});
-        if let DeviceApiError::InvalidPin { remaining } = self {
+        if let DeviceApiError::InvalidPin { remaining } | DeviceApiError::InvalidOtp { remaining } =
+            self
+        {
             body["remaining_attempts"] = json!(remaining);
         }
         json_response(status, &body)
@@ -138,6 +147,18 @@ impl From<PushServiceError> for DeviceApiError {
             PushServiceError::Disconnected => DeviceApiError::Disconnected,
             PushServiceError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
             other => DeviceApiError::InvalidRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<OtpError> for DeviceApiError {
+    fn from(error: OtpError) -> Self {
+        match error {
+            OtpError::InvalidCode(error) => DeviceApiError::InvalidRequest(error.to_string()),
+            OtpError::UnknownTransaction => DeviceApiError::UnknownTransaction,
+            OtpError::NotPending(status) => DeviceApiError::NotPending(status),
+            OtpError::WrongCode { remaining } => DeviceApiError::InvalidOtp { remaining },
+            OtpError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
         }
     }
 }
@@ -368,5 +389,43 @@ async fn answer(
     Ok(json_response(
         StatusCode::OK,
         &json!({"transaction_id": id.to_string(), "status": status.as_str()}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct OtpBody {
+    /// The scanned code, or the deep link that carried it.
+    otp: String,
+    decision: String,
+}
+
+/// The phone submits a scanned OTP code, signed: the transaction is linked to the device's user
+/// and approved or denied.
+async fn submit_otp(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DeviceApiError> {
+    let device = signed(&state, &method, &uri, &headers, &body).await?;
+    let body: OtpBody = parse_json(&body)?;
+    let approve = match body.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(DeviceApiError::InvalidRequest(format!(
+                "decision '{other}' (expected approve or deny)"
+            )));
+        }
+    };
+    let submitted = state.otp.submit(&device, &body.otp, approve).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "transaction_id": submitted.transaction_id.to_string(),
+            "status": submitted.status.as_str(),
+            "message": submitted.message,
+        }),
     ))
 }

@@ -24,6 +24,7 @@ use crate::domain::ports::StoreError;
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
 use crate::domain::sms::normalize_phone_number;
 use crate::domain::transaction::TransactionId;
+use crate::service::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use crate::service::push::{PushService, PushServiceError, PushStart, PushTarget};
 use crate::service::sms::{SmsError, SmsService, SmsStart};
 use crate::service::transactions::EngineError;
@@ -36,6 +37,7 @@ pub struct MobileAuthState {
     pub max_message_length: usize,
     pub sms: SmsService,
     pub push: PushService,
+    pub otp: OtpService,
     pub callbacks: CallbackSettings,
     /// Where enrollment QR codes are served from (the API's public URL).
     pub public_url: url::Url,
@@ -206,6 +208,9 @@ async fn init(
         if auth_type.method == Method::Sms {
             return start_sms(&state, auth_type, &form).await;
         }
+        if auth_type.method == Method::Otp {
+            return start_otp(&state, auth_type, &form).await;
+        }
     }
     Err(match push_failure {
         Some(cause) => ApiError::PushNotSent(cause),
@@ -322,6 +327,54 @@ async fn start_sms(
     };
     let tx = state.sms.start(auth_type, request).await?;
     Ok(json_response(StatusCode::OK, &started_body(&tx)))
+}
+
+/// An OTP type: no `user_id` (the phone that answers names the user), a callback, and in the
+/// answer the code, the deep link that carries it and that link as an inline SVG QR code. The
+/// code is shown this once: only its HMAC is stored, so no URL can serve it again.
+async fn start_otp(
+    state: &MobileAuthState,
+    auth_type: &crate::domain::auth_type::AuthType,
+    form: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    if form.contains_key("user_id") {
+        return Err(ApiError::InvalidParameter(
+            "user_id must be absent for an otp type".into(),
+        ));
+    }
+    let callback_uri = form
+        .get("callback_uri")
+        .ok_or_else(|| ApiError::InvalidParameter("callback_uri missing".into()))?;
+    check_callback(state, callback_uri)?;
+    let language = form
+        .get("language_code")
+        .map(|code| code.to_ascii_lowercase());
+    let message = form.get("message").cloned();
+    if message.is_none() && auth_type.default_message(language.as_deref()).is_none() {
+        return Err(ApiError::InvalidParameter(
+            "message missing and no default message".into(),
+        ));
+    }
+    let request = OtpStart {
+        user_id: None,
+        message,
+        callback_uri: Some(callback_uri.clone()),
+        language,
+    };
+    let started = state
+        .otp
+        .start(auth_type, request, SecretSource::Random)
+        .await
+        .map_err(|error| match error {
+            OtpError::Store(error) => store_error(error),
+            other => ApiError::InvalidParameter(other.to_string()),
+        })?;
+    let deep_link = state.otp.deep_link(&started.code);
+    let mut body = started_body(&started.transaction);
+    body["otp"] = json!(started.code.encode());
+    body["qr_svg"] = json!(crate::qr::svg(&deep_link));
+    body["deep_link"] = json!(deep_link);
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// The init answer's common fields: id, the method used (after fallback) and the lifetime.

@@ -5,6 +5,7 @@
 //!
 //! May import: service, domain, config, telemetry.
 
+pub mod admin;
 pub mod availability;
 mod client_auth;
 pub mod device;

@@ -64,6 +64,9 @@ pub struct Listen {
     pub api: String,
     /// The Prometheus `/metrics` listener, `host:port`.
     pub metrics: String,
+    /// The admin API listener, `host:port`; keep it on loopback or an ops network. It serves
+    /// only when an API client has `apis: [admin]`.
+    pub admin: String,
 }
 
 impl Default for Listen {
@@ -72,6 +75,7 @@ impl Default for Listen {
             proxy: "127.0.0.1:8080".into(),
             api: "127.0.0.1:8081".into(),
             metrics: "127.0.0.1:9100".into(),
+            admin: "127.0.0.1:8082".into(),
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct ListenAddrs {
     pub proxy: SocketAddr,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
+    /// Bound only when an API client has the `admin` scope.
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -611,3 +611,20 @@ fn a_named_policy_file_that_does_not_exist_is_an_error() {
     assert!(is_policy_file("policies: []\n"));
     assert!(!is_policy_file("policies: []\nlisten: {}\n"));
 }
+
+#[test]
+fn the_admin_listener_defaults_to_loopback_and_must_stand_apart_only_when_used() {
+    let settings = load_str(&minimal(""), Path::new("c.yaml"), &no_env()).unwrap();
+    assert_eq!(settings.listen.admin.to_string(), "127.0.0.1:8082");
+    // Without an admin client it is never bound, so sharing an address is no conflict.
+    let shared = "listen: { api: \"127.0.0.1:9000\", admin: \"127.0.0.1:9000\" }\n";
+    assert!(load_str(&minimal(shared), Path::new("c.yaml"), &no_env()).is_ok());
+    let with_admin = format!(
+        "{shared}api_clients:\n  - {{ client_id: ops, client_secret: \"ops-secret-0123456789\", apis: [admin] }}\n"
+    );
+    let issues = issues_of(&minimal(&with_admin));
+    assert_eq!(issues[0].path, "listen.admin");
+    assert!(issues[0].message.contains("already used by listen.api"));
+    let issues = issues_of(&minimal("listen: { admin: \"localhost:8082\" }\n"));
+    assert_eq!(issues[0].path, "listen.admin");
+}

@@ -58,7 +58,13 @@ const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"]
 /// Compiles `file` (already overlaid with the environment) or returns every problem found.
 pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>> {
     let mut problems = Problems::default();
-    let listen = listen(&file.listen, &mut problems);
+    let admin_enabled = file.api_clients.iter().any(|client| {
+        client
+            .apis
+            .iter()
+            .any(|api| api == ApiScope::Admin.as_str())
+    });
+    let listen = listen(&file.listen, admin_enabled, &mut problems);
     let public_url = public_url(&file, listen.as_ref(), &mut problems);
     let secret_key = secret_key(file.secret_key.as_deref(), &mut problems);
     let server = server(&file.server, &mut problems);
@@ -168,16 +174,26 @@ fn socket_addr(path: &str, text: &str, problems: &mut Problems) -> Option<Socket
     }
 }
 
-fn listen(listen: &schema::Listen, problems: &mut Problems) -> Option<ListenAddrs> {
+/// The listen addresses. The admin listener takes part in the distinct-address check only when
+/// it will be bound (`admin_enabled`: some API client has the `admin` scope).
+fn listen(
+    listen: &schema::Listen,
+    admin_enabled: bool,
+    problems: &mut Problems,
+) -> Option<ListenAddrs> {
     let proxy = socket_addr("listen.proxy", &listen.proxy, problems);
     let api = socket_addr("listen.api", &listen.api, problems);
     let metrics = socket_addr("listen.metrics", &listen.metrics, problems);
-    let (proxy, api, metrics) = (proxy?, api?, metrics?);
-    let named = [
+    let admin = socket_addr("listen.admin", &listen.admin, problems);
+    let (proxy, api, metrics, admin) = (proxy?, api?, metrics?, admin?);
+    let mut named = vec![
         ("listen.proxy", proxy),
         ("listen.api", api),
         ("listen.metrics", metrics),
     ];
+    if admin_enabled {
+        named.push(("listen.admin", admin));
+    }
     let mut clash = false;
     for (i, (path, addr)) in named.iter().enumerate() {
         if let Some((other, _)) = named[..i]
@@ -197,6 +213,7 @@ fn listen(listen: &schema::Listen, problems: &mut Problems) -> Option<ListenAddr
         proxy,
         api,
         metrics,
+        admin,
     })
 }
 
@@ -1211,7 +1228,10 @@ const FORBIDDEN_DEEP_LINK_SCHEMES: [&str; 8] = [
 fn otp(raw: &schema::Otp, problems: &mut Problems) -> super::settings::OtpSettings {
     let scheme = raw.deep_link_scheme.trim().to_ascii_lowercase();
     // RFC 3986: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
-    let well_formed = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+    let well_formed = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
@@ -1226,7 +1246,9 @@ fn otp(raw: &schema::Otp, problems: &mut Problems) -> super::settings::OtpSettin
     } else if FORBIDDEN_DEEP_LINK_SCHEMES.contains(&scheme.as_str()) {
         problems.add(
             "otp.deep_link_scheme",
-            format!("'{scheme}' is not an app's scheme (expected the phone app's own, e.g. stepgate)"),
+            format!(
+                "'{scheme}' is not an app's scheme (expected the phone app's own, e.g. stepgate)"
+            ),
         );
     }
     super::settings::OtpSettings {
@@ -1278,7 +1300,15 @@ mod tests {
         assert_eq!(check("stepgate"), ("stepgate".to_owned(), Vec::new()));
         assert_eq!(check(" Bank-App.v2 ").0, "bank-app.v2");
         assert!(check(" Bank-App.v2 ").1.is_empty());
-        for bad in ["", "2fa", "bank app", "bank:", "https", "JavaScript", "data"] {
+        for bad in [
+            "",
+            "2fa",
+            "bank app",
+            "bank:",
+            "https",
+            "JavaScript",
+            "data",
+        ] {
             let (_, problems) = check(bad);
             assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
             assert_eq!(problems[0].path, "otp.deep_link_scheme");

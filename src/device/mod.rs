@@ -1,7 +1,7 @@
 //! The reference phone client, `stepgate device`: what a phone app does in the device protocol
 //! (`docs/device-protocol.md`), driven from the command line so scripts and tests can play the
 //! phone. Owns the `device` subcommand's arguments, the commands (enroll, push registration,
-//! pending, show, approve, deny), which key answers for which flag, and the exit codes (0, 1 for
+//! pending, show, approve, deny, otp), which key answers for which flag, and the exit codes (0, 1 for
 //! a refusal or failure, 2 for unusable arguments). Each command prints exactly one JSON object on
 //! stdout; a failure prints one line on stderr and nothing on stdout.
 //!
@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::domain::clock::Timestamp;
 use crate::domain::device::{Authenticator, DeviceId, DeviceKeys, Platform, PublicKeyBytes};
 use crate::domain::device_crypto::{self, CryptoError, SealedPayload};
+use crate::domain::otp::{InvalidOtp, OtpCode};
 use client::{ApiClient, ApiError, Signer};
 use state::{DeviceState, KeyFile, StateDir, StateError, TransactionDetails};
 
@@ -110,6 +111,16 @@ enum DeviceCommand {
         /// The transaction id.
         transaction: Uuid,
     },
+    /// Submit a scanned OTP code (the code, or the deep link its QR code carries) and approve
+    /// the sign-in it stands for (or deny it with --deny); prints the server's answer.
+    Otp {
+        /// The OTP code or deep link, e.g. stepgate://otp?c=... (a code may start with '-').
+        #[arg(allow_hyphen_values = true)]
+        code: Secret,
+        /// Deny instead of approving.
+        #[arg(long)]
+        deny: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +161,7 @@ impl DeviceCommand {
             DeviceCommand::Show { .. } => "show",
             DeviceCommand::Approve { .. } => "approve",
             DeviceCommand::Deny { .. } => "deny",
+            DeviceCommand::Otp { .. } => "otp",
         }
     }
 }
@@ -227,12 +239,14 @@ pub enum DeviceError {
     DetailsGone { transaction: Uuid, dir: PathBuf },
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
+    #[error("{0}")]
+    InvalidOtp(InvalidOtp),
 }
 
 impl DeviceError {
     fn exit_code(&self) -> u8 {
         match self {
-            DeviceError::NoApi => EXIT_BAD_ARGUMENTS,
+            DeviceError::NoApi | DeviceError::InvalidOtp(_) => EXIT_BAD_ARGUMENTS,
             _ => EXIT_FAILURE,
         }
     }
@@ -323,11 +337,21 @@ pub async fn execute(args: DeviceArgs) -> Result<Value, DeviceError> {
             open()?.approve(transaction, &choice, number).await
         }
         DeviceCommand::Deny { transaction } => open()?.deny(transaction).await,
+        DeviceCommand::Otp { code, deny } => {
+            // Checked before anything is sent: a scan that is no code names no transaction.
+            let code = OtpCode::parse_scanned(code.expose()).map_err(DeviceError::InvalidOtp)?;
+            let body = json!({
+                "otp": code.encode(),
+                "decision": if deny { "deny" } else { "approve" },
+            });
+            open()?.request(Method::POST, OTP_PATH, Some(&body)).await
+        }
     }
 }
 
 const PUSH_REGISTRATION_PATH: &str = "/device/v1/push-registration";
 const TRANSACTIONS_PATH: &str = "/device/v1/transactions";
+const OTP_PATH: &str = "/device/v1/otp";
 
 // ---- enroll ----------------------------------------------------------------------------------
 

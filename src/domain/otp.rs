@@ -3,9 +3,11 @@
 //! An OTP code is what a portal (or the proxy's interstitial page) shows as a QR code and the
 //! enrolled phone submits: base64url without padding of the 16 bytes of the transaction id
 //! followed by a 128-bit secret, 43 characters. The transaction id travels in clear so the
-//! server can find the transaction; the secret is stored only as an HMAC (`CodeHasher`, bound
-//! to the transaction) and compared in constant time. A deep link carries the same string:
-//! `<scheme>://otp?c=<otp>`.
+//! server can find the transaction; the secret is stored only as an HMAC (`OtpHasher`: a key
+//! derived from the operator's secret key for OTP codes alone, bound to the transaction) and
+//! compared in constant time. The key differs from the SMS codes' on purpose: whoever is shown
+//! an OTP code knows its secret, and must not be able to redeem it as a typed SMS code. A deep
+//! link carries the same string: `<scheme>://otp?c=<otp>`.
 //!
 //! `redeem` is the one atomic step a submission takes: it checks the secret and counts the
 //! attempt (`regulation::verify`), and when the secret is right links the transaction to the
@@ -25,7 +27,7 @@ use uuid::Uuid;
 
 use super::auth_type::Method;
 use super::clock::Timestamp;
-use super::code::{CodeHash, CodeHasher};
+use super::code::{CodeHash, SecretKey};
 use super::regulation::{self, VerifyOutcome};
 use super::transaction::{Evidence, Reason, Status, Transaction, TransactionId};
 
@@ -72,8 +74,7 @@ impl OtpCode {
     /// only that client can have the code shown again.
     pub fn derived(transaction: TransactionId, key: &[u8; 32], binding: &str) -> Self {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
         mac.update(b"stepgate otp v1\n");
         mac.update(transaction.to_string().as_bytes());
         mac.update(b"\n");
@@ -146,10 +147,42 @@ impl OtpCode {
         )
     }
 
-    /// The HMAC stored for this code (and computed for a submission): the same keyed hash as
-    /// SMS codes, bound to the transaction, over the secret's base64url text.
-    pub fn hash(&self, hasher: &CodeHasher) -> CodeHash {
-        hasher.hash_input(&self.transaction, &URL_SAFE_NO_PAD.encode(self.secret))
+    /// The HMAC stored for this code (and computed for a submission).
+    pub fn hash(&self, hasher: &OtpHasher) -> CodeHash {
+        hasher.hash(self)
+    }
+}
+
+/// Hashes OTP codes: HMAC-SHA256 under a key derived from the secret key for this purpose
+/// only, over the transaction id and the secret. Nothing an SMS verification computes can equal
+/// it (another key), so a shown OTP code never works as a typed one.
+#[derive(Clone)]
+pub struct OtpHasher {
+    key: [u8; 32],
+}
+
+impl OtpHasher {
+    pub fn new(secret: &SecretKey) -> Self {
+        Self {
+            key: secret.derive("otp-code-hash"),
+        }
+    }
+
+    pub fn hash(&self, code: &OtpCode) -> CodeHash {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        mac.update(&transaction_bytes(&code.transaction));
+        mac.update(&code.secret);
+        // 32 bytes are always 64 hex characters, which always parse.
+        CodeHash::from_hex(&hex::encode(mac.finalize().into_bytes()))
+            .unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl fmt::Debug for OtpHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OtpHasher(..)")
     }
 }
 
@@ -168,7 +201,11 @@ fn transaction_bytes(id: &TransactionId) -> [u8; 16] {
 }
 
 fn transaction_from_bytes(bytes: [u8; 16]) -> Option<TransactionId> {
-    Uuid::from_bytes(bytes).hyphenated().to_string().parse().ok()
+    Uuid::from_bytes(bytes)
+        .hyphenated()
+        .to_string()
+        .parse()
+        .ok()
 }
 
 /// What the phone answered with a code: its user (from the verified device) and its decision.
@@ -254,11 +291,33 @@ mod tests {
     use rand_core::OsRng;
 
     use super::*;
-    use crate::domain::code::SecretKey;
+    use crate::domain::code::CodeHasher;
     use crate::domain::transaction::Details;
 
-    fn hasher() -> CodeHasher {
-        CodeHasher::new(&SecretKey::new(vec![5u8; 32]))
+    fn hasher() -> OtpHasher {
+        OtpHasher::new(&SecretKey::new(vec![5u8; 32]))
+    }
+
+    #[test]
+    fn a_shown_code_never_hashes_like_a_typed_one() {
+        let secret = SecretKey::new(vec![5u8; 32]);
+        let code = OtpCode::generate(TransactionId::random(), &mut OsRng);
+        let sms = CodeHasher::new(&secret);
+        let id = code.transaction_id();
+        let secret_text = URL_SAFE_NO_PAD.encode(code.secret);
+        for typed in [
+            secret_text.as_str(),
+            &code.encode(),
+            &hex::encode(code.secret),
+        ] {
+            assert!(!sms.hash_input(&id, typed).matches(&code.hash(&hasher())));
+        }
+        assert!(
+            code.hash(&hasher())
+                .matches(&OtpCode::parse(&code.encode()).unwrap().hash(&hasher()))
+        );
+        let other_key = OtpHasher::new(&SecretKey::new(vec![6u8; 32]));
+        assert!(!code.hash(&hasher()).matches(&code.hash(&other_key)));
     }
 
     fn otp_tx(user_id: Option<&str>, max_attempts: u32) -> (Transaction, OtpCode) {
@@ -311,8 +370,15 @@ mod tests {
         assert_eq!(parsed, code);
         assert_eq!(parsed.transaction_id(), id);
         let bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
-        assert_eq!(&bytes[..16], Uuid::parse_str(&id.to_string()).unwrap().as_bytes());
-        assert_ne!(OtpCode::generate(id, &mut OsRng), code, "fresh secret each time");
+        assert_eq!(
+            &bytes[..16],
+            Uuid::parse_str(&id.to_string()).unwrap().as_bytes()
+        );
+        assert_ne!(
+            OtpCode::generate(id, &mut OsRng),
+            code,
+            "fresh secret each time"
+        );
     }
 
     #[test]
@@ -321,7 +387,13 @@ mod tests {
         let padded = format!("{good}=");
         let short = &good[..42];
         let bad_char = format!("{}+", &good[..42]);
-        for bad in ["", short, padded.as_str(), bad_char.as_str(), "x".repeat(43).as_str()] {
+        for bad in [
+            "",
+            short,
+            padded.as_str(),
+            bad_char.as_str(),
+            "x".repeat(43).as_str(),
+        ] {
             // 43 'x' decode to bytes, but the last character carries non-zero padding bits.
             assert_eq!(OtpCode::parse(bad), Err(InvalidOtp), "{bad:?}");
         }
@@ -353,7 +425,10 @@ mod tests {
         assert_eq!(a, OtpCode::derived(id, &key, "token-a"));
         assert_ne!(a, OtpCode::derived(id, &key, "token-b"));
         assert_ne!(a, OtpCode::derived(id, &[2u8; 32], "token-a"));
-        assert_ne!(a, OtpCode::derived(TransactionId::random(), &key, "token-a"));
+        assert_ne!(
+            a,
+            OtpCode::derived(TransactionId::random(), &key, "token-a")
+        );
         assert_eq!(a.transaction_id(), id);
     }
 
@@ -379,7 +454,11 @@ mod tests {
         assert_eq!(tx.user_id.as_deref(), Some("ann"));
         assert_eq!(tx.finished_at, Some(Timestamp(1)));
         assert_eq!(
-            tx.evidence.as_ref().unwrap().authentication_method.as_deref(),
+            tx.evidence
+                .as_ref()
+                .unwrap()
+                .authentication_method
+                .as_deref(),
             Some("otp")
         );
         assert_eq!(
@@ -388,7 +467,10 @@ mod tests {
             "single use"
         );
         // Once linked, the transaction is ann's: another phone learns nothing about it.
-        assert_eq!(redeem(&mut tx, &right, &answer("bob", true), Timestamp(2)), None);
+        assert_eq!(
+            redeem(&mut tx, &right, &answer("bob", true), Timestamp(2)),
+            None
+        );
         assert_eq!(tx.user_id.as_deref(), Some("ann"));
     }
 
@@ -396,7 +478,12 @@ mod tests {
     fn a_deny_with_the_right_code_denies_and_still_names_the_user() {
         let (mut tx, code) = otp_tx(None, 3);
         assert_eq!(
-            redeem(&mut tx, &code.hash(&hasher()), &answer("ann", false), Timestamp(1)),
+            redeem(
+                &mut tx,
+                &code.hash(&hasher()),
+                &answer("ann", false),
+                Timestamp(1)
+            ),
             Some(RedeemOutcome::Finished {
                 status: Status::Denied,
                 attempts: 1
@@ -425,7 +512,12 @@ mod tests {
             Some(RedeemOutcome::Exhausted { attempts: 2 })
         );
         assert_eq!(
-            redeem(&mut tx, &code.hash(&hasher()), &answer("ann", true), Timestamp(3)),
+            redeem(
+                &mut tx,
+                &code.hash(&hasher()),
+                &answer("ann", true),
+                Timestamp(3)
+            ),
             Some(RedeemOutcome::NotPending(Status::Failed))
         );
     }
@@ -434,17 +526,28 @@ mod tests {
     fn expiry_wins_over_a_right_code() {
         let (mut tx, code) = otp_tx(None, 3);
         assert_eq!(
-            redeem(&mut tx, &code.hash(&hasher()), &answer("ann", true), Timestamp(1_000)),
+            redeem(
+                &mut tx,
+                &code.hash(&hasher()),
+                &answer("ann", true),
+                Timestamp(1_000)
+            ),
             Some(RedeemOutcome::Expired)
         );
-        assert_eq!((tx.status, tx.attempts, tx.user_id), (Status::Expired, 0, None));
+        assert_eq!(
+            (tx.status, tx.attempts, tx.user_id),
+            (Status::Expired, 0, None)
+        );
     }
 
     #[test]
     fn a_bound_transaction_answers_only_its_users_phones_and_other_methods_none() {
         let (mut bound, code) = otp_tx(Some("ann"), 3);
         let right = code.hash(&hasher());
-        assert_eq!(redeem(&mut bound, &right, &answer("bob", true), Timestamp(1)), None);
+        assert_eq!(
+            redeem(&mut bound, &right, &answer("bob", true), Timestamp(1)),
+            None
+        );
         assert_eq!(bound.attempts, 0);
         assert!(matches!(
             redeem(&mut bound, &right, &answer("ann", true), Timestamp(1)),
@@ -454,7 +557,10 @@ mod tests {
         let (mut sms, code) = otp_tx(Some("ann"), 3);
         sms.method = Method::Sms;
         let right = code.hash(&hasher());
-        assert_eq!(redeem(&mut sms, &right, &answer("ann", true), Timestamp(1)), None);
+        assert_eq!(
+            redeem(&mut sms, &right, &answer("ann", true), Timestamp(1)),
+            None
+        );
         assert_eq!((sms.status, sms.attempts), (Status::Pending, 0));
     }
 }

@@ -2,8 +2,8 @@
 //! address the portal passes at init, looked up in the MaxMind-format database that config
 //! opened and checked at load.
 //!
-//! Names are taken in the message's language when the database has it (MaxMind ships de, en,
-//! es, fr, ja, pt-BR, ru, zh-CN), else in English. The region is the largest subdivision
+//! Names are taken in the language of the template they go into when the database has it
+//! (MaxMind ships de, en, es, fr, ja, pt-BR, ru, zh-CN), else in English. The region is the largest subdivision
 //! (England, not West Berkshire). A record with a country but no region or city is a result,
 //! not a failure; an address that is not public, not in the database, or whose record has no
 //! country is a failure the caller reports.

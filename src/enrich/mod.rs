@@ -72,9 +72,10 @@ impl SecureMessageBuilder {
             browser: device.browser,
             ..ContextValues::default()
         };
+        let (language, template) = self.templates.for_language(language);
         let mut geolocation_failure = None;
         if let (Some(ip), Some(geolocator), true) = (ip, &self.geolocator, self.needs_location) {
-            match geolocator.locate(ip, language) {
+            match geolocator.locate(ip, Some(language)) {
                 Ok(location) => {
                     values.country_code = Some(location.country_code);
                     values.region = location.region;
@@ -83,7 +84,7 @@ impl SecureMessageBuilder {
                 Err(failure) => geolocation_failure = Some(failure),
             }
         }
-        let text = self.templates.for_language(language).render(&values);
+        let text = template.render(&values);
         EnrichedMessage {
             // A base message that is only white space renders empty: keep what the portal sent.
             text: if text.is_empty() {
@@ -203,6 +204,24 @@ mod tests {
                 .build("Pay", ip("81.2.69.142"), None, Some("sv"))
                 .text,
             "Pay from London (GB)"
+        );
+        // Place names follow the template's language: English text, English names.
+        assert_eq!(
+            builder
+                .build("Pay", ip("81.2.69.142"), None, Some("fr"))
+                .text,
+            "Pay from London (GB)"
+        );
+        let french = SecureMessageBuilder::new(&settings(&[
+            ("en", "[message] from [city]"),
+            ("fr", "[message] depuis [city]"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            french
+                .build("Payer", ip("81.2.69.142"), None, Some("fr-CA"))
+                .text,
+            "Payer depuis Londres"
         );
     }
 

@@ -24,19 +24,22 @@ impl Templates {
         })
     }
 
-    /// The template for `language`, falling back to English and then the default.
-    pub fn for_language(&self, language: Option<&str>) -> &MessageTemplate {
+    /// The template for `language`, falling back to English and then the default, with the
+    /// language it is written in (place names are taken in that language too, so a French
+    /// request without a French template reads "London", not "Londres", in English text).
+    pub fn for_language(&self, language: Option<&str>) -> (&str, &MessageTemplate) {
         let wanted = language.map(|lang| lang.trim().to_ascii_lowercase());
         wanted
             .as_deref()
             .and_then(|lang| {
-                self.by_language.get(lang).or_else(|| {
+                self.by_language.get_key_value(lang).or_else(|| {
                     let primary = lang.split('-').next()?;
-                    self.by_language.get(primary)
+                    self.by_language.get_key_value(primary)
                 })
             })
-            .or_else(|| self.by_language.get(FALLBACK_LANGUAGE))
-            .unwrap_or(&self.default)
+            .or_else(|| self.by_language.get_key_value(FALLBACK_LANGUAGE))
+            .map(|(lang, template)| (lang.as_str(), template))
+            .unwrap_or((FALLBACK_LANGUAGE, &self.default))
     }
 
     /// Whether any template shows a location (otherwise no lookup is needed).
@@ -87,22 +90,25 @@ mod tests {
     #[test]
     fn the_language_picks_the_template_with_english_as_fallback() {
         let templates = configured();
-        let render = |lang: Option<&str>| templates.for_language(lang).render(&values());
+        let render = |lang: Option<&str>| templates.for_language(lang).1.render(&values());
         assert_eq!(render(Some("nl")), "Pay via Chrome vanuit London");
         assert_eq!(render(Some("NL")), "Pay via Chrome vanuit London");
         assert_eq!(render(Some("nl-be")), "Pay via Chrome vanuit London");
         assert_eq!(render(Some("fr")), "Pay via Chrome from London");
         assert_eq!(render(None), "Pay via Chrome from London");
+        assert_eq!(templates.for_language(Some("nl-BE")).0, "nl");
+        assert_eq!(templates.for_language(Some("fr")).0, "en");
     }
 
     #[test]
     fn without_configured_templates_every_language_gets_the_default() {
         let templates = Templates::new(BTreeMap::new()).unwrap();
         assert_eq!(
-            templates.for_language(Some("nl")).render(&values()),
+            templates.for_language(Some("nl")).1.render(&values()),
             "Pay Device: Chrome, Location: London"
         );
         assert!(templates.any_uses_location());
+        assert_eq!(templates.for_language(Some("nl")).0, "en");
     }
 
     #[test]

@@ -559,7 +559,7 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
         .expires_at
         .millis()
         .saturating_sub(tx.created_at.millis());
-    let body = json!({
+    let mut body = json!({
         "error": "step_up_required",
         "transaction_id": tx.id.to_string(),
         "auth_method": tx.method.as_str(),
@@ -570,6 +570,11 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
         "complete_uri": format!("{base}/complete"),
         "number": tx.details.number,
     });
+    // OTP: the code for the user's phone (to show as a QR code of the deep link).
+    if let Some(otp) = &challenge.otp {
+        body["otp"] = json!(otp.code);
+        body["deep_link"] = json!(otp.deep_link);
+    }
     Reply::json(401, &body)
         .with_header(
             "www-authenticate",

@@ -194,11 +194,24 @@ impl Handler<'_> {
             Ok(found) => found,
             Err(error) => return self.fail(session, error).await,
         };
+        // OTP: the code is rebuilt for this client (never stored), so a reload shows it again.
+        let otp = self
+            .proxy
+            .state
+            .stepup
+            .otp_display(&tx, &ticket, binding.token.as_deref());
         if !self.html {
-            return send(session, Reply::json(200, &self.status_body(&tx))).await;
+            let mut body = self.status_body(&tx);
+            if let Some(otp) = &otp {
+                body["otp"] = json!(otp.code);
+                body["deep_link"] = json!(otp.deep_link);
+            }
+            return send(session, Reply::json(200, &body)).await;
         }
         let csrf = self.csrf(&id, &ticket, &binding);
-        self.render(session, &tx, &ticket, &csrf, None).await
+        let otp_link = otp.as_ref().map(|otp| otp.deep_link.as_str());
+        self.render(session, &tx, &ticket, &csrf, None, otp_link)
+            .await
     }
 
     async fn render(
@@ -208,6 +221,7 @@ impl Handler<'_> {
         ticket: &HeldTicket,
         csrf: &str,
         error: Option<&str>,
+        otp_link: Option<&str>,
     ) -> pingora::Result<()> {
         if tx.status != Status::Pending {
             return self
@@ -224,7 +238,7 @@ impl Handler<'_> {
             csrf,
             error,
             can_resend: tx.method == Method::Sms && tx.resends < tx.max_resends,
-            otp_link: None,
+            otp_link,
             hold_mode: ticket.mode == HeldMode::Hold,
             number: tx.details.number,
         };
@@ -366,7 +380,7 @@ impl Handler<'_> {
                         ..tx
                     };
                     return self
-                        .render(session, &tx, &ticket, &csrf, Some(&error))
+                        .render(session, &tx, &ticket, &csrf, Some(&error), None)
                         .await;
                 }
                 let body = json!({

@@ -21,9 +21,9 @@ use rand_core::OsRng;
 use super::callbacks::CallbackService;
 use crate::domain::auth_type::{AuthType, Method};
 use crate::domain::clock::SharedClock;
-use crate::domain::code::{CodeHasher, SecretKey};
+use crate::domain::code::SecretKey;
 use crate::domain::device::{Authenticator, Device};
-use crate::domain::otp::{self, InvalidOtp, OtpAnswer, OtpCode, RedeemOutcome};
+use crate::domain::otp::{self, InvalidOtp, OtpAnswer, OtpCode, OtpHasher, RedeemOutcome};
 use crate::domain::ports::{StoreError, TransactionStore};
 use crate::domain::transaction::{Details, Evidence, Status, Transaction, TransactionId};
 use crate::telemetry::audit::AuditEvent;
@@ -96,7 +96,7 @@ pub struct OtpSubmitted {
 pub struct OtpService {
     store: Arc<dyn TransactionStore>,
     clock: SharedClock,
-    hasher: CodeHasher,
+    hasher: OtpHasher,
     callbacks: CallbackService,
     deep_link_scheme: String,
     rebuild_key: [u8; 32],
@@ -113,7 +113,7 @@ impl OtpService {
         Self {
             store,
             clock,
-            hasher: CodeHasher::new(secret),
+            hasher: OtpHasher::new(secret),
             callbacks,
             deep_link_scheme: deep_link_scheme.into(),
             rebuild_key: secret.derive("otp-rebuild"),
@@ -394,7 +394,11 @@ mod tests {
         let tx = &started.transaction;
         assert_eq!((tx.user_id.as_deref(), tx.method), (None, Method::Otp));
         assert_eq!(tx.details.message.as_deref(), Some("Sign in"));
-        assert_eq!(otp.rebuild_for_hold(tx), None, "a random code cannot be rebuilt");
+        assert_eq!(
+            otp.rebuild_for_hold(tx),
+            None,
+            "a random code cannot be rebuilt"
+        );
         let link = otp.deep_link(&started.code);
         assert!(link.starts_with("bankapp://otp?c="), "{link}");
 
@@ -472,7 +476,11 @@ mod tests {
             status: Status::Denied,
             ..tx.clone()
         };
-        assert_eq!(otp.rebuild(&finished, "token-1"), None, "only while pending");
+        assert_eq!(
+            otp.rebuild(&finished, "token-1"),
+            None,
+            "only while pending"
+        );
 
         let held = otp
             .start(

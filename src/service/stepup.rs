@@ -1,7 +1,8 @@
-//! Step-up for the proxy: start a transaction for a protected request and hold the request,
-//! check who may see and complete it (user and binding token), verify codes, wait for a
-//! decision, hand out the held request exactly once, and issue and check grants. The proxy edge
-//! calls these; it never touches the store itself.
+//! Step-up for the proxy: start a transaction for a protected request (push, SMS or OTP) and
+//! hold the request, check who may see and complete it (user and binding token), show an OTP
+//! transaction's code again to who may see it, verify SMS codes, wait for a decision, hand out
+//! the held request exactly once, and issue and check grants. The proxy edge calls these; it
+//! never touches the store itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use super::push::{PushService, PushServiceError, PushStart, PushTarget};
 use super::sms::{SmsError, SmsService, SmsStart};
 use super::transactions::{EngineError, TransactionEngine};
@@ -64,6 +66,16 @@ impl From<EngineError> for StepUpError {
     }
 }
 
+impl From<OtpError> for StepUpError {
+    fn from(error: OtpError) -> Self {
+        match error {
+            OtpError::Store(error) => StepUpError::Store(error),
+            // Starting a transaction fails only in the store.
+            _ => StepUpError::UnknownTransaction,
+        }
+    }
+}
+
 impl From<SmsError> for StepUpError {
     fn from(error: SmsError) -> Self {
         match error {
@@ -95,6 +107,23 @@ pub struct Challenge {
     pub binding_token: String,
     /// Hidden form field for browser forms, bound to the transaction and the binding token.
     pub csrf_token: String,
+    /// OTP: the code for the phone and its deep link, to show as a QR code.
+    pub otp: Option<OtpDisplay>,
+}
+
+/// An OTP code as the interstitial page and the JSON challenge show it. `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpDisplay {
+    /// The code itself (what `stepgate device otp` takes).
+    pub code: String,
+    /// `<scheme>://otp?c=<code>`: what the QR code carries.
+    pub deep_link: String,
+}
+
+impl std::fmt::Debug for OtpDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtpDisplay(..)")
+    }
 }
 
 #[derive(Clone)]
@@ -108,6 +137,7 @@ pub struct StepUpService {
     csrf_key: [u8; 32],
     user_key: [u8; 32],
     push: Option<PushService>,
+    otp: Option<OtpService>,
 }
 
 impl StepUpService {
@@ -129,7 +159,14 @@ impl StepUpService {
             csrf_key: secret.derive("proxy-csrf"),
             user_key: secret.derive("held-user-key"),
             push: None,
+            otp: None,
         }
+    }
+
+    /// Lets policies whose type is an OTP method show a QR code for the user's enrolled phone.
+    pub fn with_otp(mut self, otp: OtpService) -> Self {
+        self.otp = Some(otp);
+        self
     }
 
     /// Lets policies whose type is a push method push to the user's enrolled phone.
@@ -206,11 +243,11 @@ impl StepUpService {
         message: Option<String>,
         request: OriginalRequest,
     ) -> Result<Challenge, StepUpError> {
-        let transaction = self
-            .start_first_usable(step_up, requester, &message)
-            .await?;
         let binding_token = random_token();
         let mode = HeldMode::from(step_up.mode);
+        let (transaction, otp) = self
+            .start_first_usable(step_up, requester, &message, mode, &binding_token)
+            .await?;
         let held = HeldRequest {
             ticket: HeldTicket {
                 policy: policy.to_owned(),
@@ -233,20 +270,47 @@ impl StepUpService {
             transaction,
             binding_token,
             csrf_token,
+            otp,
         })
     }
 
     /// Starts the first type of the policy's fallback chain that can run for this user: a push
     /// type when the user has a phone enrolled for it and the push goes out, an SMS type when
-    /// the user has a phone number. OTP needs a portal to show the code and is skipped.
+    /// the user has a phone number, an OTP type (bound to the user, its code shown by the
+    /// interstitial page) when OTP is wired in. The OTP code is rebuilt for the page from the
+    /// binding token in challenge mode (only that client can see it), from the transaction in
+    /// hold mode (any session of the user may open that page).
     async fn start_first_usable(
         &self,
         step_up: &StepUp,
         requester: &Requester,
         message: &Option<String>,
-    ) -> Result<Transaction, StepUpError> {
+        mode: HeldMode,
+        binding_token: &str,
+    ) -> Result<(Transaction, Option<OtpDisplay>), StepUpError> {
         let mut last_failure = None;
         for auth_type in self.auth_types.fallback_chain(&step_up.auth_type) {
+            if auth_type.method == Method::Otp {
+                let Some(otp) = &self.otp else {
+                    last_failure = Some(StepUpError::NoUsableMethod(auth_type.name.clone()));
+                    continue;
+                };
+                let source = match mode {
+                    HeldMode::Challenge => SecretSource::BindingToken(binding_token),
+                    HeldMode::Hold => SecretSource::Hold,
+                };
+                let request = OtpStart {
+                    user_id: Some(requester.user_id.clone()),
+                    message: message.clone(),
+                    ..OtpStart::default()
+                };
+                let started = otp.start(auth_type, request, source).await?;
+                let display = OtpDisplay {
+                    code: started.code.encode(),
+                    deep_link: otp.deep_link(&started.code),
+                };
+                return Ok((started.transaction, Some(display)));
+            }
             if auth_type.method.is_push()
                 && let Some(push) = &self.push
             {
@@ -256,7 +320,7 @@ impl StepUpService {
                     ..PushStart::default()
                 };
                 match push.start(auth_type, &PushTarget::Any, request).await {
-                    Ok(started) => return Ok(started.transaction),
+                    Ok(started) => return Ok((started.transaction, None)),
                     Err(PushServiceError::Store(error)) => return Err(error.into()),
                     Err(error) => {
                         tracing::debug!(%error, auth_type = %auth_type.name, "push cannot start; trying the fallback");
@@ -277,7 +341,7 @@ impl StepUpService {
             let template = message
                 .as_ref()
                 .map(|message| format!("{message}\n{code_line}"));
-            return Ok(self
+            let transaction = self
                 .sms
                 .start(
                     auth_type,
@@ -288,7 +352,8 @@ impl StepUpService {
                         language: None,
                     },
                 )
-                .await?);
+                .await?;
+            return Ok((transaction, None));
         }
         Err(last_failure.unwrap_or_else(|| StepUpError::NoUsableMethod(step_up.auth_type.clone())))
     }
@@ -321,6 +386,26 @@ impl StepUpService {
         }
     }
 
+    /// The OTP code of a pending OTP transaction, for its page: in challenge mode only for the
+    /// client holding the binding token, in hold mode for the user (the caller has checked the
+    /// ticket with `ticket`). `None` when there is none to show.
+    pub fn otp_display(
+        &self,
+        tx: &Transaction,
+        ticket: &HeldTicket,
+        binding_token: Option<&str>,
+    ) -> Option<OtpDisplay> {
+        let otp = self.otp.as_ref()?;
+        let code = match ticket.mode {
+            HeldMode::Challenge => otp.rebuild(tx, binding_token?)?,
+            HeldMode::Hold => otp.rebuild_for_hold(tx)?,
+        };
+        Some(OtpDisplay {
+            code: code.encode(),
+            deep_link: otp.deep_link(&code),
+        })
+    }
+
     /// The transaction as the user should see it (expired when past its lifetime).
     pub async fn transaction(
         &self,
@@ -348,13 +433,19 @@ impl StepUpService {
         }
     }
 
-    /// Checks an SMS code and counts the attempt (atomic in the store).
+    /// Checks an SMS code and counts the attempt (atomic in the store). Only SMS transactions
+    /// take a typed code: any other answers `NoCode` and nothing is counted (an OTP code is
+    /// shown to this very client, and must be redeemed by the phone, never typed back here).
     pub async fn verify(
         &self,
         id: &TransactionId,
         requester: &Requester,
         code: &str,
     ) -> Result<VerifyOutcome, StepUpError> {
+        let tx = self.engine.get_owned(id, &requester.user_id).await?;
+        if tx.method != Method::Sms {
+            return Ok(VerifyOutcome::NoCode);
+        }
         Ok(self.sms.verify(id, &requester.user_id, code).await?)
     }
 

@@ -23,7 +23,7 @@ use crate::domain::auth_type::Method;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
-use crate::domain::otp::{OtpAnswer, OtpCode, RedeemOutcome};
+use crate::domain::otp::{OtpAnswer, OtpCode, OtpHasher, RedeemOutcome};
 use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
@@ -617,7 +617,9 @@ pub(super) async fn finish_links_the_user_and_keeps_it_otherwise(h: &Harness) {
         authenticator: Some("pin".into()),
         used_attempts: Some(2),
         signature: Some("c2ln".into()),
-        user_public_key: Some("-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n".into()),
+        user_public_key: Some(
+            "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n".into(),
+        ),
         signature_verified: Some(true),
     };
     let approve = Finish {
@@ -676,6 +678,19 @@ pub(super) async fn verify_without_a_code_counts_nothing(h: &Harness) {
     let tx = h.inserted(h.push()).await;
     assert_eq!(h.verify(&tx.id, "111111").await, VerifyOutcome::NoCode);
     let stored = h.stored(&tx.id).await;
+    assert_eq!(stored.attempts, 0);
+    assert_eq!(stored.status, Status::Pending);
+
+    // An OTP holds a code hash, but it is not typed back: guessing it as an SMS code is
+    // refused without counting, even with the right hash.
+    let otp = h
+        .inserted(Transaction {
+            method: Method::Otp,
+            ..h.sms(3, 0)
+        })
+        .await;
+    assert_eq!(h.verify(&otp.id, "111111").await, VerifyOutcome::NoCode);
+    let stored = h.stored(&otp.id).await;
     assert_eq!(stored.attempts, 0);
     assert_eq!(stored.status, Status::Pending);
 }
@@ -1043,7 +1058,7 @@ impl Harness {
             auth_type: "qr_login".into(),
             method: Method::Otp,
             user_id: user.map(str::to_owned),
-            code_hash: Some(code.hash(&self.hasher)),
+            code_hash: Some(code.hash(&otp_hasher())),
             ..sample
         };
         (tx, code)
@@ -1057,10 +1072,14 @@ impl Harness {
         approve: bool,
     ) -> Option<RedeemOutcome> {
         self.tx
-            .redeem_otp(id, &code.hash(&self.hasher), &otp_answer(user, approve))
+            .redeem_otp(id, &code.hash(&otp_hasher()), &otp_answer(user, approve))
             .await
             .unwrap()
     }
+}
+
+fn otp_hasher() -> OtpHasher {
+    OtpHasher::new(&SecretKey::new(vec![42u8; 32]))
 }
 
 fn otp_answer(user: &str, approve: bool) -> OtpAnswer {
@@ -1129,7 +1148,11 @@ pub(super) async fn otp_redeem_counts_wrong_codes_and_exhausts(h: &Harness) {
             remaining: Some(1)
         })
     );
-    assert_eq!(h.stored(&tx.id).await.user_id, None, "a wrong code links nobody");
+    assert_eq!(
+        h.stored(&tx.id).await.user_id,
+        None,
+        "a wrong code links nobody"
+    );
     assert_eq!(
         h.redeem(&tx.id, &wrong, "ann", true).await,
         Some(RedeemOutcome::Exhausted { attempts: 2 })
@@ -1140,7 +1163,12 @@ pub(super) async fn otp_redeem_counts_wrong_codes_and_exhausts(h: &Harness) {
     );
     let stored = h.stored(&tx.id).await;
     assert_eq!(
-        (stored.status, stored.reason, stored.attempts, stored.user_id),
+        (
+            stored.status,
+            stored.reason,
+            stored.attempts,
+            stored.user_id
+        ),
         (Status::Failed, Some(Reason::AttemptsExhausted), 2, None)
     );
 
@@ -1162,7 +1190,12 @@ pub(super) async fn otp_redeem_counts_wrong_codes_and_exhausts(h: &Harness) {
     );
     let stored = h.stored(&unlimited.id).await;
     assert_eq!(
-        (stored.status, stored.reason, stored.attempts, stored.user_id),
+        (
+            stored.status,
+            stored.reason,
+            stored.attempts,
+            stored.user_id
+        ),
         (Status::Expired, Some(Reason::Expired), 1, None)
     );
 }
@@ -1203,7 +1236,7 @@ pub(super) async fn concurrent_otp_redeems_have_one_winner(h: &Harness) {
     const RACERS: usize = 50;
     let (tx, code) = h.otp(None, 0);
     let tx = h.inserted(tx).await;
-    let candidate = code.hash(&h.hasher);
+    let candidate = code.hash(&otp_hasher());
     let start = Arc::new(Barrier::new(RACERS));
     let mut racers = JoinSet::new();
     for n in 0..RACERS {

@@ -1,5 +1,6 @@
 //! The embedded store: transactions, rate-limit windows and held requests in `HashMap`s behind
-//! one std `Mutex`. The default for a single instance; everything is lost on restart.
+//! one std `Mutex`, with the admin's time index and audit log beside them (`admin`). The default
+//! for a single instance; everything is lost on restart.
 //!
 //! Every multi-step change is one critical section that applies the pure rules of
 //! `domain::regulation` (never a copy of them). Time comes from the injected clock: a transaction
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::held::{HeldRequest, HeldTicket};
@@ -26,7 +28,7 @@ use crate::domain::ports::{
     AuditEntry, HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore,
     Verified,
 };
-use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome};
+use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Transaction, TransactionId};
 
 mod admin;
@@ -228,7 +230,12 @@ impl TransactionStore for MemoryStore {
     ) -> Result<Option<Verified>, StoreError> {
         let verified = self.with_live(id, |tx, now| {
             regulation::belongs_to(tx, user_id).then(|| Verified {
-                outcome: regulation::verify(tx, candidate, now),
+                // Only SMS codes are typed back: an OTP's hash is no code to guess at here.
+                outcome: if tx.method == Method::Sms {
+                    regulation::verify(tx, candidate, now)
+                } else {
+                    VerifyOutcome::NoCode
+                },
                 auth_type: tx.auth_type.clone(),
                 method: tx.method,
             })

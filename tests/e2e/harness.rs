@@ -53,6 +53,9 @@ pub enum StoreChoice {
 
 pub struct GateBuilder {
     store: StoreChoice,
+    /// Chosen up front so `config_text` keeps its signature; bound only when the config has an
+    /// admin API client.
+    admin: SocketAddr,
     extra_yaml: String,
     env: Vec<(String, String)>,
     files: Vec<(String, String)>,
@@ -62,6 +65,7 @@ impl GateBuilder {
     pub fn memory() -> Self {
         Self {
             store: StoreChoice::Memory,
+            admin: free_addr(),
             extra_yaml: String::new(),
             env: Vec::new(),
             files: Vec::new(),
@@ -71,6 +75,7 @@ impl GateBuilder {
     pub fn redis(url: impl Into<String>) -> Self {
         Self {
             store: StoreChoice::Redis { url: url.into() },
+            admin: free_addr(),
             extra_yaml: String::new(),
             env: Vec::new(),
             files: Vec::new(),
@@ -106,12 +111,13 @@ impl GateBuilder {
             ),
         };
         format!(
-            "listen: {{ proxy: \"{proxy}\", api: \"{api}\", metrics: \"{metrics}\" }}\n\
+            "listen: {{ proxy: \"{proxy}\", api: \"{api}\", metrics: \"{metrics}\", admin: \"{admin}\" }}\n\
              secret_key: \"{SECRET}\"\n\
              server: {{ threads: 1, grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\n\
              log: {{ level: info }}\n\
              {store}{}",
-            self.extra_yaml
+            self.extra_yaml,
+            admin = self.admin,
         )
     }
 
@@ -129,6 +135,7 @@ impl GateBuilder {
         }
         let mut gate = Gate::spawn(dir, config, api, metrics, &self.env);
         gate.proxy = proxy;
+        gate.admin = self.admin;
         gate.wait_until_live();
         gate
     }
@@ -154,6 +161,9 @@ pub struct Gate {
     pub metrics: SocketAddr,
     /// The proxy listener (serving only when the config has `proxy.upstream`).
     pub proxy: SocketAddr,
+    /// The admin listener (serving only when the config has an `admin` API client).
+    #[allow(dead_code)]
+    pub admin: SocketAddr,
     log: PathBuf,
     _dir: TempDir,
 }
@@ -184,6 +194,7 @@ impl Gate {
             api,
             metrics,
             proxy: api,
+            admin: api,
             log,
             _dir: dir,
         }
@@ -191,6 +202,12 @@ impl Gate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
+    }
+
+    /// A URL on the admin listener.
+    #[allow(dead_code)]
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// A URL on the proxy listener.

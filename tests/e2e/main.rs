@@ -4,6 +4,7 @@
 // Test code may unwrap: a panic is the failure report (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_api;
 mod availability;
 mod browser;
 mod callbacks;
@@ -14,11 +15,13 @@ mod device_cli;
 mod end_user_api;
 mod fakes;
 mod harness;
+mod otp_flow;
 mod proxy;
 mod push_cases;
 mod push_delivery;
 mod push_flow;
 mod redis_outage;
+mod secure_context;
 mod serving;
 mod sms_flow;
 mod sms_gateways;

@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 use super::AUDIT_MAX_AGE;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
+use crate::domain::code::CodeHash;
+use crate::domain::otp::{OtpAnswer, RedeemOutcome};
 use crate::domain::ports::{AdminStore, AuditEntry, TransactionQuery, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome};
 use crate::domain::transaction::{Details, Status, Transaction, TransactionId};
@@ -279,6 +281,30 @@ pub(super) async fn a_user_linked_when_it_finishes_is_listed_under_that_user(h: 
     assert_eq!(listed[0].user_id.as_deref(), Some("scanner"));
 }
 
+pub(super) async fn a_redeemed_otp_is_listed_under_the_phones_user(h: &Harness) {
+    let start = h.now();
+    let code = CodeHash::from_hex(&"cd".repeat(32)).unwrap();
+    let mut otp = h.transaction(None, TTL);
+    otp.method = Method::Otp;
+    otp.code_hash = Some(code);
+    h.tx.insert(&otp).await.unwrap();
+    let answer = OtpAnswer {
+        user_id: "scanner".into(),
+        approve: true,
+        evidence: None,
+    };
+    let redeemed = h.tx.redeem_otp(&otp.id, &code, &answer).await.unwrap();
+    assert!(
+        matches!(redeemed, Some(RedeemOutcome::Finished { .. })),
+        "{redeemed:?}"
+    );
+    let of_scanner = TransactionQuery {
+        user_id: Some("scanner".into()),
+        ..h.query(start)
+    };
+    assert_eq!(h.list(of_scanner).await, ids(&[&otp]));
+}
+
 pub(super) async fn a_status_filter_finds_a_match_behind_many_others(h: &Harness) {
     // More than one page of the Redis reader's index walk (200) lies before the match.
     let start = h.now();
@@ -343,7 +369,10 @@ pub(super) async fn identical_audit_events_are_all_kept(h: &Harness) {
         .append_audit(&[same.clone(), same.clone()])
         .await
         .unwrap();
-    h.admin.append_audit(&[same.clone()]).await.unwrap();
+    h.admin
+        .append_audit(std::slice::from_ref(&same))
+        .await
+        .unwrap();
     assert_eq!(h.admin.audit_since(at, 10).await.unwrap(), vec![same; 3]);
 }
 
@@ -358,7 +387,10 @@ pub(super) async fn old_audit_events_are_trimmed(h: &Harness) {
         at: h.now(),
         event: r#"{"event":"NEW"}"#.into(),
     };
-    h.admin.append_audit(&[new.clone()]).await.unwrap();
+    h.admin
+        .append_audit(std::slice::from_ref(&new))
+        .await
+        .unwrap();
     assert_eq!(
         h.admin.audit_since(Timestamp(0), 10).await.unwrap(),
         vec![new]
@@ -403,6 +435,7 @@ macro_rules! admin_suite {
                 evicted_transactions_leave_the_listing,
                 an_id_stored_again_after_eviction_is_listed_once,
                 a_user_linked_when_it_finishes_is_listed_under_that_user,
+                a_redeemed_otp_is_listed_under_the_phones_user,
                 a_status_filter_finds_a_match_behind_many_others,
                 audit_events_come_back_newest_first_since_and_limited,
                 identical_audit_events_are_all_kept,

@@ -3,7 +3,7 @@
 -- answers as missing and is not touched.
 -- Replies {kind, a, b, status, data}: Approved {1, attempts}, WrongCode {2, attempts, remaining |
 -- -1 when unlimited}, Exhausted {3, attempts}, Expired {4}, NotPending {5, 0, 0, status},
--- NoCode {6}, Missing {0}; `data` is the immutable JSON (type and method, for metrics), '' when
+-- NoCode {6} (also for a transaction that is not SMS), Missing {0}; `data` is the immutable JSON (type and method, for metrics), '' when
 -- missing.
 local function decide()
   local tx, reply = load_pending(ARGV[4])
@@ -11,6 +11,11 @@ local function decide()
     return reply
   end
   if tx.code == '' then
+    return { R_NO_CODE, 0, 0, '' }
+  end
+  -- Only SMS codes are typed back: an OTP's hash is no code to guess at here.
+  local ok, data = pcall(cjson.decode, redis.call('HGET', key, 'data') or '')
+  if not ok or type(data) ~= 'table' or data.method ~= 'sms' then
     return { R_NO_CODE, 0, 0, '' }
   end
   local attempts = tx.attempts + 1
