@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use http::HeaderName;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -12,6 +13,10 @@ pub const GRANT_COOKIE: &str = "stepgate_grant";
 pub const BINDING_COOKIE: &str = "stepgate_binding";
 pub const GRANT_HEADER: &str = "stepgate-grant";
 pub const BINDING_HEADER: &str = "stepgate-binding";
+static GRANT_HEADER_NAME: HeaderName = HeaderName::from_static(GRANT_HEADER);
+static BINDING_HEADER_NAME: HeaderName = HeaderName::from_static(BINDING_HEADER);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The client as stepgate sees it: the first address in the `X-Forwarded-For` chain, read from
 /// the right, that is not a trusted proxy; the socket peer when that is not trusted itself.
@@ -142,8 +147,9 @@ pub fn prepare_upstream(
     scheme: &str,
     trusted: &[IpNet],
 ) -> pingora::Result<()> {
-    req.remove_header(GRANT_HEADER);
-    req.remove_header(BINDING_HEADER);
+    // Static names: this runs on every proxied request, and a `&str` name is parsed each time.
+    req.remove_header(&GRANT_HEADER_NAME);
+    req.remove_header(&BINDING_HEADER_NAME);
     strip_own_cookies(req)?;
     let chain = peer.map(|peer| {
         let earlier = if is_trusted(peer, trusted) {
@@ -165,12 +171,12 @@ pub fn prepare_upstream(
         }
     });
     match chain {
-        Some(chain) => req.insert_header("x-forwarded-for", chain)?,
+        Some(chain) => req.insert_header(X_FORWARDED_FOR.clone(), chain)?,
         None => {
-            req.remove_header("x-forwarded-for");
+            req.remove_header(&X_FORWARDED_FOR);
         }
     }
-    req.insert_header("x-forwarded-proto", scheme)?;
+    req.insert_header(X_FORWARDED_PROTO.clone(), scheme)?;
     Ok(())
 }
 

@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder, register_histogram_vec,
-    register_int_counter_vec, register_int_gauge_vec,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
 };
 
 pub const BUILD_INFO: &str = "stepgate_build_info";
@@ -170,18 +170,34 @@ static PROXY_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// The series of the hot path (no rule matched, passed through), resolved once: a label lookup
+/// hashes the labels under a lock on every request.
+static PROXY_PASSED_UNMATCHED: LazyLock<IntCounter> =
+    LazyLock::new(|| PROXY_REQUEST_COUNTER.with_label_values(&["none", "allow"]));
+static PROXY_LATENCY_ALLOW: LazyLock<Histogram> =
+    LazyLock::new(|| PROXY_LATENCY.with_label_values(&["allow"]));
+
 /// One request through the proxy finished.
 pub fn proxy_request(policy: &str, decision: &'static str) {
-    PROXY_REQUEST_COUNTER
-        .with_label_values(&[policy, decision])
-        .inc();
+    if policy == "none" && decision == "allow" {
+        PROXY_PASSED_UNMATCHED.inc();
+    } else {
+        PROXY_REQUEST_COUNTER
+            .with_label_values(&[policy, decision])
+            .inc();
+    }
 }
 
 /// Time added before a request went upstream.
 pub fn proxy_added_latency(decision: &'static str, elapsed: Duration) {
-    PROXY_LATENCY
-        .with_label_values(&[decision])
-        .observe(elapsed.as_secs_f64());
+    let seconds = elapsed.as_secs_f64();
+    if decision == "allow" {
+        PROXY_LATENCY_ALLOW.observe(seconds);
+    } else {
+        PROXY_LATENCY
+            .with_label_values(&[decision])
+            .observe(seconds);
+    }
 }
 
 /// A hold-mode request started (`+1`) or stopped (`-1`) waiting.
