@@ -11,8 +11,8 @@ use url::Url;
 
 use crate::domain::application::Applications;
 use crate::domain::auth_type::AuthTypes;
-use crate::domain::device::PushEnrollmentMode;
 use crate::domain::code::SecretKey;
+use crate::domain::device::PushEnrollmentMode;
 use crate::domain::policy::PolicySet;
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use super::auth_type::Method;
 use super::clock::Timestamp;
 use super::code::CodeHash;
-use super::device::{Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome};
+use super::device::{
+    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
+};
 use super::held::{HeldRequest, HeldTicket};
 use super::otp::{OtpAnswer, RedeemOutcome};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
@@ -191,8 +193,10 @@ pub trait DeviceStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Whether the code exists, without using it (the QR endpoint). `Some(user_id)`.
-    async fn peek_enrollment_code(&self, code_hash: &CodeHash)
-    -> Result<Option<String>, StoreError>;
+    async fn peek_enrollment_code(
+        &self,
+        code_hash: &CodeHash,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Uses the code up: of two concurrent redemptions one gets the user id, the other `None`.
     async fn redeem_enrollment_code(
