@@ -1,5 +1,5 @@
 //! Proxy benchmark: what putting stepgate in front of an app costs, measured in one run as ratios
-//! against the app alone. Every round measures four paths, one after the other (the order
+//! against the app alone. Every round measures five paths, one after the other (the order
 //! rotates each round), with the same closed-loop load: 32 concurrent clients on 32 keep-alive
 //! HTTP/1.1 connections, each sending its next request when the last answer is read; every answer
 //! is a 1 KiB body.
@@ -11,7 +11,10 @@
 //! - (b) `GET /` through the release `stepgate` binary (memory store): no policy matches;
 //! - (c) `POST /transfer` through stepgate with a valid grant in `Stepgate-Grant`, obtained once
 //!   before measuring by a real SMS step-up (challenge, code from the `file` gateway's outbox,
-//!   verify).
+//!   verify);
+//! - (q) `GET /` through the plain pingora proxy running stepgate's per-request pass-through
+//!   work (request facts, policy decision, upstream header rewrite, metrics) through the same
+//!   library functions: q/p prices that work, b/q the rest of the stepgate process.
 //!
 //! Prints req/s, p50 and p99 per path per round, then the medians over the rounds and the
 //! medians of the per-round ratios b/a, c/a, b/p and latency differences. Every answer must be
@@ -32,12 +35,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::routing::{get, post};
 use common::{KillOnDrop, free_port, median};
+use pingora::http::RequestHeader;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
+use stepgate::domain::policy::{Decision, PolicySet, RequestFacts, normalize_path};
+use stepgate::proxy::facts;
+use stepgate::telemetry::metrics;
 
 // The `stepgate` binary's allocator, so the plain pingora baseline differs from it only in
 // stepgate's own work.
@@ -355,31 +362,99 @@ async fn obtain_grant(proxy: &str, outbox: &Path) -> String {
     grant.expect("a Stepgate-Grant header on the verify answer")
 }
 
-/// The plain pingora baseline: forwards everything to the upstream, no filters.
+/// The plain pingora baseline: forwards everything to the upstream, no filters. With `hooks`
+/// (path q) it also runs stepgate's per-request work on a pass-through request, through the
+/// same library functions: request facts, an (empty) policy decision, the upstream header
+/// rewrite and the two metrics. q against p prices that work; b against q prices the rest of
+/// the stepgate process.
 struct PlainProxy {
     peer: HttpPeer,
+    hooks: bool,
+    policies: PolicySet,
 }
 
 #[async_trait]
 impl ProxyHttp for PlainProxy {
-    type CTX = ();
+    type CTX = Option<(Instant, Option<std::net::IpAddr>)>;
 
-    fn new_ctx(&self) {}
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
+        if !self.hooks {
+            return Ok(false);
+        }
+        let arrived = Instant::now();
+        let peer = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip());
+        let req = session.req_header();
+        let _scheme = facts::scheme(peer, req, &[], false);
+        let host = facts::unambiguous_host(req).unwrap_or_default();
+        let path = normalize_path(req.uri.path()).unwrap_or_default();
+        let request = RequestFacts {
+            method: req.method.as_str().to_owned(),
+            host,
+            path,
+            client_ip: facts::client_ip(peer, req, &[]),
+            headers: Vec::new(),
+        };
+        let (_policy, decision) = self.policies.decide(&request);
+        assert!(matches!(decision, Decision::Allow));
+        *ctx = Some((arrived, peer));
+        Ok(false)
+    }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut (),
+        _ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(self.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        if let Some((arrived, peer)) = ctx {
+            facts::prepare_upstream(upstream_request, *peer, "http", &[])?;
+            metrics::proxy_added_latency("allow", arrived.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _error: Option<&pingora::Error>,
+        ctx: &mut Self::CTX,
+    ) {
+        if ctx.is_some() {
+            metrics::proxy_request("none", "allow");
+        }
     }
 }
 
 /// Runs the plain pingora proxy (`spec` is `listen,upstream`) with the same server settings and
 /// peer options as stepgate's proxy; never returns.
 fn run_plain_pingora(spec: &str) -> ! {
-    let (listen, upstream) = spec.split_once(',').expect("listen,upstream");
-    let upstream: SocketAddr = upstream.parse().expect("upstream address");
+    let mut parts = spec.split(',');
+    let listen = parts.next().expect("listen");
+    let upstream: SocketAddr = parts
+        .next()
+        .expect("upstream")
+        .parse()
+        .expect("upstream address");
+    let hooks = parts.next() == Some("hooks");
     let mut peer = HttpPeer::new(upstream, false, String::new());
     peer.options.connection_timeout = Some(Duration::from_secs(5));
     peer.options.read_timeout = Some(Duration::from_secs(60));
@@ -391,7 +466,12 @@ fn run_plain_pingora(spec: &str) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, PlainProxy { peer });
+    let proxy = PlainProxy {
+        peer,
+        hooks,
+        policies: PolicySet::default(),
+    };
+    let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever()
@@ -410,6 +490,7 @@ fn main() {
     let outbox = dir.path().join("outbox.jsonl");
     let upstream = start_upstream();
     let (proxy, api, metrics, plain) = (free_port(), free_port(), free_port(), free_port());
+    let hooked = free_port();
     let config_path = dir.path().join("config.yaml");
     std::fs::write(
         &config_path,
@@ -432,6 +513,16 @@ fn main() {
             .spawn()
             .expect("start plain pingora"),
     );
+    let mut hooked_pingora = KillOnDrop(
+        Command::new(std::env::current_exe().expect("bench binary"))
+            .env(
+                PLAIN_PINGORA_ENV,
+                format!("127.0.0.1:{hooked},{upstream},hooks"),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plain pingora with hooks"),
+    );
 
     // The load generator gets one thread: with the upstream's thread and one proxy worker that
     // is all two cores can hold.
@@ -443,8 +534,10 @@ fn main() {
         let direct = format!("http://{upstream}");
         let stepgate_base = format!("http://127.0.0.1:{proxy}");
         let plain_base = format!("http://127.0.0.1:{plain}");
+        let hooked_base = format!("http://127.0.0.1:{hooked}");
         wait_until_proxying(&format!("{stepgate_base}/"), &mut stepgate, "stepgate").await;
         wait_until_proxying(&format!("{plain_base}/"), &mut plain_pingora, "plain pingora").await;
+        wait_until_proxying(&format!("{hooked_base}/"), &mut hooked_pingora, "plain pingora with hooks").await;
         let grant = obtain_grant(&stepgate_base, &outbox).await;
 
         let mut granted = user_headers();
@@ -454,6 +547,7 @@ fn main() {
             Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers()),
             Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers()),
             Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted),
+            Target::new("q", "plain pingora + stepgate's hooks GET /", Method::GET, format!("{hooked_base}/"), user_headers()),
         ];
         println!(
             "proxy benchmark: {ROUNDS} rounds x {REQUESTS_PER_ROUND} requests per path, {CONNECTIONS} keep-alive \
@@ -487,10 +581,12 @@ fn main() {
             }
             let rate = |index: usize| samples[index][round].rate;
             println!(
-                "  b/a {:.3}   c/a {:.3}   b/p {:.3}",
+                "  b/a {:.3}   c/a {:.3}   b/p {:.3}   q/p {:.3}   b/q {:.3}",
                 rate(2) / rate(0),
                 rate(3) / rate(0),
-                rate(2) / rate(1)
+                rate(2) / rate(1),
+                rate(4) / rate(1),
+                rate(2) / rate(4)
             );
         }
 
@@ -541,6 +637,11 @@ fn main() {
             per_round(3, 1, &p50_delta),
             per_round(2, 1, &p99_delta),
             per_round(3, 1, &p99_delta)
+        );
+        println!(
+            "stepgate's per-request work in plain pingora: q/p {:.3}; the rest of the stepgate process: b/q {:.3}",
+            per_round(4, 1, &ratio),
+            per_round(2, 4, &ratio)
         );
     });
 }
