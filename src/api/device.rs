@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use base64::Engine;
@@ -169,34 +169,51 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DeviceApiE
     })
 }
 
-/// Verifies the request's signature headers against the exact method, path, query and body.
-async fn signed(
-    state: &DeviceApiState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<crate::domain::device::Device, DeviceApiError> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .ok_or(DeviceApiError::InvalidSignature)
-    };
-    // The routes are mounted at their full paths (not nested), so this is the path as sent.
-    let path_and_query = uri
-        .path_and_query()
-        .map_or_else(|| uri.path(), |pq| pq.as_str());
-    let request = SignedRequest {
-        device_id: header("stepgate-device-id")?,
-        timestamp: header("stepgate-timestamp")?,
-        nonce: header("stepgate-nonce")?,
-        signature: header("stepgate-signature")?,
-        method: method.as_str(),
-        path_and_query,
-        body,
-    };
-    Ok(state.devices.authenticate(request).await?)
+/// A device request whose signature verified: the device and the body it signed. Extracting it
+/// checks the signature headers against the exact method, path, query and body, before the
+/// handler sees anything.
+struct Signed {
+    device: crate::domain::device::Device,
+    body: Bytes,
+}
+
+impl FromRequest<Shared> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .ok_or(DeviceApiError::InvalidSignature)
+        };
+        // The routes are mounted at their full paths (not nested), so this is the path as sent.
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+        let signed = async {
+            let request = SignedRequest {
+                device_id: header("stepgate-device-id")?,
+                timestamp: header("stepgate-timestamp")?,
+                nonce: header("stepgate-nonce")?,
+                signature: header("stepgate-signature")?,
+                method: parts.method.as_str(),
+                path_and_query,
+                body: &body,
+            };
+            Ok::<_, DeviceApiError>(state.devices.authenticate(request).await?)
+        };
+        match signed.await {
+            Ok(device) => Ok(Self { device, body }),
+            Err(error) => Err(error.into_response()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -253,12 +270,8 @@ struct PushRegistrationBody {
 
 async fn register_push(
     State(state): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, body }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     let body: PushRegistrationBody = parse_json(&body)?;
     let platform: Platform =
         body.platform
@@ -284,12 +297,8 @@ async fn register_push(
 
 async fn unregister_push(
     State(state): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, .. }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     state.devices.drop_push(&device).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -305,12 +314,8 @@ fn transaction_summary(tx: &crate::domain::transaction::Transaction) -> Value {
 
 async fn pending(
     State(state): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, .. }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     let pending = state.push.pending(&device).await?;
     let list: Vec<Value> = pending.iter().map(transaction_summary).collect();
     Ok(json_response(
@@ -326,12 +331,8 @@ fn transaction_id(text: &str) -> Result<TransactionId, DeviceApiError> {
 async fn details(
     State(state): State<Shared>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, .. }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     let details = state.push.details(&device, &transaction_id(&id)?).await?;
     let mut answer = transaction_summary(&details.transaction);
     answer["number_choices"] = json!(details.number_choices);
@@ -355,12 +356,8 @@ struct AnswerBody {
 async fn answer(
     State(state): State<Shared>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, body }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     let body: AnswerBody = parse_json(&body)?;
     let approve = match body.decision.as_str() {
         "approve" => true,
@@ -403,12 +400,8 @@ struct OtpBody {
 /// and approved or denied.
 async fn submit_otp(
     State(state): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    Signed { device, body }: Signed,
 ) -> Result<Response, DeviceApiError> {
-    let device = signed(&state, &method, &uri, &headers, &body).await?;
     let body: OtpBody = parse_json(&body)?;
     let approve = match body.decision.as_str() {
         "approve" => true,
