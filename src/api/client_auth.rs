@@ -35,6 +35,18 @@ fn presented(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(Str
     ))
 }
 
+/// The fields of a form-encoded body, lenient like the reference: unknown fields kept, the last
+/// of a repeated field wins, empty values count as absent. `None` when the body is not a form.
+pub fn form_fields(body: &[u8]) -> Option<HashMap<String, String>> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    Some(
+        pairs
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect(),
+    )
+}
+
 fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }

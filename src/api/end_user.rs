@@ -23,7 +23,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::client_auth::authenticate;
+use super::client_auth::{authenticate, form_fields};
 use super::error::{ApiError, json_response};
 use crate::config::settings::{ApiClient, ApiScope};
 use crate::domain::device::Device;
@@ -93,12 +93,8 @@ fn admit(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let form: HashMap<String, String> = if is_form {
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty())
-            .collect()
+    let form = if is_form {
+        form_fields(body).unwrap_or_default()
     } else {
         HashMap::new()
     };

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::client_auth::authenticate;
+use super::client_auth::{authenticate, form_fields};
 use super::error::{ApiError, json_response};
 use crate::config::settings::{ApiClient, ApiScope, CallbackSettings};
 use crate::domain::auth_type::{AuthTypes, Method};
@@ -92,12 +92,7 @@ pub fn router(state: Shared) -> Router {
 /// The form fields, lenient like the reference: unknown fields are ignored, the last of a
 /// repeated field wins, empty values count as absent.
 fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|_| ApiError::InvalidParameter("body is not form-encoded".into()))?;
-    Ok(pairs
-        .into_iter()
-        .filter(|(_, value)| !value.is_empty())
-        .collect())
+    form_fields(body).ok_or_else(|| ApiError::InvalidParameter("body is not form-encoded".into()))
 }
 
 /// Authenticates the client and the feature switch, and returns the form.

@@ -14,7 +14,6 @@ pub mod error;
 mod health;
 pub mod mobile_auth;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -100,12 +99,7 @@ async fn version_gate(
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .unwrap_or_default();
-    let form: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, value)| !value.is_empty())
-            .collect();
+    let form = client_auth::form_fields(&body).unwrap_or_default();
     let refusal = match client_auth::authenticate(
         &gate.mobile_auth.clients,
         &parts.headers,
