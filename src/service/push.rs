@@ -632,9 +632,7 @@ impl PushService {
         }
     }
 
-    /// Finds the first type of `type_name`'s fallback chain that can start for this user,
-    /// as the reference does: push types when the user has a device for them, SMS when a
-    /// phone number is at hand. `None`: nothing in the chain fits.
+    /// The configured auth types (availability walks their fallback chains).
     pub fn auth_types(&self) -> &AuthTypes {
         &self.auth_types
     }
