@@ -71,9 +71,9 @@ fn main() {
         let host = facts::unambiguous_host(req).unwrap_or_default();
         let path = normalize_path(req.uri.path()).unwrap_or_default();
         let request = RequestFacts {
-            method: req.method.as_str().to_owned(),
-            host,
-            path,
+            method: req.method.as_str(),
+            host: &host,
+            path: &path,
             client_ip: facts::client_ip(peer, req, &[]),
             headers: Vec::new(),
         };

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::routing::{get, post};
-use common::{KillOnDrop, free_port, median};
+use common::{KillOnDrop, free_port, median, process_cpu};
 use pingora::http::RequestHeader;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::Server;
@@ -51,7 +51,7 @@ use stepgate::telemetry::metrics;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const REQUESTS_PER_ROUND: usize = 20_000;
 const WARMUP_REQUESTS: usize = 3_000;
 const CONNECTIONS: usize = 32;
@@ -72,6 +72,8 @@ struct Target {
     url: String,
     headers: HeaderMap,
     client: reqwest::Client,
+    /// The proxy process on this path, whose CPU time per request is measured.
+    proxy: Option<u32>,
 }
 
 impl Target {
@@ -81,6 +83,7 @@ impl Target {
         method: Method,
         url: String,
         headers: HeaderMap,
+        proxy: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Self {
             key,
@@ -89,6 +92,7 @@ impl Target {
             url,
             headers,
             client: client(),
+            proxy,
         })
     }
 
@@ -125,11 +129,14 @@ struct Sample {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// The proxy's CPU time per request, µs (all its threads).
+    cpu: Option<f64>,
 }
 
 /// Sends `requests` requests over `CONNECTIONS` concurrent clients. Panics, naming the answers,
 /// if any request did not get the upstream's 200 and body.
 async fn measure(target: &Arc<Target>, requests: usize) -> Sample {
+    let cpu_before = target.proxy.and_then(process_cpu);
     let started = Instant::now();
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|worker| {
@@ -158,6 +165,7 @@ async fn measure(target: &Arc<Target>, requests: usize) -> Sample {
         }
     }
     let elapsed = started.elapsed();
+    let cpu_after = target.proxy.and_then(process_cpu);
     if !failures.is_empty() {
         panic!(
             "({}) {}: {} of {requests} requests did not get the upstream's 200 and body: {failures:#?}",
@@ -171,6 +179,9 @@ async fn measure(target: &Arc<Target>, requests: usize) -> Sample {
         rate: requests as f64 / elapsed.as_secs_f64(),
         p50: latencies[latencies.len() / 2],
         p99: latencies[latencies.len() * 99 / 100],
+        cpu: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| micros(after.saturating_sub(before)) / requests as f64),
     }
 }
 
@@ -399,9 +410,9 @@ impl ProxyHttp for PlainProxy {
         let host = facts::unambiguous_host(req).unwrap_or_default();
         let path = normalize_path(req.uri.path()).unwrap_or_default();
         let request = RequestFacts {
-            method: req.method.as_str().to_owned(),
-            host,
-            path,
+            method: req.method.as_str(),
+            host: &host,
+            path: &path,
             client_ip: facts::client_ip(peer, req, &[]),
             headers: Vec::new(),
         };
@@ -542,13 +553,16 @@ fn main() {
 
         let mut granted = user_headers();
         granted.insert("stepgate-grant", HeaderValue::from_str(&grant).expect("grant is a header value"));
+        let (stepgate_pid, plain_pid, hooked_pid) =
+            (stepgate.0.id(), plain_pingora.0.id(), hooked_pingora.0.id());
         let targets = [
-            Target::new("a", "direct GET /", Method::GET, format!("{direct}/"), user_headers()),
-            Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers()),
-            Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers()),
-            Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted),
-            Target::new("q", "plain pingora + stepgate's hooks GET /", Method::GET, format!("{hooked_base}/"), user_headers()),
+            Target::new("a", "direct GET /", Method::GET, format!("{direct}/"), user_headers(), None),
+            Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers(), Some(plain_pid)),
+            Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers(), Some(stepgate_pid)),
+            Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted, Some(stepgate_pid)),
+            Target::new("q", "plain pingora + stepgate's hooks GET /", Method::GET, format!("{hooked_base}/"), user_headers(), Some(hooked_pid)),
         ];
+        let (a, p, b, c, q) = (0, 1, 2, 3, 4);
         println!(
             "proxy benchmark: {ROUNDS} rounds x {REQUESTS_PER_ROUND} requests per path, {CONNECTIONS} keep-alive \
              connections, {} B answers; release stepgate (memory store, 1 worker thread)",
@@ -570,23 +584,27 @@ fn main() {
                 let sample = sample.expect("every path measured");
                 let target = &targets[index];
                 println!(
-                    "  ({}) {:<34} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs",
+                    "  ({}) {:<40} {:>8.0} req/s   p50 {:>6.0} µs   p99 {:>6.0} µs   proxy CPU {}",
                     target.key,
                     target.label,
                     sample.rate,
                     micros(sample.p50),
-                    micros(sample.p99)
+                    micros(sample.p99),
+                    sample.cpu.map_or("-".to_owned(), |cpu| format!("{cpu:.1} µs/request"))
                 );
                 samples[index].push(sample);
             }
             let rate = |index: usize| samples[index][round].rate;
+            let cpu = |index: usize| samples[index][round].cpu.unwrap_or(f64::NAN);
             println!(
-                "  b/a {:.3}   c/a {:.3}   b/p {:.3}   q/p {:.3}   b/q {:.3}",
-                rate(2) / rate(0),
-                rate(3) / rate(0),
-                rate(2) / rate(1),
-                rate(4) / rate(1),
-                rate(2) / rate(4)
+                "  req/s: b/a {:.3}  b/p {:.3}  c/p {:.3}  q/p {:.3}   CPU per request: b/p {:.3}  c/p {:.3}  q/p {:.3}",
+                rate(b) / rate(a),
+                rate(b) / rate(p),
+                rate(c) / rate(p),
+                rate(q) / rate(p),
+                cpu(b) / cpu(p),
+                cpu(c) / cpu(p),
+                cpu(q) / cpu(p)
             );
         }
 
@@ -595,53 +613,63 @@ fn main() {
         let per_round = |index: usize, base: usize, f: &dyn Fn(&Sample, &Sample) -> f64| {
             median(samples[index].iter().zip(&samples[base]).map(|(s, b)| f(s, b)).collect())
         };
-        let ratio = |s: &Sample, b: &Sample| s.rate / b.rate;
+        let rate_ratio = |s: &Sample, b: &Sample| s.rate / b.rate;
+        let cpu_ratio = |s: &Sample, b: &Sample| s.cpu.zip(b.cpu).map_or(f64::NAN, |(s, b)| s / b);
+        let cpu_delta = |s: &Sample, b: &Sample| s.cpu.zip(b.cpu).map_or(f64::NAN, |(s, b)| s - b);
         let p50_delta = |s: &Sample, b: &Sample| micros(s.p50) - micros(b.p50);
-        let p99_delta = |s: &Sample, b: &Sample| micros(s.p99) - micros(b.p99);
 
         println!();
         println!("medians over {ROUNDS} rounds (ratios and differences: medians of the per-round values)");
-        println!("| path | req/s | p50 | p99 | req/s vs (a) | p50 vs (a) | p99 vs (a) |");
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!("| path | req/s | p50 | p99 | proxy CPU per request | req/s vs (a) | req/s vs (p) | CPU per request vs (p) |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         for (index, target) in targets.iter().enumerate() {
             let rates = samples[index].iter().map(|s| s.rate).collect();
             let p50s = samples[index].iter().map(|s| micros(s.p50)).collect();
             let p99s = samples[index].iter().map(|s| micros(s.p99)).collect();
+            let cpus: Vec<f64> = samples[index].iter().filter_map(|s| s.cpu).collect();
+            let (cpu, vs_plain) = if cpus.is_empty() || index == a {
+                ("—".to_owned(), "—".to_owned())
+            } else {
+                (
+                    format!("{:.1} µs", median(cpus)),
+                    format!("{:.3}x", per_round(index, p, &cpu_ratio)),
+                )
+            };
+            let rate_vs_plain = if index == a {
+                "—".to_owned()
+            } else {
+                format!("{:.3}x", per_round(index, p, &rate_ratio))
+            };
             println!(
-                "| ({}) {} | {:.0} | {:.0} µs | {:.0} µs | {:.3}x | {:+.0} µs | {:+.0} µs |",
+                "| ({}) {} | {:.0} | {:.0} µs | {:.0} µs | {cpu} | {:.3}x | {rate_vs_plain} | {vs_plain} |",
                 target.key,
                 target.label,
                 median(rates),
                 median(p50s),
                 median(p99s),
-                per_round(index, 0, &ratio),
-                per_round(index, 0, &p50_delta),
-                per_round(index, 0, &p99_delta)
+                per_round(index, a, &rate_ratio),
             );
         }
         println!();
         println!(
-            "b/a {:.3}   c/a {:.3}   (throughput; p50 {:+.0} / {:+.0} µs, p99 {:+.0} / {:+.0} µs)",
-            per_round(2, 0, &ratio),
-            per_round(3, 0, &ratio),
-            per_round(2, 0, &p50_delta),
-            per_round(3, 0, &p50_delta),
-            per_round(2, 0, &p99_delta),
-            per_round(3, 0, &p99_delta)
+            "stepgate vs plain pingora, CPU per request: b/p {:.3} ({:+.1} µs)   c/p {:.3} ({:+.1} µs)",
+            per_round(b, p, &cpu_ratio),
+            per_round(b, p, &cpu_delta),
+            per_round(c, p, &cpu_ratio),
+            per_round(c, p, &cpu_delta)
         );
         println!(
-            "stepgate vs plain pingora: b/p {:.3}   c/p {:.3}   (p50 {:+.0} / {:+.0} µs, p99 {:+.0} / {:+.0} µs)",
-            per_round(2, 1, &ratio),
-            per_round(3, 1, &ratio),
-            per_round(2, 1, &p50_delta),
-            per_round(3, 1, &p50_delta),
-            per_round(2, 1, &p99_delta),
-            per_round(3, 1, &p99_delta)
+            "stepgate vs plain pingora, throughput: b/p {:.3}   c/p {:.3}   (p50 {:+.0} / {:+.0} µs)",
+            per_round(b, p, &rate_ratio),
+            per_round(c, p, &rate_ratio),
+            per_round(b, p, &p50_delta),
+            per_round(c, p, &p50_delta)
         );
         println!(
-            "stepgate's per-request work in plain pingora: q/p {:.3}; the rest of the stepgate process: b/q {:.3}",
-            per_round(4, 1, &ratio),
-            per_round(2, 4, &ratio)
+            "stepgate's per-request work in plain pingora: CPU q/p {:.3} ({:+.1} µs); the rest of the stepgate process: CPU b/q {:.3}",
+            per_round(q, p, &cpu_ratio),
+            per_round(q, p, &cpu_delta),
+            per_round(b, q, &cpu_ratio)
         );
     });
 }

@@ -164,14 +164,19 @@ fn check_policy(
             eprintln!("stepgate: '{header}' is not a header (expected Name: value)");
             return ExitCode::from(EXIT_BAD_ARGUMENTS);
         };
-        header_pairs.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        header_pairs.push((name.trim().to_ascii_lowercase(), value.trim()));
     }
+    let method = method.to_ascii_uppercase();
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
     let facts = RequestFacts {
-        method: method.to_ascii_uppercase(),
-        host: parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
-        path,
+        method: &method,
+        host: &host,
+        path: &path,
         client_ip: ip,
-        headers: header_pairs,
+        headers: header_pairs
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value))
+            .collect(),
     };
     let client = ip.map_or_else(
         || "client address not given".to_owned(),
@@ -422,10 +427,10 @@ mod tests {
             "http://127.0.0.1:18080/"
         );
         assert!(settings.proxy.identity.is_some());
-        let facts = |method: &str| RequestFacts {
-            method: method.to_owned(),
-            host: "127.0.0.1".to_owned(),
-            path: "/transfer".to_owned(),
+        let facts = |method| RequestFacts {
+            method,
+            host: "127.0.0.1",
+            path: "/transfer",
             client_ip: None,
             headers: Vec::new(),
         };

@@ -42,6 +42,19 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// CPU time the process `pid` has used so far, over all its threads (the scheduler's
+/// nanosecond count in `/proc/<pid>/task/*/schedstat`); `None` where that is unreadable.
+/// Threads that ended in between are missed, which the benches' long-lived servers do not have.
+pub fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut nanos: u64 = 0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        nanos += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(std::time::Duration::from_nanos(nanos))
+}
+
 /// The middle value (the upper one of the two middles for an even count).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

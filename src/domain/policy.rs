@@ -7,6 +7,7 @@
 //! trailing slashes dropped), so `/a/../transfer`, `/%74ransfer` and `//transfer/` cannot slip
 //! past a rule for `/transfer`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -72,10 +73,16 @@ impl HostPattern {
     }
 
     pub fn matches(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
         match self.0.strip_prefix("*.") {
-            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
-            None => host == self.0,
+            // Compared as bytes: `host` comes from the client and need not be ASCII.
+            Some(domain) => {
+                let host = host.as_bytes();
+                host.len() > domain.len() + 1 && {
+                    let dotted = &host[host.len() - domain.len() - 1..];
+                    dotted[0] == b'.' && dotted[1..].eq_ignore_ascii_case(domain.as_bytes())
+                }
+            }
+            None => host.eq_ignore_ascii_case(&self.0),
         }
     }
 }
@@ -102,28 +109,33 @@ impl PathPattern {
 
     /// `path` must already be normalized (see `normalize_path`).
     pub fn matches(&self, path: &str) -> bool {
-        let segments = split(path);
-        match_segments(&self.segments, &segments)
+        match_segments(&self.segments, path_segments(path))
     }
 }
 
 fn split(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+    path_segments(path).map(str::to_owned).collect()
 }
 
-fn match_segments(pattern: &[String], path: &[String]) -> bool {
+/// The non-empty segments of `path`, lazily: matching runs on every proxied request, so it
+/// walks the path instead of collecting it.
+fn path_segments(path: &str) -> impl Iterator<Item = &str> + Clone {
+    path.split('/').filter(|segment| !segment.is_empty())
+}
+
+fn match_segments<'a>(pattern: &[String], mut path: impl Iterator<Item = &'a str> + Clone) -> bool {
     match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_segments(rest, &path[skip..]))
-        }
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                match_segment(first, segment) && match_segments(rest, path_rest)
+        None => path.next().is_none(),
+        Some((first, rest)) if first == "**" => loop {
+            if match_segments(rest, path.clone()) {
+                return true;
             }
+            if path.next().is_none() {
+                return false;
+            }
+        },
+        Some((first, rest)) => match path.next() {
+            Some(segment) => match_segment(first, segment) && match_segments(rest, path),
             None => false,
         },
     }
@@ -131,11 +143,10 @@ fn match_segments(pattern: &[String], path: &[String]) -> bool {
 
 /// `*` within a segment matches any run of characters.
 fn match_segment(pattern: &str, segment: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let Some((first, after_first)) = pattern.split_once('*') else {
         return pattern == segment;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    };
+    let (middles, last) = after_first.rsplit_once('*').unwrap_or(("", after_first));
     if !segment.starts_with(first)
         || segment.len() < first.len() + last.len()
         || !segment.ends_with(last)
@@ -143,7 +154,7 @@ fn match_segment(pattern: &str, segment: &str) -> bool {
         return false;
     }
     let mut rest = &segment[first.len()..segment.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
+    for middle in middles.split('*') {
         match rest.find(middle) {
             Some(at) => rest = &rest[at + middle.len()..],
             None => return false,
@@ -156,8 +167,30 @@ fn match_segment(pattern: &str, segment: &str) -> bool {
 /// as one, since upstreams may decode it), `.` and `..` resolved, empty segments dropped. `None`
 /// when the path cannot be made sense of (bad escapes, not UTF-8, `..` above the root): callers
 /// must refuse such requests rather than guess.
-pub fn normalize_path(raw: &str) -> Option<String> {
+///
+/// Most paths are already in that form; they come back borrowed, since this runs on every
+/// proxied request.
+pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
+    if is_normal(path) {
+        return Some(Cow::Borrowed(path));
+    }
+    resolve_path(path).map(Cow::Owned)
+}
+
+/// Rooted, without escapes and without empty, `.` or `..` segments: what `resolve_path` would
+/// return unchanged.
+fn is_normal(path: &str) -> bool {
+    path == "/"
+        || path.strip_prefix('/').is_some_and(|rest| {
+            !rest.contains('%')
+                && rest
+                    .split('/')
+                    .all(|segment| !matches!(segment, "" | "." | ".."))
+        })
+}
+
+fn resolve_path(path: &str) -> Option<String> {
     let decoded = percent_decode(path)?;
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -208,17 +241,18 @@ pub struct Policy {
     pub decision: Decision,
 }
 
-/// The facts of one request that policies look at.
+/// The facts of one request that policies look at, borrowed from the request: the proxy builds
+/// one for every request it sees.
 #[derive(Debug, Clone, Default)]
-pub struct RequestFacts {
-    pub method: String,
-    /// Without port.
-    pub host: String,
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// Lower case, without port.
+    pub host: &'a str,
     /// Normalized (see `normalize_path`).
-    pub path: String,
+    pub path: &'a str,
     pub client_ip: Option<IpAddr>,
     /// Lower-case names.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(&'a str, &'a str)>,
 }
 
 /// Why one rule did or did not match.
@@ -231,11 +265,42 @@ pub struct RuleExplanation {
 }
 
 impl Matcher {
+    /// Whether every criterion holds: `check`'s verdict without its reasons, cheapest criterion
+    /// first. This runs for every rule on every proxied request, so it neither allocates nor
+    /// formats; `explain` uses `check`.
+    fn matches(&self, facts: &RequestFacts) -> bool {
+        let method = || {
+            self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(facts.method))
+        };
+        let host = || self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(facts.host));
+        let path = || self.paths.is_empty() || self.paths.iter().any(|p| p.matches(facts.path));
+        let network = || {
+            self.networks.is_empty()
+                || facts
+                    .client_ip
+                    .is_some_and(|ip| self.networks.iter().any(|net| net.contains(&ip)))
+        };
+        let headers = || {
+            self.headers.iter().all(|(name, wanted)| {
+                facts
+                    .headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .is_some_and(|(_, value)| wanted == "*" || *value == wanted)
+            })
+        };
+        method() && host() && path() && network() && headers()
+    }
+
     /// Every criterion's verdict, in a fixed order; the rule matches when all hold.
     fn check(&self, facts: &RequestFacts) -> Vec<(bool, String)> {
         let mut checks = Vec::new();
         if !self.hosts.is_empty() {
-            let hit = self.hosts.iter().find(|h| h.matches(&facts.host));
+            let hit = self.hosts.iter().find(|h| h.matches(facts.host));
             checks.push(match hit {
                 Some(h) => (true, format!("host {} matches '{}'", facts.host, h.0)),
                 None => (
@@ -252,7 +317,7 @@ impl Matcher {
             let hit = self
                 .methods
                 .iter()
-                .any(|m| m.eq_ignore_ascii_case(&facts.method));
+                .any(|m| m.eq_ignore_ascii_case(facts.method));
             let verb = if hit { "is one of" } else { "is none of" };
             checks.push((
                 hit,
@@ -264,7 +329,7 @@ impl Matcher {
             ));
         }
         if !self.paths.is_empty() {
-            let hit = self.paths.iter().find(|p| p.matches(&facts.path));
+            let hit = self.paths.iter().find(|p| p.matches(facts.path));
             checks.push(match hit {
                 Some(p) => (
                     true,
@@ -304,8 +369,8 @@ impl Matcher {
             let value = facts
                 .headers
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str());
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v);
             checks.push(match value {
                 Some(v) if wanted == "*" || v == wanted => {
                     (true, format!("header {name} is '{v}'"))
@@ -342,13 +407,16 @@ impl Default for PolicySet {
 }
 
 impl PolicySet {
+    /// Whether some rule looks at headers (else callers need not collect them).
+    pub fn needs_headers(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|policy| !policy.matcher.headers.is_empty())
+    }
+
     /// The first matching rule (or `None` and the default).
     pub fn decide(&self, facts: &RequestFacts) -> (Option<&Policy>, &Decision) {
-        match self
-            .policies
-            .iter()
-            .find(|p| p.matcher.check(facts).iter().all(|(ok, _)| *ok))
-        {
+        match self.policies.iter().find(|p| p.matcher.matches(facts)) {
             Some(policy) => (Some(policy), &policy.decision),
             None => (None, &self.default),
         }
@@ -387,13 +455,15 @@ impl PolicySet {
 mod tests {
     use super::*;
 
-    fn facts(method: &str, host: &str, path: &str, ip: &str) -> RequestFacts {
+    /// The proxy lower-cases the host before matching; the tests hand over what they got.
+    fn facts<'a>(method: &'a str, host: &'a str, path: &str, ip: &str) -> RequestFacts<'a> {
         RequestFacts {
-            method: method.into(),
-            host: host.into(),
-            path: normalize_path(path).unwrap(),
+            method,
+            host,
+            // Leaked: a test's facts live for the test.
+            path: normalize_path(path).unwrap().into_owned().leak(),
             client_ip: ip.parse().ok(),
-            headers: vec![("x-env".into(), "prod".into())],
+            headers: vec![("x-env", "prod")],
         }
     }
 
@@ -479,6 +549,46 @@ mod tests {
         assert_eq!(normalize_path("/a?b=/transfer").as_deref(), Some("/a"));
     }
 
+    /// The borrowed fast path must give exactly what resolving gives, and take only paths that
+    /// resolving leaves unchanged.
+    #[test]
+    fn normal_paths_are_borrowed_and_others_resolved() {
+        for path in [
+            "/",
+            "/a",
+            "/a/b.c",
+            "/a/.b",
+            "/a/..b",
+            "/a/b/",
+            "//a",
+            "/a//b",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/a/b/../c",
+            "/%61",
+            "/a%2Fb",
+            "",
+            "*",
+            "a/b",
+            "/a?x=1",
+            "/a#f",
+            "/é/ü",
+        ] {
+            let normalized = normalize_path(path);
+            let resolved = resolve_path(path.split(['?', '#']).next().unwrap());
+            assert_eq!(normalized.as_deref(), resolved.as_deref(), "{path}");
+            if let Some(Cow::Borrowed(borrowed)) = normalized {
+                assert!(is_normal(borrowed), "{path}");
+            }
+        }
+        assert!(matches!(
+            normalize_path("/account/overview"),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(normalize_path("/account/"), Some(Cow::Owned(_))));
+    }
+
     #[test]
     fn globs() {
         let cases = [
@@ -490,6 +600,14 @@ mod tests {
             ("/files/*.pdf", "/files/statement.pdf.exe", false),
             ("/transfer", "/transfers", false),
             ("/**", "/", true),
+            ("/**/confirm", "/a/b/confirm", true),
+            ("/**/confirm", "/a/b/confirm/x", false),
+            ("/a/**/b/**", "/a/x/b/y/z", true),
+            ("/files/*-*.pdf", "/files/2024-01.pdf", true),
+            ("/files/*-*.pdf", "/files/202401.pdf", false),
+            ("/files/a*b*c", "/files/abc", true),
+            ("/files/a*b*c", "/files/acb", false),
+            ("/files/*", "/files", false),
         ];
         for (pattern, path, expected) in cases {
             assert_eq!(
@@ -501,6 +619,71 @@ mod tests {
         assert!(HostPattern::new("*.bank.example").matches("WWW.Bank.Example"));
         assert!(!HostPattern::new("*.bank.example").matches("bank.example"));
         assert!(!HostPattern::new("*.bank.example").matches("evilbank.example"));
+        assert!(!HostPattern::new("*.bank.example").matches(".bank.example"));
+        assert!(!HostPattern::new("*.bank.example").matches("é.ank.example"));
+        assert!(HostPattern::new("Bank.Example").matches("bank.EXAMPLE"));
+    }
+
+    /// `decide` uses the allocation-free `matches`, `explain` the reasoned `check`: they must
+    /// never disagree, or `check-policy` would explain a decision the proxy does not make.
+    #[test]
+    fn the_fast_verdict_agrees_with_the_explained_one() {
+        let matchers = [
+            Matcher::default(),
+            Matcher {
+                hosts: vec![
+                    HostPattern::new("*.bank.example"),
+                    HostPattern::new("shop.example"),
+                ],
+                ..Matcher::default()
+            },
+            Matcher {
+                methods: vec!["POST".into(), "PUT".into()],
+                paths: vec![
+                    PathPattern::new("/api/**"),
+                    PathPattern::new("/files/*.pdf"),
+                ],
+                ..Matcher::default()
+            },
+            Matcher {
+                networks: vec![
+                    "10.0.0.0/8".parse().unwrap(),
+                    "2001:db8::/32".parse().unwrap(),
+                ],
+                headers: vec![("x-env".into(), "*".into())],
+                ..Matcher::default()
+            },
+            Matcher {
+                headers: vec![("x-env".into(), "test".into())],
+                methods: vec!["GET".into()],
+                ..Matcher::default()
+            },
+        ];
+        let mut compared = 0;
+        for method in ["GET", "post", "PUT"] {
+            for host in ["bank.example", "www.bank.example", "SHOP.example", ""] {
+                for path in ["/", "/api", "/api/x/y", "/files/a.pdf", "/files/a/b.pdf"] {
+                    for ip in ["10.2.3.4", "203.0.113.9", "2001:db8::1", "none"] {
+                        for with_header in [true, false] {
+                            let mut request = facts(method, host, path, ip);
+                            if !with_header {
+                                request.headers.clear();
+                            }
+                            for matcher in &matchers {
+                                let explained = matcher.check(&request).iter().all(|(ok, _)| *ok);
+                                assert_eq!(
+                                    matcher.matches(&request),
+                                    explained,
+                                    "{matcher:?} on {request:?}"
+                                );
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 3 * 4 * 5 * 4 * 2 * matchers.len());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! what it changes before forwarding: forwarded headers set, stepgate's own cookies and headers
 //! removed.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::HeaderName;
+use http::header::{COOKIE, HOST};
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -13,10 +15,14 @@ pub const GRANT_COOKIE: &str = "stepgate_grant";
 pub const BINDING_COOKIE: &str = "stepgate_binding";
 pub const GRANT_HEADER: &str = "stepgate-grant";
 pub const BINDING_HEADER: &str = "stepgate-binding";
+/// What both cookie names start with.
+const OWN_COOKIE_PREFIX: &[u8] = b"stepgate_";
 static GRANT_HEADER_NAME: HeaderName = HeaderName::from_static(GRANT_HEADER);
 static BINDING_HEADER_NAME: HeaderName = HeaderName::from_static(BINDING_HEADER);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The names as written upstream (pingora keeps header case).
+const X_FORWARDED_FOR_CASED: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO_CASED: &str = "X-Forwarded-Proto";
 
 /// The client as stepgate sees it: the first address in the `X-Forwarded-For` chain, read from
 /// the right, that is not a trusted proxy; the socket peer when that is not trusted itself.
@@ -75,14 +81,14 @@ pub fn scheme(
 /// The host the client asked for, lower case, without port; `None` when the request names two
 /// different hosts (several `Host` headers, or an absolute URI whose host differs from `Host`),
 /// which an upstream might read differently from the policy check, so such requests are refused.
-pub fn unambiguous_host(req: &RequestHeader) -> Option<String> {
-    let mut hosts = req.headers.get_all("host").iter();
+pub fn unambiguous_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
+    let mut hosts = req.headers.get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
-        (Some(value), None) => Some(strip_port(value.to_str().ok()?).to_ascii_lowercase()),
+        (Some(value), None) => Some(lower_case(strip_port(value.to_str().ok()?))),
         (None, _) => None,
         (Some(_), Some(_)) => return None,
     };
-    let authority = req.uri.host().map(|h| strip_port(h).to_ascii_lowercase());
+    let authority = req.uri.host().map(|h| lower_case(strip_port(h)));
     match (authority, header) {
         (Some(a), Some(h)) if a != h => None,
         (Some(a), _) => Some(a),
@@ -95,15 +101,24 @@ fn strip_port(host: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
+    }
+}
+
+/// Host names usually arrive in lower case already; only the others are copied.
+fn lower_case(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
 /// The value of cookie `name`, from any `Cookie` header.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers
-        .get_all("cookie")
+        .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
@@ -126,15 +141,10 @@ pub fn wants_html(req: &RequestHeader) -> bool {
 }
 
 /// Lower-case name and UTF-8 value of every header (others skipped), for policy matching.
-pub fn header_pairs(req: &RequestHeader) -> Vec<(String, String)> {
+pub fn header_pairs(req: &RequestHeader) -> Vec<(&str, &str)> {
     req.headers
         .iter()
-        .filter_map(|(name, value)| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| (name.as_str().to_owned(), v.to_owned()))
-        })
+        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str(), v)))
         .collect()
 }
 
@@ -151,45 +161,95 @@ pub fn prepare_upstream(
     req.remove_header(&GRANT_HEADER_NAME);
     req.remove_header(&BINDING_HEADER_NAME);
     strip_own_cookies(req)?;
-    let chain = peer.map(|peer| {
-        let earlier = if is_trusted(peer, trusted) {
-            req.headers
-                .get_all("x-forwarded-for")
+    let chain = match peer {
+        Some(peer) if is_trusted(peer, trusted) => {
+            let earlier = req
+                .headers
+                .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .collect::<Vec<_>>()
-                .join(", ")
-        } else {
-            String::new()
-        };
-        if earlier.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{earlier}, {peer}")
+                .join(", ");
+            Some(if earlier.is_empty() {
+                address_value(peer)?
+            } else {
+                HeaderValue::try_from(format!("{earlier}, {peer}"))
+                    .map_err(|_| invalid_header("X-Forwarded-For"))?
+            })
         }
-    });
+        Some(peer) => Some(address_value(peer)?),
+        None => None,
+    };
+    let proto = if scheme == "https" {
+        HeaderValue::from_static("https")
+    } else {
+        HeaderValue::from_static("http")
+    };
     match chain {
-        Some(chain) => req.insert_header(X_FORWARDED_FOR.clone(), chain)?,
+        Some(chain) => req.insert_header(X_FORWARDED_FOR_CASED, chain)?,
         None => {
             req.remove_header(&X_FORWARDED_FOR);
         }
     }
-    req.insert_header(X_FORWARDED_PROTO.clone(), scheme)?;
+    req.insert_header(X_FORWARDED_PROTO_CASED, proto)?;
     Ok(())
 }
 
+/// The peer address as a header value, IPv4 written by hand: `Display` costs more than the
+/// rest of the header rewrite together, and every proxied request needs it.
+fn address_value(ip: IpAddr) -> pingora::Result<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string())
+            .map_err(|_| invalid_header("X-Forwarded-For"));
+    };
+    // At most "255.255.255.255".
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).map_err(|_| invalid_header("X-Forwarded-For"))
+}
+
+fn invalid_header(name: &str) -> Box<pingora::Error> {
+    pingora::Error::explain(
+        pingora::ErrorType::InvalidHTTPHeader,
+        format!("{name} would not be a valid header value"),
+    )
+}
+
 fn strip_own_cookies(req: &mut RequestHeader) -> pingora::Result<()> {
+    // Most requests carry no cookie of ours: looked for without copying anything.
+    let ours = req.headers.get_all(COOKIE).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(OWN_COOKIE_PREFIX.len())
+            .any(|window| window == OWN_COOKIE_PREFIX)
+    });
+    if !ours {
+        return Ok(());
+    }
     let values: Vec<String> = req
         .headers
-        .get_all("cookie")
+        .get_all(COOKIE)
         .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
-    if values.is_empty() {
-        return Ok(());
-    }
     let kept: Vec<&str> = values
         .iter()
         .flat_map(|v| v.split(';'))
@@ -209,7 +269,7 @@ fn strip_own_cookies(req: &mut RequestHeader) -> pingora::Result<()> {
     {
         return Ok(());
     }
-    req.remove_header("cookie");
+    req.remove_header(&COOKIE);
     if !kept.is_empty() {
         req.insert_header("cookie", kept.join("; "))?;
     }
@@ -283,6 +343,37 @@ mod tests {
         assert!(req.headers.get("stepgate-binding").is_none());
         assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "192.0.2.1");
         assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.200.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn cookies_not_ours_are_left_exactly_as_sent() {
+        let mut req = request(&[("cookie", "a=1;b=2;  stepgate=x"), ("cookie", "c=3")]);
+        prepare_upstream(&mut req, None, "http", &[]).unwrap();
+        let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1;b=2;  stepgate=x", "c=3"]);
+        assert!(req.headers.get("x-forwarded-for").is_none());
+        for name in [GRANT_COOKIE, BINDING_COOKIE] {
+            assert!(name.as_bytes().starts_with(OWN_COOKIE_PREFIX), "{name}");
+        }
     }
 
     #[test]

@@ -142,14 +142,11 @@ impl ProxyHttp for StepGateProxy {
             return Ok(true);
         };
         let policies = self.state.policies.current();
-        let needs_headers = policies
-            .policies
-            .iter()
-            .any(|policy| !policy.matcher.headers.is_empty());
+        let needs_headers = policies.needs_headers();
         let facts = RequestFacts {
-            method: req.method.as_str().to_owned(),
-            host,
-            path: normalized,
+            method: req.method.as_str(),
+            host: &host,
+            path: &normalized,
             client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
             headers: if needs_headers {
                 header_pairs(req)
