@@ -559,7 +559,7 @@ fn main() {
             Target::new("a", "direct GET /", Method::GET, format!("{direct}/"), user_headers(), None),
             Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers(), Some(plain_pid)),
             Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers(), Some(stepgate_pid)),
-            Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted, Some(stepgate_pid)),
+            Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted.clone(), Some(stepgate_pid)),
             Target::new("q", "plain pingora + stepgate's hooks GET /", Method::GET, format!("{hooked_base}/"), user_headers(), Some(hooked_pid)),
         ];
         let (a, p, b, c, q) = (0, 1, 2, 3, 4);
@@ -671,5 +671,174 @@ fn main() {
             per_round(q, p, &cpu_delta),
             per_round(b, q, &cpu_ratio)
         );
+
+        if std::env::var_os(SKIP_CALLGRIND_ENV).is_some() {
+            return;
+        }
+        if !callgrind_usable() {
+            println!("\ninstruction counts skipped: valgrind's callgrind is not installed (apt-get install valgrind)");
+            return;
+        }
+        // The same paths again, each proxy now under callgrind (fresh ports; the grant stays
+        // valid, since the second stepgate has the same secret and policy).
+        let counted_config = dir.path().join("counted.yaml");
+        let counted_port = free_port();
+        std::fs::write(
+            &counted_config,
+            stepgate_config(&outbox, upstream, counted_port, free_port(), free_port()),
+        )
+        .expect("write config");
+        let plain_spec = |hooks: &str| format!("127.0.0.1:{},{upstream}{hooks}", free_port());
+        let (plain_spec, hooked_spec) = (plain_spec(""), plain_spec(",hooks"));
+        let port_of = |spec: &str| spec.split([':', ',']).nth(1).unwrap_or_default().to_owned();
+        let bench_exe = std::env::current_exe().expect("bench binary");
+        let stepgate_exe = Path::new(env!("CARGO_BIN_EXE_stepgate"));
+        let stepgate_args = ["run".to_owned(), "--config".to_owned(), counted_config.display().to_string()];
+        let counted = [
+            Counted::new("p", "plain pingora GET /", &bench_exe, &[], Some(&plain_spec), format!("http://127.0.0.1:{}/", port_of(&plain_spec)), Method::GET, user_headers()),
+            Counted::new("q", "plain pingora + stepgate's hooks GET /", &bench_exe, &[], Some(&hooked_spec), format!("http://127.0.0.1:{}/", port_of(&hooked_spec)), Method::GET, user_headers()),
+            Counted::new("b", "stepgate GET / (no policy)", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/"), Method::GET, user_headers()),
+            Counted::new("c", "stepgate POST /transfer + grant", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/transfer"), Method::POST, granted.clone()),
+        ];
+        println!();
+        println!(
+            "instructions per request, counted by callgrind over {COUNTED_REQUESTS} requests per path \
+             (deterministic: identical processes agree to 0.1%, where timings above vary by 15%)"
+        );
+        let mut counts = Vec::new();
+        for path in &counted {
+            counts.push(count_instructions(path, dir.path()).await);
+        }
+        println!("| path | instructions per request | vs plain pingora (p) |");
+        println!("| --- | --- | --- |");
+        for (path, count) in counted.iter().zip(&counts) {
+            println!("| ({}) {} | {count:.0} | {:.3}x |", path.key, path.label, count / counts[0]);
+        }
+        println!(
+            "stepgate over plain pingora, instructions per request: b/p {:.3} ({:+.0})   c/p {:.3} ({:+.0})   q/p {:.3} ({:+.0})",
+            counts[2] / counts[0],
+            counts[2] - counts[0],
+            counts[3] / counts[0],
+            counts[3] - counts[0],
+            counts[1] / counts[0],
+            counts[1] - counts[0]
+        );
     });
+}
+
+/// Set to skip the callgrind phase (it takes about a minute per path).
+const SKIP_CALLGRIND_ENV: &str = "STEPGATE_BENCH_SKIP_CALLGRIND";
+/// Requests counted per path under callgrind (after a warm-up).
+const COUNTED_REQUESTS: usize = 2_000;
+
+/// A path whose proxy runs under callgrind.
+struct Counted {
+    key: &'static str,
+    label: &'static str,
+    program: std::path::PathBuf,
+    args: Vec<String>,
+    /// For the plain pingora proxies: their `PLAIN_PINGORA_ENV`.
+    plain_spec: Option<String>,
+    target: Arc<Target>,
+}
+
+impl Counted {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        key: &'static str,
+        label: &'static str,
+        program: &Path,
+        args: &[String],
+        plain_spec: Option<&str>,
+        url: String,
+        method: Method,
+        headers: HeaderMap,
+    ) -> Self {
+        Self {
+            key,
+            label,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            plain_spec: plain_spec.map(str::to_owned),
+            target: Target::new(key, label, method, url, headers, None),
+        }
+    }
+}
+
+fn callgrind_usable() -> bool {
+    ["valgrind", "callgrind_control"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// Starts the path's proxy under callgrind, warms it up, zeroes the counters, sends
+/// `COUNTED_REQUESTS` requests, dumps, and returns the instructions per request.
+async fn count_instructions(path: &Counted, dir: &Path) -> f64 {
+    let out = dir.join(format!("callgrind.{}.out", path.key));
+    let mut command = Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&path.program)
+        .args(&path.args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(spec) = &path.plain_spec {
+        command.env(PLAIN_PINGORA_ENV, spec);
+    }
+    let mut process = KillOnDrop(command.spawn().expect("start valgrind"));
+    wait_until_proxying(&path.target.url, &mut process, path.label).await;
+    measure(&path.target, 200).await;
+    let pid = process.0.id();
+    callgrind_control(pid, "--zero", &path.target).await;
+    measure(&path.target, COUNTED_REQUESTS).await;
+    // Requests sent while the dump was pending are counted too.
+    let pokes = callgrind_control(pid, "--dump", &path.target).await;
+    drop(process);
+    let dump = std::fs::read_to_string(dir.join(format!("callgrind.{}.out.1", path.key)))
+        .expect("callgrind dump");
+    let instructions: f64 = dump
+        .lines()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .and_then(|total| total.trim().parse().ok())
+        .expect("a summary line in the callgrind dump");
+    instructions / (COUNTED_REQUESTS + pokes) as f64
+}
+
+/// Runs `callgrind_control ACTION PID`. Callgrind takes the command when the process next runs,
+/// so requests are sent until it has; returns how many.
+async fn callgrind_control(pid: u32, action: &str, target: &Arc<Target>) -> usize {
+    let mut control = KillOnDrop(
+        Command::new("callgrind_control")
+            .arg(action)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start callgrind_control"),
+    );
+    let mut pokes = 0;
+    loop {
+        match control.0.try_wait() {
+            Ok(Some(status)) => {
+                assert!(
+                    status.success(),
+                    "callgrind_control {action} failed: {status}"
+                );
+                return pokes;
+            }
+            Ok(None) => {}
+            Err(error) => panic!("callgrind_control {action}: {error}"),
+        }
+        target
+            .send()
+            .await
+            .expect("a request during callgrind_control");
+        pokes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
