@@ -117,11 +117,11 @@ pub async fn watch_with<F>(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker
     });
-    let mut patterns = Vec::new();
+    let mut globs = Globs::default();
     // The files the policies in force came from. A change is reloaded once the next poll finds
     // the files as they were (settled), so an editor half-way through a save is not read.
     let mut loaded = match ticker {
-        Some(_) => Some(fingerprint_blocking(&source, &mut patterns).await),
+        Some(_) => Some(fingerprint_blocking(&source, &mut globs).await),
         None => None,
     };
     let mut settling: Option<Vec<Stamp>> = None;
@@ -139,13 +139,13 @@ pub async fn watch_with<F>(
                     continue;
                 }
                 if loaded.is_some() {
-                    loaded = Some(fingerprint_blocking(&source, &mut patterns).await);
+                    loaded = Some(fingerprint_blocking(&source, &mut globs).await);
                     settling = None;
                 }
                 "SIGHUP"
             }
             () = next_tick(&mut ticker) => {
-                let now = fingerprint_blocking(&source, &mut patterns).await;
+                let now = fingerprint_blocking(&source, &mut globs).await;
                 if loaded.as_ref() == Some(&now) {
                     settling = None;
                     continue;
@@ -201,10 +201,25 @@ async fn next_tick(ticker: &mut Option<Interval>) {
 }
 
 /// One watched file: path, length and modification time (`None`: absent or unknown).
-type Stamp = (PathBuf, Option<(u64, Option<SystemTime>)>);
+type Stamp = (PathBuf, Option<FileStamp>);
+type FileStamp = (u64, Option<SystemTime>);
 
-async fn fingerprint_blocking(source: &Path, patterns: &mut Vec<String>) -> Vec<Stamp> {
-    let (path, known) = (source.to_path_buf(), std::mem::take(patterns));
+/// The config's `policy_files` globs as last read, and the stamp of the config they were read
+/// from: the config is parsed again only when it changed, not on every poll.
+#[derive(Debug, Default)]
+struct Globs {
+    patterns: Vec<String>,
+    read_from: Option<FileStamp>,
+}
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.len(), meta.modified().ok()))
+}
+
+async fn fingerprint_blocking(source: &Path, globs: &mut Globs) -> Vec<Stamp> {
+    let (path, known) = (source.to_path_buf(), std::mem::take(globs));
     match tokio::task::spawn_blocking(move || {
         let mut known = known;
         let stamps = fingerprint(&path, &mut known);
@@ -213,7 +228,7 @@ async fn fingerprint_blocking(source: &Path, patterns: &mut Vec<String>) -> Vec<
     .await
     {
         Ok((stamps, known)) => {
-            *patterns = known;
+            *globs = known;
             stamps
         }
         // A panic while stat-ing files; an empty print makes the next good one count as a change.
@@ -222,18 +237,22 @@ async fn fingerprint_blocking(source: &Path, patterns: &mut Vec<String>) -> Vec<
 }
 
 /// The sorted (path, length, mtime) of the config file and of every file its `policy_files`
-/// globs match now, so new and deleted files count. `patterns` keeps the last globs that could
+/// globs match now, so new and deleted files count. `globs` keeps the last globs that could
 /// be read, for when the config itself is mid-edit.
-fn fingerprint(source: &Path, patterns: &mut Vec<String>) -> Vec<Stamp> {
-    let parsed = std::fs::read_to_string(source)
-        .ok()
-        .and_then(|text| parse::<ConfigFile>(&text).ok());
-    if let Some((file, _)) = parsed {
-        *patterns = file.proxy.policy_files;
+fn fingerprint(source: &Path, globs: &mut Globs) -> Vec<Stamp> {
+    let config = file_stamp(source);
+    if config.is_none() || config != globs.read_from {
+        let parsed = std::fs::read_to_string(source)
+            .ok()
+            .and_then(|text| parse::<ConfigFile>(&text).ok());
+        if let Some((file, _)) = parsed {
+            globs.patterns = file.proxy.policy_files;
+            globs.read_from = config;
+        }
     }
     let base = source.parent().unwrap_or_else(|| Path::new("."));
     let mut files = vec![source.to_path_buf()];
-    for pattern in patterns.iter() {
+    for pattern in globs.patterns.iter() {
         if let Ok(paths) = glob::glob(&base.join(pattern).to_string_lossy()) {
             files.extend(paths.filter_map(Result::ok));
         }
@@ -241,9 +260,7 @@ fn fingerprint(source: &Path, patterns: &mut Vec<String>) -> Vec<Stamp> {
     let mut stamps: Vec<Stamp> = files
         .into_iter()
         .map(|file| {
-            let stamp = std::fs::metadata(&file)
-                .ok()
-                .map(|meta| (meta.len(), meta.modified().ok()));
+            let stamp = file_stamp(&file);
             (file, stamp)
         })
         .collect();
@@ -366,28 +383,51 @@ proxy:
     #[test]
     fn the_fingerprint_sees_new_edited_and_deleted_files() {
         let (dir, config, _handle) = setup(ONE);
-        let mut patterns = Vec::new();
-        let first = fingerprint(&config, &mut patterns);
-        assert_eq!(patterns, ["policies/*.yaml"]);
+        let mut globs = Globs::default();
+        let first = fingerprint(&config, &mut globs);
+        assert_eq!(globs.patterns, ["policies/*.yaml"]);
         assert_eq!(first.len(), 2);
-        assert_eq!(fingerprint(&config, &mut patterns), first);
+        assert_eq!(fingerprint(&config, &mut globs), first);
 
         let extra = dir.path().join("policies/20-extra.yaml");
         std::fs::write(&extra, "policies: []\n").unwrap();
-        let added = fingerprint(&config, &mut patterns);
+        let added = fingerprint(&config, &mut globs);
         assert_eq!(added.len(), 3);
 
         std::fs::write(dir.path().join("policies/10-main.yaml"), TWO).unwrap();
-        let edited = fingerprint(&config, &mut patterns);
+        let edited = fingerprint(&config, &mut globs);
         assert_ne!(edited, added);
 
         std::fs::remove_file(&extra).unwrap();
-        assert_eq!(fingerprint(&config, &mut patterns).len(), 2);
+        assert_eq!(fingerprint(&config, &mut globs).len(), 2);
 
         // A config mid-edit keeps the globs last read.
         std::fs::write(&config, "proxy: [\n").unwrap();
-        assert_eq!(fingerprint(&config, &mut patterns).len(), 2);
-        assert_eq!(patterns, ["policies/*.yaml"]);
+        assert_eq!(fingerprint(&config, &mut globs).len(), 2);
+        assert_eq!(globs.patterns, ["policies/*.yaml"]);
+    }
+
+    #[test]
+    fn the_config_is_parsed_again_only_when_it_changed() {
+        let (dir, config, _handle) = setup(ONE);
+        let mut globs = Globs::default();
+        fingerprint(&config, &mut globs);
+        assert_eq!(globs.patterns, ["policies/*.yaml"]);
+        let stamp = std::fs::metadata(&config).unwrap().modified().unwrap();
+        // Same length and, set back, the same mtime: to the watcher it is the same file, so
+        // the globs it holds show whether the text was read again.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let renamed = text.replace("policies/*.yaml", "policiez/*.yaml");
+        assert_eq!(renamed.len(), text.len());
+        std::fs::write(&config, &renamed).unwrap();
+        let file = std::fs::File::options().write(true).open(&config).unwrap();
+        file.set_modified(stamp).unwrap();
+        fingerprint(&config, &mut globs);
+        assert_eq!(globs.patterns, ["policies/*.yaml"]);
+        file.set_modified(stamp + Duration::from_secs(5)).unwrap();
+        fingerprint(&config, &mut globs);
+        assert_eq!(globs.patterns, ["policiez/*.yaml"]);
+        drop(dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

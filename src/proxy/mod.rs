@@ -109,69 +109,12 @@ impl ProxyHttp for StepGateProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        ctx.arrived = Instant::now();
-        ctx.peer_ip = session
-            .client_addr()
-            .and_then(|addr| addr.as_inet())
-            .map(|addr| addr.ip());
-        let trusted = &self.state.trusted_proxies;
-        let req = session.req_header();
-        ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
-        let path = req.uri.path();
-        if path.starts_with(PREFIX) || path == "/.stepgate" {
-            ctx.policy = Some("stepgate".to_owned());
-            ctx.decision = "stepgate";
-            routes::handle(self, session, ctx).await?;
-            return Ok(true);
-        }
-        let Some(host) = facts::unambiguous_host(req) else {
-            ctx.decision = "invalid";
-            let html = wants_html(req);
-            let refusal = Refusal::BadRequest("the request names more than one host");
-            send(session, Reply::refusal(&refusal, html)).await?;
-            return Ok(true);
-        };
-        let Some(normalized) = normalize_path(path) else {
-            ctx.decision = "invalid";
-            let html = wants_html(req);
-            send(
-                session,
-                Reply::refusal(&Refusal::BadRequest("the path is malformed"), html),
-            )
-            .await?;
-            return Ok(true);
-        };
-        let policies = self.state.policies.current();
-        let needs_headers = policies.needs_headers();
-        let facts = RequestFacts {
-            method: req.method.as_str(),
-            host: &host,
-            path: &normalized,
-            client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
-            headers: if needs_headers {
-                header_pairs(req)
-            } else {
-                Vec::new()
-            },
-        };
-        let (policy, decision) = policies.decide(&facts);
-        ctx.policy = policy.map(|policy| policy.name.clone());
-        match decision {
-            Decision::Allow => {
-                ctx.decision = "allow";
-                Ok(false)
-            }
-            Decision::Deny => {
-                ctx.decision = "deny";
-                let html = wants_html(session.req_header());
-                send(session, Reply::refusal(&Refusal::Denied, html)).await?;
-                Ok(true)
-            }
-            Decision::StepUp(step_up) => {
-                let name = ctx.policy.clone().unwrap_or_default();
-                let step_up = step_up.clone();
-                self.step_up(session, ctx, &name, &step_up).await
-            }
+        match self.route(session, ctx) {
+            Next::Upstream => Ok(false),
+            // Boxed on its own: the answering paths hold far more state across awaits than
+            // passing does, and an async fn's future is as large as its largest path, so
+            // inlined they would make every passing request build and move that state.
+            answer => Box::pin(self.answer(session, ctx, answer)).await,
         }
     }
 
@@ -209,23 +152,85 @@ impl ProxyHttp for StepGateProxy {
     }
 }
 
+/// What `route` decided for a request.
+enum Next {
+    /// Forward it (no policy demands anything, or a valid grant).
+    Upstream,
+    /// One of stepgate's own endpoints under `PREFIX`.
+    Endpoint,
+    /// Answered at once (refused, login redirect).
+    Reply(Reply),
+    /// Protected, no valid grant: hold it and start a step-up.
+    StepUp {
+        policy: String,
+        step_up: StepUp,
+        requester: Requester,
+    },
+}
+
 impl StepGateProxy {
-    /// A request a policy protects: pass with a valid grant, else hold it and start a step-up.
-    async fn step_up(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        policy: &str,
-        step_up: &StepUp,
-    ) -> pingora::Result<bool> {
-        let html = wants_html(session.req_header());
-        let Some(requester) = self.requester(session.req_header()) else {
-            ctx.decision = "refused";
-            let reply = self.login_reply(session.req_header(), html);
-            send(session, reply).await?;
-            return Ok(true);
-        };
+    /// Decides, without waiting on anything, what happens to a request: most requests pass,
+    /// so this path neither awaits nor allocates beyond the request facts.
+    fn route(&self, session: &Session, ctx: &mut Ctx) -> Next {
+        ctx.arrived = Instant::now();
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip());
+        let trusted = &self.state.trusted_proxies;
         let req = session.req_header();
+        ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
+        let path = req.uri.path();
+        if path.starts_with(PREFIX) || path == "/.stepgate" {
+            ctx.policy = Some("stepgate".to_owned());
+            ctx.decision = "stepgate";
+            return Next::Endpoint;
+        }
+        let Some(host) = facts::unambiguous_host(req) else {
+            ctx.decision = "invalid";
+            let refusal = Refusal::BadRequest("the request names more than one host");
+            return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
+        };
+        let Some(normalized) = normalize_path(path) else {
+            ctx.decision = "invalid";
+            let refusal = Refusal::BadRequest("the path is malformed");
+            return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
+        };
+        let policies = self.state.policies.current();
+        let facts = RequestFacts {
+            method: req.method.as_str(),
+            host: &host,
+            path: &normalized,
+            client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
+            headers: if policies.needs_headers() {
+                header_pairs(req)
+            } else {
+                Vec::new()
+            },
+        };
+        let (policy, decision) = policies.decide(&facts);
+        ctx.policy = policy.map(|policy| policy.name.clone());
+        match decision {
+            Decision::Allow => {
+                ctx.decision = "allow";
+                Next::Upstream
+            }
+            Decision::Deny => {
+                ctx.decision = "deny";
+                Next::Reply(Reply::refusal(&Refusal::Denied, wants_html(req)))
+            }
+            Decision::StepUp(step_up) => self.protected(req, ctx, step_up),
+        }
+    }
+
+    /// A request a policy protects: it passes with a valid grant for its user and policy;
+    /// without an identity the client is sent to log in.
+    fn protected(&self, req: &RequestHeader, ctx: &mut Ctx, step_up: &StepUp) -> Next {
+        let Some(requester) = self.requester(req) else {
+            ctx.decision = "refused";
+            return Next::Reply(self.login_reply(req, wants_html(req)));
+        };
+        let policy = ctx.policy.as_deref().unwrap_or_default();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
         if grants.is_some_and(|grants| {
             self.state
@@ -233,8 +238,49 @@ impl StepGateProxy {
                 .grant_admits(grants, &requester.user_id, policy)
         }) {
             ctx.decision = "granted";
-            return Ok(false);
+            return Next::Upstream;
         }
+        Next::StepUp {
+            policy: policy.to_owned(),
+            step_up: step_up.clone(),
+            requester,
+        }
+    }
+
+    /// Everything but passing: stepgate's own endpoints, immediate answers, step-ups.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        next: Next,
+    ) -> pingora::Result<bool> {
+        match next {
+            Next::Upstream => return Ok(false),
+            Next::Endpoint => routes::handle(self, session, ctx).await?,
+            Next::Reply(reply) => send(session, reply).await?,
+            Next::StepUp {
+                policy,
+                step_up,
+                requester,
+            } => {
+                self.step_up(session, ctx, &policy, &step_up, &requester)
+                    .await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Holds the protected request and starts a step-up: a challenge answers at once, hold mode
+    /// keeps the connection until the transaction ends.
+    async fn step_up(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &str,
+        step_up: &StepUp,
+        requester: &Requester,
+    ) -> pingora::Result<()> {
+        let html = wants_html(session.req_header());
         let original = match self.read_original(session).await? {
             Ok(original) => original,
             Err(refusal) => {
@@ -243,8 +289,7 @@ impl StepGateProxy {
                 } else {
                     "invalid"
                 };
-                send(session, Reply::refusal(&refusal, html)).await?;
-                return Ok(true);
+                return send(session, Reply::refusal(&refusal, html)).await;
             }
         };
         let message = step_up
@@ -254,7 +299,7 @@ impl StepGateProxy {
         let challenge = match self
             .state
             .stepup
-            .challenge(policy, step_up, &requester, message, original)
+            .challenge(policy, step_up, requester, message, original)
             .await
         {
             Ok(challenge) => challenge,
@@ -265,23 +310,20 @@ impl StepGateProxy {
                     "refused"
                 };
                 tracing::warn!(policy, %error, "step-up could not start");
-                send(session, Reply::refusal(&refusal_for(&error), html)).await?;
-                return Ok(true);
+                return send(session, Reply::refusal(&refusal_for(&error), html)).await;
             }
         };
         match step_up.mode {
             Mode::Challenge => {
                 ctx.decision = "challenged";
                 let reply = challenge_reply(&challenge, ctx.scheme, html);
-                send(session, reply).await?;
+                send(session, reply).await
             }
             Mode::Hold => {
                 ctx.decision = "held";
-                self.hold(session, ctx, &challenge, &requester, html)
-                    .await?;
+                self.hold(session, ctx, &challenge, requester, html).await
             }
         }
-        Ok(true)
     }
 
     fn requester(&self, req: &RequestHeader) -> Option<Requester> {
