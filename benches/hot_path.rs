@@ -10,7 +10,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use pingora::http::RequestHeader;
-use stepgate::domain::policy::{PolicySet, RequestFacts, normalize_path};
+use std::time::Duration;
+
+use stepgate::domain::policy::{
+    Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, RequestFacts, StepUp,
+    normalize_path,
+};
 use stepgate::proxy::facts;
 use stepgate::telemetry::metrics;
 
@@ -41,6 +46,48 @@ fn request() -> RequestHeader {
     req
 }
 
+/// The README's example rules: a step-up on transfers, a bypass for the internal network. The
+/// benched request matches neither, like most traffic.
+fn policies() -> PolicySet {
+    let transfers = Matcher {
+        hosts: vec![HostPattern::new("bank.example")],
+        methods: vec!["POST".to_owned()],
+        paths: vec![
+            PathPattern::new("/transfer"),
+            PathPattern::new("/api/payments/**"),
+        ],
+        ..Matcher::default()
+    };
+    let internal = Matcher {
+        networks: vec![
+            "10.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a network")),
+        ],
+        ..Matcher::default()
+    };
+    PolicySet {
+        policies: vec![
+            Policy {
+                name: "transfers".to_owned(),
+                matcher: transfers,
+                decision: Decision::StepUp(StepUp {
+                    auth_type: "confirm_push".to_owned(),
+                    freshness: Duration::from_secs(300),
+                    mode: Mode::Challenge,
+                    message: None,
+                }),
+            },
+            Policy {
+                name: "internal-bypass".to_owned(),
+                matcher: internal,
+                decision: Decision::Allow,
+            },
+        ],
+        default: Decision::Allow,
+    }
+}
+
 /// Median nanoseconds per call of `piece`.
 fn time(mut piece: impl FnMut()) -> f64 {
     let mut runs: Vec<f64> = (0..RUNS)
@@ -58,8 +105,8 @@ fn time(mut piece: impl FnMut()) -> f64 {
 
 fn main() {
     let template = request();
-    let peer = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
-    let policies = PolicySet::default();
+    let peer = Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)));
+    let policies = policies();
     metrics::register_all();
 
     let baseline = time(|| {

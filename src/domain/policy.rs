@@ -93,13 +93,18 @@ impl HostPattern {
 pub struct PathPattern {
     text: String,
     segments: Vec<String>,
+    /// The one normalized path a pattern without `*` matches, compared directly.
+    literal: Option<String>,
 }
 
 impl PathPattern {
     pub fn new(pattern: &str) -> Self {
+        let segments = split(pattern);
+        let literal = (!pattern.contains('*')).then(|| format!("/{}", segments.join("/")));
         Self {
             text: pattern.to_owned(),
-            segments: split(pattern),
+            segments,
+            literal,
         }
     }
 
@@ -109,7 +114,10 @@ impl PathPattern {
 
     /// `path` must already be normalized (see `normalize_path`).
     pub fn matches(&self, path: &str) -> bool {
-        match_segments(&self.segments, path_segments(path))
+        match &self.literal {
+            Some(literal) => path == literal,
+            None => match_segments(&self.segments, path_segments(path)),
+        }
     }
 }
 
@@ -608,6 +616,12 @@ mod tests {
             ("/files/a*b*c", "/files/abc", true),
             ("/files/a*b*c", "/files/acb", false),
             ("/files/*", "/files", false),
+            ("/transfer/", "/transfer", true),
+            ("//transfer", "/transfer", true),
+            ("/", "/", true),
+            ("/", "/a", false),
+            ("/a/b", "/a", false),
+            ("/a", "/a/b", false),
         ];
         for (pattern, path, expected) in cases {
             assert_eq!(
