@@ -1,24 +1,32 @@
 //! Proxy benchmark: what putting stepgate in front of an app costs, measured in one run as ratios
-//! against the app alone. Every round measures five paths, one after the other (the order
-//! rotates each round), with the same closed-loop load: 32 concurrent clients on 32 keep-alive
-//! HTTP/1.1 connections, each sending its next request when the last answer is read; every answer
-//! is a 1 KiB body.
+//! against plain pingora and the app alone. Every round measures six paths, one after the other
+//! (the order rotates each round), with the same closed-loop load: 32 concurrent clients on 32
+//! keep-alive HTTP/1.1 connections, each sending its next request when the last answer is read;
+//! every answer is a 1 KiB body.
 //!
 //! - (a) `GET /` straight to the upstream: an axum server in this process, on its own thread and
 //!   runtime;
 //! - (p) `GET /` through a plain pingora proxy with no filters (this bench binary, re-executed),
 //!   the floor any pingora gateway pays for the extra hop;
+//! - (x) `GET /` through plain pingora setting `X-Forwarded-For` and `-Proto` with pingora's own
+//!   header calls: what any proxy in front of an app adds, and stepgate must;
 //! - (b) `GET /` through the release `stepgate` binary (memory store): no policy matches;
 //! - (c) `POST /transfer` through stepgate with a valid grant in `Stepgate-Grant`, obtained once
 //!   before measuring by a real SMS step-up (challenge, code from the `file` gateway's outbox,
 //!   verify);
-//! - (q) `GET /` through the plain pingora proxy running stepgate's per-request pass-through
-//!   work (request facts, policy decision, upstream header rewrite, metrics) through the same
-//!   library functions: q/p prices that work, b/q the rest of the stepgate process.
+//! - (q) `GET /` through plain pingora running stepgate's per-request pass-through work (request
+//!   facts, policy decision, upstream header rewrite, metrics) through the same library
+//!   functions: q/x prices that work, b/q the rest of the stepgate process.
 //!
-//! Prints req/s, p50 and p99 per path per round, then the medians over the rounds and the
-//! medians of the per-round ratios b/a, c/a, b/p and latency differences. Every answer must be
-//! the upstream's 200 with its body; anything else fails the bench.
+//! Prints req/s, p50, p99 and the proxy's CPU time per request (all its threads, from
+//! `/proc/<pid>/task/*/schedstat`) per path per round, then medians over the rounds and the
+//! medians of the per-round ratios. Every answer must be the upstream's 200 with its body;
+//! anything else fails the bench.
+//!
+//! Timings on a shared 2-core machine move by 15% between identical processes, so a second phase
+//! counts instructions: each proxy again, under valgrind's callgrind, with counters zeroed after
+//! a warm-up and dumped after `COUNTED_REQUESTS` requests. Identical processes agree to 0.1%.
+//! Skipped (with a note) where valgrind is not installed, or with `STEPGATE_BENCH_SKIP_CALLGRIND`.
 //!
 //! Run: `cargo bench --bench proxy` (no Redis needed). Load generator, upstream and proxy share
 //! the machine's cores, so read the ratios rather than the absolute numbers.
@@ -373,15 +381,24 @@ async fn obtain_grant(proxy: &str, outbox: &Path) -> String {
     grant.expect("a Stepgate-Grant header on the verify answer")
 }
 
-/// The plain pingora baseline: forwards everything to the upstream, no filters. With `hooks`
-/// (path q) it also runs stepgate's per-request work on a pass-through request, through the
-/// same library functions: request facts, an (empty) policy decision, the upstream header
-/// rewrite and the two metrics. q against p prices that work; b against q prices the rest of
-/// the stepgate process.
+/// The plain pingora baseline: forwards everything to the upstream, no filters (path p).
+/// `Forwarded` (path x) also sets `X-Forwarded-For` and `-Proto` the way any pingora proxy
+/// in front of an app would, with pingora's own header calls. `Hooks` (path q) runs stepgate's
+/// per-request work on a pass-through request instead, through the same library functions:
+/// request facts, an (empty) policy decision, the upstream header rewrite (which sets those
+/// headers too) and the two metrics. q against x prices stepgate's own work; b against q the
+/// rest of the stepgate process.
 struct PlainProxy {
     peer: HttpPeer,
-    hooks: bool,
+    mode: PlainMode,
     policies: PolicySet,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlainMode {
+    Plain,
+    Forwarded,
+    Hooks,
 }
 
 #[async_trait]
@@ -397,7 +414,7 @@ impl ProxyHttp for PlainProxy {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
-        if !self.hooks {
+        if self.mode != PlainMode::Hooks {
             return Ok(false);
         }
         let arrived = Instant::now();
@@ -432,10 +449,16 @@ impl ProxyHttp for PlainProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        if self.mode == PlainMode::Forwarded {
+            if let Some(peer) = session.client_addr().and_then(|addr| addr.as_inet()) {
+                upstream_request.insert_header("X-Forwarded-For", peer.ip().to_string())?;
+            }
+            upstream_request.insert_header("X-Forwarded-Proto", "http")?;
+        }
         if let Some((arrived, peer)) = ctx {
             facts::prepare_upstream(upstream_request, *peer, "http", &[])?;
             metrics::proxy_added_latency("allow", arrived.elapsed());
@@ -465,7 +488,11 @@ fn run_plain_pingora(spec: &str) -> ! {
         .expect("upstream")
         .parse()
         .expect("upstream address");
-    let hooks = parts.next() == Some("hooks");
+    let mode = match parts.next() {
+        Some("hooks") => PlainMode::Hooks,
+        Some("forwarded") => PlainMode::Forwarded,
+        _ => PlainMode::Plain,
+    };
     let mut peer = HttpPeer::new(upstream, false, String::new());
     peer.options.connection_timeout = Some(Duration::from_secs(5));
     peer.options.read_timeout = Some(Duration::from_secs(60));
@@ -479,7 +506,7 @@ fn run_plain_pingora(spec: &str) -> ! {
     server.bootstrap();
     let proxy = PlainProxy {
         peer,
-        hooks,
+        mode,
         policies: PolicySet::default(),
     };
     let mut service = http_proxy_service(&server.configuration, proxy);
@@ -501,7 +528,7 @@ fn main() {
     let outbox = dir.path().join("outbox.jsonl");
     let upstream = start_upstream();
     let (proxy, api, metrics, plain) = (free_port(), free_port(), free_port(), free_port());
-    let hooked = free_port();
+    let (hooked, forwarding) = (free_port(), free_port());
     let config_path = dir.path().join("config.yaml");
     std::fs::write(
         &config_path,
@@ -534,6 +561,16 @@ fn main() {
             .spawn()
             .expect("start plain pingora with hooks"),
     );
+    let mut forwarding_pingora = KillOnDrop(
+        Command::new(std::env::current_exe().expect("bench binary"))
+            .env(
+                PLAIN_PINGORA_ENV,
+                format!("127.0.0.1:{forwarding},{upstream},forwarded"),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start plain pingora setting X-Forwarded-*"),
+    );
 
     // The load generator gets one thread: with the upstream's thread and one proxy worker that
     // is all two cores can hold.
@@ -546,23 +583,26 @@ fn main() {
         let stepgate_base = format!("http://127.0.0.1:{proxy}");
         let plain_base = format!("http://127.0.0.1:{plain}");
         let hooked_base = format!("http://127.0.0.1:{hooked}");
+        let forwarding_base = format!("http://127.0.0.1:{forwarding}");
         wait_until_proxying(&format!("{stepgate_base}/"), &mut stepgate, "stepgate").await;
         wait_until_proxying(&format!("{plain_base}/"), &mut plain_pingora, "plain pingora").await;
         wait_until_proxying(&format!("{hooked_base}/"), &mut hooked_pingora, "plain pingora with hooks").await;
+        wait_until_proxying(&format!("{forwarding_base}/"), &mut forwarding_pingora, "plain pingora setting X-Forwarded-*").await;
         let grant = obtain_grant(&stepgate_base, &outbox).await;
 
         let mut granted = user_headers();
         granted.insert("stepgate-grant", HeaderValue::from_str(&grant).expect("grant is a header value"));
-        let (stepgate_pid, plain_pid, hooked_pid) =
-            (stepgate.0.id(), plain_pingora.0.id(), hooked_pingora.0.id());
+        let (stepgate_pid, plain_pid, hooked_pid, forwarding_pid) =
+            (stepgate.0.id(), plain_pingora.0.id(), hooked_pingora.0.id(), forwarding_pingora.0.id());
         let targets = [
             Target::new("a", "direct GET /", Method::GET, format!("{direct}/"), user_headers(), None),
             Target::new("p", "plain pingora GET /", Method::GET, format!("{plain_base}/"), user_headers(), Some(plain_pid)),
             Target::new("b", "stepgate GET / (no policy)", Method::GET, format!("{stepgate_base}/"), user_headers(), Some(stepgate_pid)),
             Target::new("c", "stepgate POST /transfer + grant", Method::POST, format!("{stepgate_base}/transfer"), granted.clone(), Some(stepgate_pid)),
             Target::new("q", "plain pingora + stepgate's hooks GET /", Method::GET, format!("{hooked_base}/"), user_headers(), Some(hooked_pid)),
+            Target::new("x", "plain pingora + X-Forwarded-* GET /", Method::GET, format!("{forwarding_base}/"), user_headers(), Some(forwarding_pid)),
         ];
-        let (a, p, b, c, q) = (0, 1, 2, 3, 4);
+        let (a, p, b, c, q, x) = (0, 1, 2, 3, 4, 5);
         println!(
             "proxy benchmark: {ROUNDS} rounds x {REQUESTS_PER_ROUND} requests per path, {CONNECTIONS} keep-alive \
              connections, {} B answers; release stepgate (memory store, 1 worker thread)",
@@ -597,14 +637,15 @@ fn main() {
             let rate = |index: usize| samples[index][round].rate;
             let cpu = |index: usize| samples[index][round].cpu.unwrap_or(f64::NAN);
             println!(
-                "  req/s: b/a {:.3}  b/p {:.3}  c/p {:.3}  q/p {:.3}   CPU per request: b/p {:.3}  c/p {:.3}  q/p {:.3}",
+                "  req/s: b/a {:.3}  b/p {:.3}  b/x {:.3}  c/p {:.3}   CPU per request: b/p {:.3}  b/x {:.3}  c/p {:.3}  q/x {:.3}",
                 rate(b) / rate(a),
                 rate(b) / rate(p),
+                rate(b) / rate(x),
                 rate(c) / rate(p),
-                rate(q) / rate(p),
                 cpu(b) / cpu(p),
+                cpu(b) / cpu(x),
                 cpu(c) / cpu(p),
-                cpu(q) / cpu(p)
+                cpu(q) / cpu(x)
             );
         }
 
@@ -652,23 +693,26 @@ fn main() {
         }
         println!();
         println!(
-            "stepgate vs plain pingora, CPU per request: b/p {:.3} ({:+.1} µs)   c/p {:.3} ({:+.1} µs)",
+            "stepgate vs plain pingora, CPU per request: b/p {:.3} ({:+.1} µs)   b/x {:.3} ({:+.1} µs)   c/p {:.3} ({:+.1} µs)",
             per_round(b, p, &cpu_ratio),
             per_round(b, p, &cpu_delta),
+            per_round(b, x, &cpu_ratio),
+            per_round(b, x, &cpu_delta),
             per_round(c, p, &cpu_ratio),
             per_round(c, p, &cpu_delta)
         );
         println!(
-            "stepgate vs plain pingora, throughput: b/p {:.3}   c/p {:.3}   (p50 {:+.0} / {:+.0} µs)",
+            "stepgate vs plain pingora, throughput: b/p {:.3}   b/x {:.3}   c/p {:.3}   (p50 {:+.0} / {:+.0} µs)",
             per_round(b, p, &rate_ratio),
+            per_round(b, x, &rate_ratio),
             per_round(c, p, &rate_ratio),
             per_round(b, p, &p50_delta),
             per_round(c, p, &p50_delta)
         );
         println!(
-            "stepgate's per-request work in plain pingora: CPU q/p {:.3} ({:+.1} µs); the rest of the stepgate process: CPU b/q {:.3}",
-            per_round(q, p, &cpu_ratio),
-            per_round(q, p, &cpu_delta),
+            "CPU per request: X-Forwarded-* x/p {:.3}; stepgate's own work q/x {:.3}; the rest of the stepgate process b/q {:.3}",
+            per_round(x, p, &cpu_ratio),
+            per_round(q, x, &cpu_ratio),
             per_round(b, q, &cpu_ratio)
         );
 
@@ -689,13 +733,15 @@ fn main() {
         )
         .expect("write config");
         let plain_spec = |hooks: &str| format!("127.0.0.1:{},{upstream}{hooks}", free_port());
-        let (plain_spec, hooked_spec) = (plain_spec(""), plain_spec(",hooks"));
+        let (plain_spec, hooked_spec, forwarding_spec) =
+            (plain_spec(""), plain_spec(",hooks"), plain_spec(",forwarded"));
         let port_of = |spec: &str| spec.split([':', ',']).nth(1).unwrap_or_default().to_owned();
         let bench_exe = std::env::current_exe().expect("bench binary");
         let stepgate_exe = Path::new(env!("CARGO_BIN_EXE_stepgate"));
         let stepgate_args = ["run".to_owned(), "--config".to_owned(), counted_config.display().to_string()];
         let counted = [
             Counted::new("p", "plain pingora GET /", &bench_exe, &[], Some(&plain_spec), format!("http://127.0.0.1:{}/", port_of(&plain_spec)), Method::GET, user_headers()),
+            Counted::new("x", "plain pingora + X-Forwarded-* GET /", &bench_exe, &[], Some(&forwarding_spec), format!("http://127.0.0.1:{}/", port_of(&forwarding_spec)), Method::GET, user_headers()),
             Counted::new("q", "plain pingora + stepgate's hooks GET /", &bench_exe, &[], Some(&hooked_spec), format!("http://127.0.0.1:{}/", port_of(&hooked_spec)), Method::GET, user_headers()),
             Counted::new("b", "stepgate GET / (no policy)", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/"), Method::GET, user_headers()),
             Counted::new("c", "stepgate POST /transfer + grant", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/transfer"), Method::POST, granted.clone()),
@@ -714,14 +760,24 @@ fn main() {
         for (path, count) in counted.iter().zip(&counts) {
             println!("| ({}) {} | {count:.0} | {:.3}x |", path.key, path.label, count / counts[0]);
         }
+        let (cp, cx, cq, cb, cc) = (counts[0], counts[1], counts[2], counts[3], counts[4]);
         println!(
-            "stepgate over plain pingora, instructions per request: b/p {:.3} ({:+.0})   c/p {:.3} ({:+.0})   q/p {:.3} ({:+.0})",
-            counts[2] / counts[0],
-            counts[2] - counts[0],
-            counts[3] / counts[0],
-            counts[3] - counts[0],
-            counts[1] / counts[0],
-            counts[1] - counts[0]
+            "instructions per request: b/p {:.3} ({:+.0})   b/x {:.3} ({:+.0})   c/p {:.3} ({:+.0})",
+            cb / cp,
+            cb - cp,
+            cb / cx,
+            cb - cx,
+            cc / cp,
+            cc - cp
+        );
+        println!(
+            "of which X-Forwarded-* x/p {:.3} ({:+.0}); stepgate's own work q/x {:.3} ({:+.0}); the rest of the stepgate process b/q {:.3} ({:+.0})",
+            cx / cp,
+            cx - cp,
+            cq / cx,
+            cq - cx,
+            cb / cq,
+            cb - cq
         );
     });
 }
