@@ -478,7 +478,24 @@ impl ProxyHttp for PlainProxy {
     }
 }
 
-/// Runs the plain pingora proxy (`spec` is `listen,upstream`) with the same server settings and
+/// The `PLAIN_PINGORA_ENV` value for a plain pingora proxy on `port`; `mode` is empty, `hooks`
+/// or `forwarded` (see `PlainMode`).
+fn plain_spec(port: u16, upstream: SocketAddr, mode: &str) -> String {
+    format!("127.0.0.1:{port},{upstream},{mode}")
+}
+
+/// The bench binary re-executed as a plain pingora proxy.
+fn start_plain_pingora(port: u16, upstream: SocketAddr, mode: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(std::env::current_exe().expect("bench binary"))
+            .env(PLAIN_PINGORA_ENV, plain_spec(port, upstream, mode))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start plain pingora ({mode:?}): {e}")),
+    )
+}
+
+/// Runs the plain pingora proxy (`spec` is `listen,upstream[,mode]`) with the same server settings and
 /// peer options as stepgate's proxy; never returns.
 fn run_plain_pingora(spec: &str) -> ! {
     let mut parts = spec.split(',');
@@ -544,33 +561,9 @@ fn main() {
             .spawn()
             .expect("start stepgate"),
     );
-    let mut plain_pingora = KillOnDrop(
-        Command::new(std::env::current_exe().expect("bench binary"))
-            .env(PLAIN_PINGORA_ENV, format!("127.0.0.1:{plain},{upstream}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start plain pingora"),
-    );
-    let mut hooked_pingora = KillOnDrop(
-        Command::new(std::env::current_exe().expect("bench binary"))
-            .env(
-                PLAIN_PINGORA_ENV,
-                format!("127.0.0.1:{hooked},{upstream},hooks"),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start plain pingora with hooks"),
-    );
-    let mut forwarding_pingora = KillOnDrop(
-        Command::new(std::env::current_exe().expect("bench binary"))
-            .env(
-                PLAIN_PINGORA_ENV,
-                format!("127.0.0.1:{forwarding},{upstream},forwarded"),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start plain pingora setting X-Forwarded-*"),
-    );
+    let mut plain_pingora = start_plain_pingora(plain, upstream, "");
+    let mut hooked_pingora = start_plain_pingora(hooked, upstream, "hooks");
+    let mut forwarding_pingora = start_plain_pingora(forwarding, upstream, "forwarded");
 
     // The load generator gets one thread: with the upstream's thread and one proxy worker that
     // is all two cores can hold.
@@ -732,19 +725,25 @@ fn main() {
             stepgate_config(&outbox, upstream, counted_port, free_port(), free_port()),
         )
         .expect("write config");
-        let plain_spec = |hooks: &str| format!("127.0.0.1:{},{upstream}{hooks}", free_port());
-        let (plain_spec, hooked_spec, forwarding_spec) =
-            (plain_spec(""), plain_spec(",hooks"), plain_spec(",forwarded"));
-        let port_of = |spec: &str| spec.split([':', ',']).nth(1).unwrap_or_default().to_owned();
         let bench_exe = std::env::current_exe().expect("bench binary");
-        let stepgate_exe = Path::new(env!("CARGO_BIN_EXE_stepgate"));
-        let stepgate_args = ["run".to_owned(), "--config".to_owned(), counted_config.display().to_string()];
+        let plain = |key, label, mode| {
+            let port = free_port();
+            let target = Target::new(key, label, Method::GET, format!("http://127.0.0.1:{port}/"), user_headers(), None);
+            Counted { program: bench_exe.clone(), args: Vec::new(), plain_spec: Some(plain_spec(port, upstream, mode)), target }
+        };
+        let stepgate_args = vec!["run".to_owned(), "--config".to_owned(), counted_config.display().to_string()];
+        let stepgate = |key, label, method, path, headers| Counted {
+            program: env!("CARGO_BIN_EXE_stepgate").into(),
+            args: stepgate_args.clone(),
+            plain_spec: None,
+            target: Target::new(key, label, method, format!("http://127.0.0.1:{counted_port}{path}"), headers, None),
+        };
         let counted = [
-            Counted::new("p", "plain pingora GET /", &bench_exe, &[], Some(&plain_spec), format!("http://127.0.0.1:{}/", port_of(&plain_spec)), Method::GET, user_headers()),
-            Counted::new("x", "plain pingora + X-Forwarded-* GET /", &bench_exe, &[], Some(&forwarding_spec), format!("http://127.0.0.1:{}/", port_of(&forwarding_spec)), Method::GET, user_headers()),
-            Counted::new("q", "plain pingora + stepgate's hooks GET /", &bench_exe, &[], Some(&hooked_spec), format!("http://127.0.0.1:{}/", port_of(&hooked_spec)), Method::GET, user_headers()),
-            Counted::new("b", "stepgate GET / (no policy)", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/"), Method::GET, user_headers()),
-            Counted::new("c", "stepgate POST /transfer + grant", stepgate_exe, &stepgate_args, None, format!("http://127.0.0.1:{counted_port}/transfer"), Method::POST, granted.clone()),
+            plain("p", "plain pingora GET /", ""),
+            plain("x", "plain pingora + X-Forwarded-* GET /", "forwarded"),
+            plain("q", "plain pingora + stepgate's hooks GET /", "hooks"),
+            stepgate("b", "stepgate GET / (no policy)", Method::GET, "/", user_headers()),
+            stepgate("c", "stepgate POST /transfer + grant", Method::POST, "/transfer", granted.clone()),
         ];
         println!();
         println!(
@@ -758,7 +757,7 @@ fn main() {
         println!("| path | instructions per request | vs plain pingora (p) |");
         println!("| --- | --- | --- |");
         for (path, count) in counted.iter().zip(&counts) {
-            println!("| ({}) {} | {count:.0} | {:.3}x |", path.key, path.label, count / counts[0]);
+            println!("| ({}) {} | {count:.0} | {:.3}x |", path.target.key, path.target.label, count / counts[0]);
         }
         let (cp, cx, cq, cb, cc) = (counts[0], counts[1], counts[2], counts[3], counts[4]);
         println!(
@@ -789,36 +788,11 @@ const COUNTED_REQUESTS: usize = 2_000;
 
 /// A path whose proxy runs under callgrind.
 struct Counted {
-    key: &'static str,
-    label: &'static str,
     program: std::path::PathBuf,
     args: Vec<String>,
     /// For the plain pingora proxies: their `PLAIN_PINGORA_ENV`.
     plain_spec: Option<String>,
     target: Arc<Target>,
-}
-
-impl Counted {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        key: &'static str,
-        label: &'static str,
-        program: &Path,
-        args: &[String],
-        plain_spec: Option<&str>,
-        url: String,
-        method: Method,
-        headers: HeaderMap,
-    ) -> Self {
-        Self {
-            key,
-            label,
-            program: program.to_owned(),
-            args: args.to_vec(),
-            plain_spec: plain_spec.map(str::to_owned),
-            target: Target::new(key, label, method, url, headers, None),
-        }
-    }
 }
 
 fn callgrind_usable() -> bool {
@@ -835,7 +809,7 @@ fn callgrind_usable() -> bool {
 /// Starts the path's proxy under callgrind, warms it up, zeroes the counters, sends
 /// `COUNTED_REQUESTS` requests, dumps, and returns the instructions per request.
 async fn count_instructions(path: &Counted, dir: &Path) -> f64 {
-    let out = dir.join(format!("callgrind.{}.out", path.key));
+    let out = dir.join(format!("callgrind.{}.out", path.target.key));
     let mut command = Command::new("valgrind");
     command
         .arg("--tool=callgrind")
@@ -853,7 +827,7 @@ async fn count_instructions(path: &Counted, dir: &Path) -> f64 {
         "http://{}/",
         path.target.url.split('/').nth(2).unwrap_or_default()
     );
-    wait_until_proxying(&root, &mut process, path.label).await;
+    wait_until_proxying(&root, &mut process, path.target.label).await;
     measure(&path.target, 200).await;
     let pid = process.0.id();
     callgrind_control(pid, "--zero", &path.target).await;
@@ -861,7 +835,7 @@ async fn count_instructions(path: &Counted, dir: &Path) -> f64 {
     // Requests sent while the dump was pending are counted too.
     let pokes = callgrind_control(pid, "--dump", &path.target).await;
     drop(process);
-    let dump = std::fs::read_to_string(dir.join(format!("callgrind.{}.out.1", path.key)))
+    let dump = std::fs::read_to_string(dir.join(format!("callgrind.{}.out.1", path.target.key)))
         .expect("callgrind dump");
     let instructions: f64 = dump
         .lines()

@@ -92,19 +92,28 @@ impl HostPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPattern {
     text: String,
-    segments: Vec<String>,
-    /// The one normalized path a pattern without `*` matches, compared directly.
-    literal: Option<String>,
+    shape: PathShape,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathShape {
+    /// No `*`: the one normalized path the pattern matches, compared directly.
+    Literal(String),
+    /// The pattern's segments, matched one by one.
+    Glob(Vec<String>),
 }
 
 impl PathPattern {
     pub fn new(pattern: &str) -> Self {
         let segments = split(pattern);
-        let literal = (!pattern.contains('*')).then(|| format!("/{}", segments.join("/")));
+        let shape = if pattern.contains('*') {
+            PathShape::Glob(segments)
+        } else {
+            PathShape::Literal(format!("/{}", segments.join("/")))
+        };
         Self {
             text: pattern.to_owned(),
-            segments,
-            literal,
+            shape,
         }
     }
 
@@ -114,9 +123,9 @@ impl PathPattern {
 
     /// `path` must already be normalized (see `normalize_path`).
     pub fn matches(&self, path: &str) -> bool {
-        match &self.literal {
-            Some(literal) => path == literal,
-            None => match_segments(&self.segments, path_segments(path)),
+        match &self.shape {
+            PathShape::Literal(literal) => path == literal,
+            PathShape::Glob(segments) => match_segments(segments, path_segments(path)),
         }
     }
 }
