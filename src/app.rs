@@ -505,7 +505,11 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         let state = Arc::new(ProxyState {
             policies: policies.clone(),
             stepup,
-            identity: settings.proxy.identity.clone(),
+            identity: settings
+                .proxy
+                .identity
+                .clone()
+                .map(crate::proxy::identity::IdentitySource::new),
             upstream: upstream.clone(),
             trusted_proxies: settings.proxy.trusted_proxies.clone(),
             max_held_body_bytes: settings.proxy.max_held_body_bytes,

@@ -1,5 +1,9 @@
 //! Who is asking: the user id (and phone number) from a trusted header or a verified JSON Web
 //! Token (cookie or `Authorization: Bearer`). A token that does not verify is no identity.
+//!
+//! `IdentitySource` is what the proxy holds: built once from `IdentitySettings`, asked once per
+//! protected request (`resolve`), and asked on every forwarded request to remove what a client
+//! must never be able to hand the app (`strip_forged`).
 
 use jsonwebtoken::{DecodingKey, decode, decode_header};
 use pingora::http::RequestHeader;
@@ -12,6 +16,52 @@ use crate::service::stepup::Requester;
 
 /// User ids longer than this are refused: they end up in store keys and audit lines.
 const MAX_USER_ID_LEN: usize = 256;
+
+/// Why a request has no identity stepgate can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// No credential at all: the client should sign in.
+    #[error("no credential")]
+    Missing,
+    /// A credential that does not verify (forged, expired, wrong audience, ...): no identity.
+    #[error("credential rejected: {0}")]
+    Rejected(&'static str),
+    /// More than one credential, or one that can be read two ways: refused, never guessed at.
+    #[error("ambiguous credentials: {0}")]
+    Ambiguous(&'static str),
+    /// The source that would vouch for the credential cannot be asked (JWKS or introspection
+    /// endpoint down): protected routes fail closed.
+    #[error("identity source unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The configured identity source, ready to answer per request.
+pub struct IdentitySource {
+    settings: IdentitySettings,
+}
+
+impl IdentitySource {
+    pub fn new(settings: IdentitySettings) -> Self {
+        Self { settings }
+    }
+
+    /// The requester of a protected request. `peer_trusted`: the socket peer is one of
+    /// `proxy.trusted_proxies`.
+    pub async fn resolve(
+        &self,
+        req: &RequestHeader,
+        peer_trusted: bool,
+    ) -> Result<Requester, IdentityError> {
+        let _ = peer_trusted;
+        resolve(&self.settings, req).ok_or(IdentityError::Missing)
+    }
+
+    /// Removes from a request about to go upstream what only a trusted layer may set (identity
+    /// headers sent by an untrusted client).
+    pub fn strip_forged(&self, req: &mut RequestHeader, peer_trusted: bool) {
+        let _ = (req, peer_trusted);
+    }
+}
 
 pub fn resolve(settings: &IdentitySettings, req: &RequestHeader) -> Option<Requester> {
     let (user_id, phone) = match settings {

@@ -35,10 +35,11 @@ use url::Url;
 use self::facts::{
     BINDING_COOKIE, GRANT_COOKIE, GRANT_HEADER, cookie, header, header_pairs, wants_html,
 };
+use self::identity::{IdentityError, IdentitySource};
 use self::replay::{Origin, ReplayError};
 use self::respond::{Refusal, Reply, send};
 use crate::config::reload::PolicyHandle;
-use crate::config::settings::{IdentitySettings, UpstreamSettings};
+use crate::config::settings::UpstreamSettings;
 use crate::domain::held::{HeldTicket, OriginalRequest};
 use crate::domain::policy::{Decision, Mode, RequestFacts, StepUp, normalize_path};
 use crate::domain::transaction::{Status, Transaction};
@@ -53,7 +54,7 @@ pub struct ProxyState {
     pub policies: PolicyHandle,
     pub stepup: StepUpService,
     /// `None` only when no policy demands step-up (config validation).
-    pub identity: Option<IdentitySettings>,
+    pub identity: Option<IdentitySource>,
     pub upstream: UpstreamSettings,
     pub trusted_proxies: Vec<IpNet>,
     pub max_held_body_bytes: usize,
@@ -85,6 +86,8 @@ pub struct Ctx {
     policy: Option<String>,
     decision: &'static str,
     peer_ip: Option<IpAddr>,
+    /// The socket peer is one of `proxy.trusted_proxies`.
+    peer_trusted: bool,
     scheme: &'static str,
 }
 
@@ -104,6 +107,7 @@ impl ProxyHttp for StepGateProxy {
             policy: None,
             decision: "allow",
             peer_ip: None,
+            peer_trusted: false,
             scheme: "http",
         }
     }
@@ -132,6 +136,9 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if let Some(identity) = &self.state.identity {
+            identity.strip_forged(upstream_request, ctx.peer_trusted);
+        }
         facts::prepare_upstream(
             upstream_request,
             ctx.peer_ip,
@@ -160,12 +167,9 @@ enum Next {
     Endpoint,
     /// Answered at once (refused, login redirect).
     Reply(Reply),
-    /// Protected, no valid grant: hold it and start a step-up.
-    StepUp {
-        policy: String,
-        step_up: StepUp,
-        requester: Requester,
-    },
+    /// A policy demands a step-up: forwarded with a valid grant for the requester, else held
+    /// and a step-up starts.
+    Protected { policy: String, step_up: StepUp },
 }
 
 impl StepGateProxy {
@@ -178,6 +182,7 @@ impl StepGateProxy {
             .and_then(|addr| addr.as_inet())
             .map(|addr| addr.ip());
         let trusted = &self.state.trusted_proxies;
+        ctx.peer_trusted = ctx.peer_ip.is_some_and(|ip| facts::is_trusted(ip, trusted));
         let req = session.req_header();
         ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
         let path = req.uri.path();
@@ -219,18 +224,54 @@ impl StepGateProxy {
                 ctx.decision = "deny";
                 Next::Reply(Reply::refusal(&Refusal::Denied, wants_html(req)))
             }
-            Decision::StepUp(step_up) => self.protected(req, ctx, step_up),
+            Decision::StepUp(step_up) => Next::Protected {
+                policy: ctx.policy.clone().unwrap_or_default(),
+                step_up: step_up.clone(),
+            },
+        }
+    }
+
+    /// Who is asking, for a protected request or one of stepgate's own pages: `Err` holds the
+    /// answer to give instead (sign in, ambiguous, unavailable).
+    async fn identify(&self, session: &Session, ctx: &Ctx) -> Result<Requester, Reply> {
+        let req = session.req_header();
+        let html = wants_html(req);
+        let Some(identity) = &self.state.identity else {
+            return Err(self.login_reply(req, html));
+        };
+        match identity.resolve(req, ctx.peer_trusted).await {
+            Ok(requester) => Ok(requester),
+            Err(IdentityError::Missing | IdentityError::Rejected(_)) => {
+                Err(self.login_reply(req, html))
+            }
+            Err(IdentityError::Ambiguous(what)) => {
+                Err(Reply::refusal(&Refusal::Ambiguous(what), html))
+            }
+            Err(IdentityError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "identity source unavailable");
+                Err(Reply::refusal(&Refusal::Unavailable, html))
+            }
         }
     }
 
     /// A request a policy protects: it passes with a valid grant for its user and policy;
-    /// without an identity the client is sent to log in.
-    fn protected(&self, req: &RequestHeader, ctx: &mut Ctx, step_up: &StepUp) -> Next {
-        let Some(requester) = self.requester(req) else {
-            ctx.decision = "refused";
-            return Next::Reply(self.login_reply(req, wants_html(req)));
+    /// without an identity the client is sent to log in. `Ok(false)`: forward it.
+    async fn protected(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &str,
+        step_up: &StepUp,
+    ) -> pingora::Result<bool> {
+        let requester = match self.identify(session, ctx).await {
+            Ok(requester) => requester,
+            Err(reply) => {
+                ctx.decision = "refused";
+                send(session, reply).await?;
+                return Ok(true);
+            }
         };
-        let policy = ctx.policy.as_deref().unwrap_or_default();
+        let req = session.req_header();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
         if grants.is_some_and(|grants| {
             self.state
@@ -238,13 +279,11 @@ impl StepGateProxy {
                 .grant_admits(grants, &requester.user_id, policy)
         }) {
             ctx.decision = "granted";
-            return Next::Upstream;
+            return Ok(false);
         }
-        Next::StepUp {
-            policy: policy.to_owned(),
-            step_up: step_up.clone(),
-            requester,
-        }
+        self.step_up(session, ctx, policy, step_up, &requester)
+            .await?;
+        Ok(true)
     }
 
     /// Everything but passing: stepgate's own endpoints, immediate answers, step-ups.
@@ -258,13 +297,8 @@ impl StepGateProxy {
             Next::Upstream => return Ok(false),
             Next::Endpoint => routes::handle(self, session, ctx).await?,
             Next::Reply(reply) => send(session, reply).await?,
-            Next::StepUp {
-                policy,
-                step_up,
-                requester,
-            } => {
-                self.step_up(session, ctx, &policy, &step_up, &requester)
-                    .await?
+            Next::Protected { policy, step_up } => {
+                return self.protected(session, ctx, &policy, &step_up).await;
             }
         }
         Ok(true)
@@ -324,10 +358,6 @@ impl StepGateProxy {
                 self.hold(session, ctx, &challenge, requester, html).await
             }
         }
-    }
-
-    fn requester(&self, req: &RequestHeader) -> Option<Requester> {
-        identity::resolve(self.state.identity.as_ref()?, req)
     }
 
     /// No identity: browsers go to the login page when one is configured, others get 401.

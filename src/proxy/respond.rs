@@ -16,6 +16,9 @@ use super::pages;
 pub enum Refusal {
     /// The request cannot be made sense of (bad path escapes, bad form).
     BadRequest(&'static str),
+    /// The request can be read two ways (two credentials, duplicated fields of the message or
+    /// the signed data, an unparsable content type): refused before anything is sent.
+    Ambiguous(&'static str),
     /// A protected route without an identity.
     NoIdentity,
     /// A policy says deny.
@@ -50,6 +53,7 @@ impl Refusal {
     fn spec(&self) -> (u16, &'static str, &'static str, String) {
         match self {
             Refusal::BadRequest(what) => (400, "invalid_request", "Bad request", format!("The request could not be read: {what}.")),
+            Refusal::Ambiguous(what) => (400, "ambiguous_request", "Ambiguous request", format!("The request can be read more than one way: {what}.")),
             Refusal::NoIdentity => (401, "login_required", "Sign in first", "This page needs you to be signed in.".to_owned()),
             Refusal::Denied => (403, "forbidden", "Not allowed", "This request is not allowed.".to_owned()),
             Refusal::UnknownTransaction => (404, "not_found", "Unknown confirmation", "This confirmation does not exist or has ended.".to_owned()),

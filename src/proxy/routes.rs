@@ -99,9 +99,9 @@ pub(super) async fn handle(
     if let Route::Asset(content_type, body) = route {
         return send(session, Reply::asset(content_type, body)).await;
     }
-    let Some(requester) = proxy.requester(session.req_header()) else {
-        let reply = proxy.login_reply(session.req_header(), html);
-        return send(session, reply).await;
+    let requester = match proxy.identify(session, ctx).await {
+        Ok(requester) => requester,
+        Err(reply) => return send(session, reply).await,
     };
     let handler = Handler {
         proxy,
