@@ -12,11 +12,11 @@ use std::time::Instant;
 use pingora::http::RequestHeader;
 use std::time::Duration;
 
+use stepgate::domain::canonical::RouterModel;
 use stepgate::domain::policy::{
-    Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, RequestFacts, StepUp,
-    normalize_path,
+    Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
 };
-use stepgate::proxy::facts;
+use stepgate::proxy::facts::{self, RequestView};
 use stepgate::telemetry::metrics;
 
 const CALLS: u32 = 200_000;
@@ -115,16 +115,10 @@ fn main() {
     let request_facts = time(|| {
         let req = black_box(&template);
         let scheme = facts::scheme(peer, req, &[], false);
-        let host = facts::unambiguous_host(req).unwrap_or_default();
-        let path = normalize_path(req.uri.path()).unwrap_or_default();
-        let request = RequestFacts {
-            method: req.method.as_str(),
-            host: &host,
-            path: &path,
-            client_ip: facts::client_ip(peer, req, &[]),
-            headers: Vec::new(),
-        };
-        black_box((scheme, policies.decide(&request).1));
+        let client_ip = facts::client_ip(peer, req, &[]);
+        let view = RequestView::read(req, client_ip, &RouterModel::default(), false)
+            .expect("the bench request is readable");
+        black_box((scheme, view.decide(&policies).decision));
     });
     let header_rewrite = time(|| {
         let mut req = template.clone();

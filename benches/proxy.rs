@@ -50,8 +50,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
-use stepgate::domain::policy::{Decision, PolicySet, RequestFacts, normalize_path};
-use stepgate::proxy::facts;
+use stepgate::domain::canonical::RouterModel;
+use stepgate::domain::policy::{Decision, PolicySet};
+use stepgate::proxy::facts::{self, RequestView};
 use stepgate::telemetry::metrics;
 
 // The `stepgate` binary's allocator, so the plain pingora baseline differs from it only in
@@ -424,17 +425,14 @@ impl ProxyHttp for PlainProxy {
             .map(|addr| addr.ip());
         let req = session.req_header();
         let _scheme = facts::scheme(peer, req, &[], false);
-        let host = facts::unambiguous_host(req).unwrap_or_default();
-        let path = normalize_path(req.uri.path()).unwrap_or_default();
-        let request = RequestFacts {
-            method: req.method.as_str(),
-            host: &host,
-            path: &path,
-            client_ip: facts::client_ip(peer, req, &[]),
-            headers: Vec::new(),
-        };
-        let (_policy, decision) = self.policies.decide(&request);
-        assert!(matches!(decision, Decision::Allow));
+        let client_ip = facts::client_ip(peer, req, &[]);
+        let model = RouterModel::default();
+        let view = RequestView::read(req, client_ip, &model, self.policies.needs_headers())
+            .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
+        assert!(matches!(
+            view.decide(&self.policies).decision,
+            Decision::Allow
+        ));
         *ctx = Some((arrived, peer));
         Ok(false)
     }

@@ -512,6 +512,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
                 .map(crate::proxy::identity::IdentitySource::new),
             upstream: upstream.clone(),
             trusted_proxies: settings.proxy.trusted_proxies.clone(),
+            router: upstream.router,
             max_held_body_bytes: settings.proxy.max_held_body_bytes,
             login_url: settings.proxy.login_url.clone(),
             max_message_length: settings.max_message_length,

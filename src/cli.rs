@@ -14,7 +14,8 @@ use crate::app;
 use crate::config::{self, ConfigError, env::ProcessEnv};
 use crate::demo;
 use crate::device;
-use crate::domain::policy::{RequestFacts, normalize_path};
+use crate::domain::policy::RequestFacts;
+use crate::proxy::facts::RequestView;
 
 /// Exit code for a configuration that does not load.
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -148,57 +149,99 @@ fn check_policy(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let Ok(parsed) = url::Url::parse(url) else {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         eprintln!("stepgate: '{url}' is not a URL (expected e.g. https://bank.example/transfer)");
         return ExitCode::from(EXIT_BAD_ARGUMENTS);
-    };
-    let Some(path) = normalize_path(parsed.path()) else {
-        println!(
-            "{method} {url}\ndecision: refused: the path cannot be normalized (bad escapes or '..' above the root)"
-        );
+    }
+    // The URL goes in as an absolute-form request target, exactly as typed, so it is read the
+    // way the proxy reads one from the wire.
+    let Ok(mut req) = pingora::http::RequestHeader::build(method, url.as_bytes(), None) else {
+        println!("{method} {url}\ndecision: refused with 400: not a valid request line");
         return ExitCode::SUCCESS;
     };
-    let mut header_pairs = Vec::new();
     for header in headers {
         let Some((name, value)) = header.split_once(':') else {
             eprintln!("stepgate: '{header}' is not a header (expected Name: value)");
             return ExitCode::from(EXIT_BAD_ARGUMENTS);
         };
-        header_pairs.push((name.trim().to_ascii_lowercase(), value.trim()));
+        if req
+            .append_header(name.trim().to_ascii_lowercase(), value.trim())
+            .is_err()
+        {
+            eprintln!("stepgate: '{header}' is not a valid header");
+            return ExitCode::from(EXIT_BAD_ARGUMENTS);
+        }
     }
-    let method = method.to_ascii_uppercase();
-    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-    let facts = RequestFacts {
-        method: &method,
-        host: &host,
-        path: &path,
-        client_ip: ip,
-        headers: header_pairs
-            .iter()
-            .map(|(name, value)| (name.as_str(), *value))
-            .collect(),
+    let router = settings
+        .proxy
+        .upstream
+        .as_ref()
+        .map(|upstream| upstream.router)
+        .unwrap_or_default();
+    let policies = &settings.policies;
+    let view = match RequestView::read(&req, ip, &router, policies.needs_headers()) {
+        Ok(view) => view,
+        Err(why) => {
+            println!("{method} {url}\ndecision: refused with 400: {why}");
+            return ExitCode::SUCCESS;
+        }
     };
     let client = ip.map_or_else(
         || "client address not given".to_owned(),
         |ip| format!("client {ip}"),
     );
-    println!("{} {} (path {}, {client})", facts.method, url, facts.path);
-    let explained = settings.policies.explain(&facts);
-    for rule in &explained {
-        let verdict = if rule.matched { "MATCH" } else { "no match" };
+    let canonical = &view.canonical;
+    println!(
+        "{method} {url}\ncanonical: {} {}{} ({client})",
+        canonical.method, canonical.host, canonical.path
+    );
+    if let Some(target) = &canonical.forward_target {
+        println!("forwarded upstream as: {target}");
+    }
+    let readings = view.readings();
+    let mut also = Vec::new();
+    if canonical.method == "HEAD" {
+        also.push("method GET (HEAD is served as GET)".to_owned());
+    }
+    for method in readings.methods {
+        also.push(format!("method {method} (method-override header)"));
+    }
+    if readings.any_method {
+        also.push("any method (_method in a POST)".to_owned());
+    }
+    if let Some(path) = readings.path {
+        also.push(format!("path {path} (format suffix)"));
+    }
+    if !also.is_empty() {
+        println!("also read as: {}", also.join(", "));
+    }
+    let verdict = view.decide(policies);
+    let facts = RequestFacts {
+        method: verdict.method,
+        path: verdict.path,
+        ..view.facts()
+    };
+    if (verdict.method, verdict.path) != (&*canonical.method, &*canonical.path) {
+        println!("strictest reading: {} {}", verdict.method, verdict.path);
+    }
+    for rule in &policies.explain(&facts) {
+        let matched = if rule.matched { "MATCH" } else { "no match" };
         println!(
-            "  policies[{}] {}: {verdict}: {}",
+            "  policies[{}] {}: {matched}: {}",
             rule.index,
             rule.name,
             rule.reasons.join("; ")
         );
     }
-    let (policy, decision) = settings.policies.decide(&facts);
-    match policy {
-        Some(policy) => println!("decision: {} (policy {})", decision.describe(), policy.name),
+    match verdict.policy {
+        Some(policy) => println!(
+            "decision: {} (policy {})",
+            verdict.decision.describe(),
+            policy.name
+        ),
         None => println!(
             "decision: {} (default: no policy matched)",
-            decision.describe()
+            verdict.decision.describe()
         ),
     }
     ExitCode::SUCCESS
@@ -432,7 +475,8 @@ mod tests {
             host: "127.0.0.1",
             path: "/transfer",
             client_ip: None,
-            headers: Vec::new(),
+            headers: &[],
+            folded: true,
         };
         let (policy, _) = settings.policies.decide(&facts("POST"));
         assert_eq!(policy.map(|p| p.name.as_str()), Some("transfers"));

@@ -508,6 +508,34 @@ pub struct Upstream {
     pub tls: bool,
     /// The TLS server name; defaults to the host of `address`.
     pub sni: Option<String>,
+    /// How liberal the app's router is: every spelling it may route to a protected path is
+    /// protected. All on by default; turn one off only for an app known not to do it.
+    pub router: Router,
+}
+
+/// The liberties the app's router may take (see README, "Threat model").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Router {
+    /// `/TRANSFER` reaches `/transfer` (Express, ASP.NET Core, IIS).
+    pub case_insensitive: bool,
+    /// `/transfer;jsessionid=1` reaches `/transfer` (Tomcat, Spring, Jetty).
+    pub path_parameters: bool,
+    /// `/transfer.json` reaches `/transfer` (Rails formats, Spring suffix patterns).
+    pub format_suffix: bool,
+    /// `X-HTTP-Method-Override` and friends, and `_method` in a POST, change the method.
+    pub method_override: bool,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self {
+            case_insensitive: true,
+            path_parameters: true,
+            format_suffix: true,
+            method_override: true,
+        }
+    }
 }
 
 /// Exactly one of `header` or `jwt`.

@@ -78,6 +78,7 @@ pub struct UpstreamSettings {
     pub addr: SocketAddr,
     pub tls: bool,
     pub sni: String,
+    pub router: crate::domain::canonical::RouterModel,
 }
 
 #[derive(Debug, Clone)]

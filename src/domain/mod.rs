@@ -7,6 +7,7 @@
 pub mod application;
 pub mod auth_type;
 pub mod callback;
+pub mod canonical;
 pub mod clock;
 pub mod code;
 pub mod context;

@@ -3,11 +3,12 @@
 //! type, freshness and mode). `explain` says for every rule why it matched or not, for
 //! `stepgate check-policy`.
 //!
-//! Paths are matched in normalized form (percent-decoded, `.`/`..` resolved, repeated and
-//! trailing slashes dropped), so `/a/../transfer`, `/%74ransfer` and `//transfer/` cannot slip
-//! past a rule for `/transfer`.
+//! Requests are matched in their canonical form (`domain::canonical`), and by default every
+//! other reading the app's router may give them is matched too (`decide_strictest`: `HEAD` as
+//! `GET`, method overrides, format suffixes); the strictest decision over all readings wins, so
+//! a spelling the app routes to a protected handler is protected. Patterns are compiled into
+//! the same canonical form.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ impl HostPattern {
 pub struct PathPattern {
     text: String,
     shape: PathShape,
+    /// The same pattern case folded, for routers that ignore case.
+    folded: PathShape,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,15 +108,19 @@ enum PathShape {
 
 impl PathPattern {
     pub fn new(pattern: &str) -> Self {
-        let segments = split(pattern);
-        let shape = if pattern.contains('*') {
-            PathShape::Glob(segments)
-        } else {
-            PathShape::Literal(format!("/{}", segments.join("/")))
+        let shape = |segments: Vec<String>| {
+            if pattern.contains('*') {
+                PathShape::Glob(segments)
+            } else {
+                PathShape::Literal(format!("/{}", segments.join("/")))
+            }
         };
+        let segments = split(pattern);
+        let folded = segments.iter().map(|s| s.to_lowercase()).collect();
         Self {
             text: pattern.to_owned(),
-            shape,
+            shape: shape(segments),
+            folded: shape(folded),
         }
     }
 
@@ -121,9 +128,10 @@ impl PathPattern {
         &self.text
     }
 
-    /// `path` must already be normalized (see `normalize_path`).
-    pub fn matches(&self, path: &str) -> bool {
-        match &self.shape {
+    /// `path` must already be canonical (`domain::canonical`), and case folded when `folded`.
+    pub fn matches(&self, path: &str, folded: bool) -> bool {
+        let shape = if folded { &self.folded } else { &self.shape };
+        match shape {
             PathShape::Literal(literal) => path == literal,
             PathShape::Glob(segments) => match_segments(segments, path_segments(path)),
         }
@@ -180,65 +188,6 @@ fn match_segment(pattern: &str, segment: &str) -> bool {
     true
 }
 
-/// The form a path is matched in: query dropped, percent-escapes decoded (an encoded `/` counts
-/// as one, since upstreams may decode it), `.` and `..` resolved, empty segments dropped. `None`
-/// when the path cannot be made sense of (bad escapes, not UTF-8, `..` above the root): callers
-/// must refuse such requests rather than guess.
-///
-/// Most paths are already in that form; they come back borrowed, since this runs on every
-/// proxied request.
-pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
-    let path = raw.split(['?', '#']).next().unwrap_or_default();
-    if is_normal(path) {
-        return Some(Cow::Borrowed(path));
-    }
-    resolve_path(path).map(Cow::Owned)
-}
-
-/// Rooted, without escapes and without empty, `.` or `..` segments: what `resolve_path` would
-/// return unchanged.
-fn is_normal(path: &str) -> bool {
-    path == "/"
-        || path.strip_prefix('/').is_some_and(|rest| {
-            !rest.contains('%')
-                && rest
-                    .split('/')
-                    .all(|segment| !matches!(segment, "" | "." | ".."))
-        })
-}
-
-fn resolve_path(path: &str) -> Option<String> {
-    let decoded = percent_decode(path)?;
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop()?;
-            }
-            other => segments.push(other),
-        }
-    }
-    Some(format!("/{}", segments.join("/")))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// What a rule looks at. Empty lists match anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Matcher {
@@ -269,8 +218,33 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub client_ip: Option<IpAddr>,
     /// Lower-case names.
-    pub headers: Vec<(&'a str, &'a str)>,
+    pub headers: &'a [(&'a str, &'a str)],
+    /// `path` is case folded (the router model ignores case): patterns compare folded.
+    pub folded: bool,
 }
+
+/// Readings of a request beside its canonical one that the app's router may make.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readings<'a> {
+    /// Methods an override header names, upper case.
+    pub methods: &'a [&'a str],
+    /// The method may be overridden to any (`_method` in a `POST`).
+    pub any_method: bool,
+    /// Another path the router may take it for (the format suffix cut off).
+    pub path: Option<&'a str>,
+}
+
+/// The outcome of `decide_strictest`: the decision and the reading that led to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'v> {
+    pub policy: Option<&'v Policy>,
+    pub decision: &'v Decision,
+    pub method: &'v str,
+    pub path: &'v str,
+}
+
+/// A method no policy names, standing for every such method.
+const UNNAMED_METHOD: &str = "\0unnamed";
 
 /// Why one rule did or did not match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,15 +260,17 @@ impl Matcher {
     /// first. This runs for every rule on every proxied request, so it neither allocates nor
     /// formats; `explain` uses `check`.
     fn matches(&self, facts: &RequestFacts) -> bool {
+        self.matches_reading(facts, facts.method, facts.path)
+    }
+
+    /// `matches` for `facts` read with another method and path.
+    fn matches_reading(&self, facts: &RequestFacts, method: &str, path: &str) -> bool {
         let method = || {
-            self.methods.is_empty()
-                || self
-                    .methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(facts.method))
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         };
         let host = || self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(facts.host));
-        let path = || self.paths.is_empty() || self.paths.iter().any(|p| p.matches(facts.path));
+        let path =
+            || self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path, facts.folded));
         let network = || {
             self.networks.is_empty()
                 || facts
@@ -346,7 +322,10 @@ impl Matcher {
             ));
         }
         if !self.paths.is_empty() {
-            let hit = self.paths.iter().find(|p| p.matches(facts.path));
+            let hit = self
+                .paths
+                .iter()
+                .find(|p| p.matches(facts.path, facts.folded));
             checks.push(match hit {
                 Some(p) => (
                     true,
@@ -439,6 +418,86 @@ impl PolicySet {
         }
     }
 
+    /// The strictest decision over every reading of the request (deny, then step-up, then
+    /// allow; between equals the earlier rule): the canonical one, `HEAD` as `GET`, the
+    /// overriding methods and the other path of `readings`.
+    pub fn decide_strictest<'v>(
+        &'v self,
+        facts: &RequestFacts<'v>,
+        readings: &Readings<'v>,
+    ) -> Verdict<'v> {
+        let head_as_get = (facts.method == "HEAD").then_some("GET");
+        if head_as_get.is_none()
+            && readings.methods.is_empty()
+            && !readings.any_method
+            && readings.path.is_none()
+        {
+            let (policy, decision) = self.decide(facts);
+            return Verdict {
+                policy,
+                decision,
+                method: facts.method,
+                path: facts.path,
+            };
+        }
+        let named = self
+            .policies
+            .iter()
+            .filter(|_| readings.any_method)
+            .flat_map(|policy| policy.matcher.methods.iter().map(String::as_str));
+        let methods = std::iter::once(facts.method)
+            .chain(head_as_get)
+            .chain(readings.methods.iter().copied())
+            .chain(named)
+            .chain(readings.any_method.then_some(UNNAMED_METHOD));
+        let paths = std::iter::once(facts.path).chain(readings.path);
+        let mut best: Option<(u8, usize, Verdict<'v>)> = None;
+        for method in methods {
+            for path in paths.clone() {
+                let found = self
+                    .policies
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.matcher.matches_reading(facts, method, path));
+                let (index, policy, decision) = match found {
+                    Some((index, policy)) => (index, Some(policy), &policy.decision),
+                    None => (usize::MAX, None, &self.default),
+                };
+                let rank = match decision {
+                    Decision::Deny => 2,
+                    Decision::StepUp(_) => 1,
+                    Decision::Allow => 0,
+                };
+                let better = best
+                    .as_ref()
+                    .is_none_or(|(r, i, _)| rank > *r || (rank == *r && index < *i));
+                if better {
+                    let method = if method == UNNAMED_METHOD {
+                        facts.method
+                    } else {
+                        method
+                    };
+                    let verdict = Verdict {
+                        policy,
+                        decision,
+                        method,
+                        path,
+                    };
+                    best = Some((rank, index, verdict));
+                }
+            }
+        }
+        match best {
+            Some((_, _, verdict)) => verdict,
+            None => Verdict {
+                policy: None,
+                decision: &self.default,
+                method: facts.method,
+                path: facts.path,
+            },
+        }
+    }
+
     /// Every rule up to and including the first match, each with its reasons.
     pub fn explain(&self, facts: &RequestFacts) -> Vec<RuleExplanation> {
         let mut out = Vec::new();
@@ -471,6 +530,7 @@ impl PolicySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::canonical::{RouterModel, canonical_path};
 
     /// The proxy lower-cases the host before matching; the tests hand over what they got.
     fn facts<'a>(method: &'a str, host: &'a str, path: &str, ip: &str) -> RequestFacts<'a> {
@@ -478,9 +538,14 @@ mod tests {
             method,
             host,
             // Leaked: a test's facts live for the test.
-            path: normalize_path(path).unwrap().into_owned().leak(),
+            path: canonical_path(path, &RouterModel::default())
+                .unwrap()
+                .path
+                .into_owned()
+                .leak(),
             client_ip: ip.parse().ok(),
-            headers: vec![("x-env", "prod")],
+            headers: &[("x-env", "prod")],
+            folded: true,
         }
     }
 
@@ -551,59 +616,90 @@ mod tests {
             "/%74ransfer",
             "//transfer/",
             "/./transfer",
-            "/api%2Fpayments/1",
+            "/TRANSFER",
+            "/transfer;jsessionid=1",
+            "/x/..;/transfer",
+            "/transfer.json",
             "/api/payments/x/../../payments/2",
         ] {
-            let (policy, _) = set.decide(&facts("POST", "www.bank.example", sneaky, "203.0.113.5"));
+            let request = facts("POST", "www.bank.example", sneaky, "203.0.113.5");
+            let without_suffix = request.path.rsplit_once('.').map(|(stem, _)| stem);
+            let readings = Readings {
+                path: without_suffix,
+                ..Readings::default()
+            };
+            let policy = set.decide_strictest(&request, &readings).policy;
             assert_eq!(
                 policy.map(|p| p.name.as_str()),
                 Some("transfers"),
                 "{sneaky}"
             );
         }
-        assert_eq!(normalize_path("/../etc"), None);
-        assert_eq!(normalize_path("/bad%zz"), None);
-        assert_eq!(normalize_path("/a?b=/transfer").as_deref(), Some("/a"));
     }
 
-    /// The borrowed fast path must give exactly what resolving gives, and take only paths that
-    /// resolving leaves unchanged.
     #[test]
-    fn normal_paths_are_borrowed_and_others_resolved() {
-        for path in [
-            "/",
-            "/a",
-            "/a/b.c",
-            "/a/.b",
-            "/a/..b",
-            "/a/b/",
-            "//a",
-            "/a//b",
-            "/./a",
-            "/a/.",
-            "/a/..",
-            "/a/b/../c",
-            "/%61",
-            "/a%2Fb",
-            "",
-            "*",
-            "a/b",
-            "/a?x=1",
-            "/a#f",
-            "/é/ü",
-        ] {
-            let normalized = normalize_path(path);
-            let resolved = resolve_path(path.split(['?', '#']).next().unwrap());
-            assert_eq!(normalized.as_deref(), resolved.as_deref(), "{path}");
-            if let Some(Cow::Borrowed(borrowed)) = normalized {
-                assert!(is_normal(borrowed), "{path}");
-            }
-        }
-        assert!(matches!(
-            normalize_path("/account/overview"),
-            Some(Cow::Borrowed(_))
-        ));
-        assert!(matches!(normalize_path("/account/"), Some(Cow::Owned(_))));
+    fn the_strictest_reading_wins() {
+        let rule = |name: &str, methods: &[&str], path: &str, decision: Decision| Policy {
+            name: name.into(),
+            matcher: Matcher {
+                methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+                paths: vec![PathPattern::new(path)],
+                ..Matcher::default()
+            },
+            decision,
+        };
+        let set = PolicySet {
+            policies: vec![
+                rule("reads", &["GET"], "/account", Decision::Allow),
+                rule("statements", &["GET"], "/statements/**", step_up("sms")),
+                rule("delete", &["DELETE"], "/account", step_up("push")),
+                rule("export", &[], "/export", Decision::Deny),
+            ],
+            default: Decision::Allow,
+        };
+        let name = |verdict: Verdict| verdict.policy.map(|p| p.name.clone());
+        let head = facts("HEAD", "h", "/statements/1", "1.2.3.4");
+        assert_eq!(
+            name(set.decide_strictest(&head, &Readings::default())).as_deref(),
+            Some("statements")
+        );
+        let overridden = Readings {
+            methods: &["DELETE"],
+            ..Readings::default()
+        };
+        let get = facts("GET", "h", "/account", "1.2.3.4");
+        assert_eq!(
+            name(set.decide_strictest(&get, &Readings::default())).as_deref(),
+            Some("reads")
+        );
+        assert_eq!(
+            name(set.decide_strictest(&get, &overridden)).as_deref(),
+            Some("delete")
+        );
+        let post = facts("POST", "h", "/account", "1.2.3.4");
+        let any = Readings {
+            any_method: true,
+            ..Readings::default()
+        };
+        let verdict = set.decide_strictest(&post, &any);
+        assert_eq!(
+            (name(verdict).as_deref(), verdict.method),
+            (Some("delete"), "DELETE")
+        );
+        let suffixed = facts("GET", "h", "/export.csv", "1.2.3.4");
+        let stem = Readings {
+            path: Some("/export"),
+            ..Readings::default()
+        };
+        assert_eq!(
+            set.decide_strictest(&suffixed, &stem).decision,
+            &Decision::Deny
+        );
+        assert_eq!(
+            set.decide_strictest(&suffixed, &Readings::default())
+                .decision,
+            &Decision::Allow
+        );
     }
 
     #[test]
@@ -634,7 +730,7 @@ mod tests {
         ];
         for (pattern, path, expected) in cases {
             assert_eq!(
-                PathPattern::new(pattern).matches(path),
+                PathPattern::new(pattern).matches(path, false),
                 expected,
                 "{pattern} vs {path}"
             );
@@ -690,7 +786,7 @@ mod tests {
                         for with_header in [true, false] {
                             let mut request = facts(method, host, path, ip);
                             if !with_header {
-                                request.headers.clear();
+                                request.headers = &[];
                             }
                             for matcher in &matchers {
                                 let explained = matcher.check(&request).iter().all(|(ok, _)| *ok);
@@ -749,7 +845,7 @@ mod tests {
             &Decision::Deny
         );
         let mut other = facts("GET", "a", "/", "1.2.3.4");
-        other.headers.clear();
+        other.headers = &[];
         assert_eq!(set.decide(&other).1, &Decision::Allow);
     }
 }

@@ -1,15 +1,20 @@
-//! What the proxy reads from a request before deciding: the client address (through trusted
-//! proxies' `X-Forwarded-For`), the scheme, the host, cookies, and whether a browser asks. Also
-//! what it changes before forwarding: forwarded headers set, stepgate's own cookies and headers
-//! removed.
+//! What the proxy reads from a request before deciding: its canonical view with every reading
+//! the app's router may make (`RequestView`, the one place that turns a pingora request into
+//! policy facts), the client address (through trusted proxies' `X-Forwarded-For`), the scheme,
+//! cookies, and whether a browser asks. Also what it changes before forwarding: forwarded
+//! headers set, stepgate's own cookies and headers removed.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{COOKIE, HOST};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
+
+use crate::domain::canonical::{
+    CanonicalRequest, RawRequest, RouterModel, Unreadable, canonicalize,
+};
+use crate::domain::policy::{PolicySet, Readings, RequestFacts, Verdict};
 
 pub const GRANT_COOKIE: &str = "stepgate_grant";
 pub const BINDING_COOKIE: &str = "stepgate_binding";
@@ -80,43 +85,107 @@ pub fn scheme(
     }
 }
 
-/// The host the client asked for, lower case, without port; `None` when the request names two
-/// different hosts (several `Host` headers, or an absolute URI whose host differs from `Host`),
-/// which an upstream might read differently from the policy check, so such requests are refused.
-pub fn unambiguous_host(req: &RequestHeader) -> Option<Cow<'_, str>> {
-    let mut hosts = req.headers.get_all(HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
-        (Some(value), None) => Some(lower_case(strip_port(value.to_str().ok()?))),
-        (None, _) => None,
-        (Some(_), Some(_)) => return None,
-    };
-    let authority = req.uri.host().map(|h| lower_case(strip_port(h)));
-    match (authority, header) {
-        (Some(a), Some(h)) if a != h => None,
-        (Some(a), _) => Some(a),
-        (None, h) => Some(h.unwrap_or_default()),
-    }
+/// Method-override headers that frameworks honour (Express `method-override`, Rails,
+/// Symfony, ASP.NET Core, Google APIs).
+static METHOD_OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+/// More override values than this make every method a possible reading.
+const MAX_OVERRIDES: usize = 4;
+
+/// A request as every decision reads it: its canonical form (`domain::canonical`), the client
+/// address, and the other readings the app's router may give it. Built once per request by
+/// `RequestView::read`: the proxy, `stepgate check-policy` and the benches all go through it.
+pub struct RequestView<'r> {
+    pub canonical: CanonicalRequest<'r>,
+    pub client_ip: Option<IpAddr>,
+    /// Lower-case names and UTF-8 values, collected only when some policy looks at headers.
+    pub headers: Vec<(&'r str, &'r str)>,
+    overrides: [&'r str; MAX_OVERRIDES],
+    override_count: usize,
+    any_method: bool,
+    folded: bool,
 }
 
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+impl<'r> RequestView<'r> {
+    /// Reads `req` under `model`; `Err` when it cannot be read one way only (refuse with 400).
+    pub fn read(
+        req: &'r RequestHeader,
+        client_ip: Option<IpAddr>,
+        model: &RouterModel,
+        with_headers: bool,
+    ) -> Result<Self, Unreadable> {
+        let mut hosts = req.headers.get_all(HOST).iter();
+        let raw = RawRequest {
+            method: req.method.as_str(),
+            target: req.raw_path(),
+            authority: req.uri.authority().map(|a| a.as_str()),
+            host: hosts.next().map(HeaderValue::as_bytes),
+            second_host: hosts.next().is_some(),
+        };
+        let canonical = canonicalize(&raw, model)?;
+        let mut view = Self {
+            canonical,
+            client_ip,
+            headers: if with_headers {
+                header_pairs(req)
+            } else {
+                Vec::new()
+            },
+            overrides: [""; MAX_OVERRIDES],
+            override_count: 0,
+            any_method: false,
+            folded: model.case_insensitive,
+        };
+        if model.method_override {
+            // `_method` in a form or query string: only POST is overridden that way.
+            view.any_method = view.canonical.method == "POST";
+            for name in &METHOD_OVERRIDE_HEADERS {
+                for value in req.headers.get_all(name) {
+                    let Ok(text) = value.to_str() else {
+                        view.any_method = true;
+                        continue;
+                    };
+                    for method in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                        if view.override_count == MAX_OVERRIDES {
+                            view.any_method = true;
+                            break;
+                        }
+                        view.overrides[view.override_count] = method;
+                        view.override_count += 1;
+                    }
+                }
+            }
+        }
+        Ok(view)
     }
-    // By bytes: `rsplit_once` with a char pattern costs more than the rest of the request's
-    // host handling.
-    let bytes = host.as_bytes();
-    match bytes.iter().rposition(|&b| b == b':') {
-        Some(colon) if bytes[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
-        _ => host,
-    }
-}
 
-/// Host names usually arrive in lower case already; only the others are copied.
-fn lower_case(text: &str) -> Cow<'_, str> {
-    if text.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(text.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(text)
+    /// The canonical reading as policy facts.
+    pub fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            method: &self.canonical.method,
+            host: &self.canonical.host,
+            path: &self.canonical.path,
+            client_ip: self.client_ip,
+            headers: &self.headers,
+            folded: self.folded,
+        }
+    }
+
+    /// The other readings the app's router may make.
+    pub fn readings(&self) -> Readings<'_> {
+        Readings {
+            methods: &self.overrides[..self.override_count],
+            any_method: self.any_method,
+            path: self.canonical.path_without_suffix(),
+        }
+    }
+
+    /// The strictest decision of `policies` over every reading.
+    pub fn decide<'v>(&'v self, policies: &'v PolicySet) -> Verdict<'v> {
+        policies.decide_strictest(&self.facts(), &self.readings())
     }
 }
 
@@ -410,21 +479,6 @@ mod tests {
     }
 
     #[test]
-    fn requests_naming_two_hosts_are_ambiguous() {
-        let one = request(&[("host", "bank.example:8080")]);
-        assert_eq!(unambiguous_host(&one).as_deref(), Some("bank.example"));
-        let two = request(&[("host", "bank.example"), ("host", "evil.example")]);
-        assert_eq!(unambiguous_host(&two), None);
-        // pingora keeps only the path of an absolute-form target in the URI (and reconciles
-        // its authority with Host itself), so Host is what policies see.
-        let mut absolute =
-            RequestHeader::build("POST", b"http://bank.example/transfer", None).unwrap();
-        absolute.append_header("host", "bank.example").unwrap();
-        assert_eq!(unambiguous_host(&absolute).as_deref(), Some("bank.example"));
-        assert_eq!(unambiguous_host(&request(&[])).as_deref(), Some(""));
-    }
-
-    #[test]
     fn cookies_hosts_and_accept_are_read() {
         let req = request(&[
             ("cookie", "x=1; stepgate_grant=abc"),
@@ -433,12 +487,6 @@ mod tests {
         ]);
         assert_eq!(cookie(&req, GRANT_COOKIE), Some("abc"));
         assert_eq!(cookie(&req, "nope"), None);
-        assert_eq!(unambiguous_host(&req).as_deref(), Some("bank.example"));
         assert!(wants_html(&req));
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port("bank.example:"), "bank.example");
-        assert_eq!(strip_port("bank.example:8x"), "bank.example:8x");
-        assert_eq!(strip_port("bänk.example:443"), "bänk.example");
-        assert_eq!(strip_port("bank.example"), "bank.example");
     }
 }

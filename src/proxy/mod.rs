@@ -33,15 +33,16 @@ use serde_json::json;
 use url::Url;
 
 use self::facts::{
-    BINDING_COOKIE, GRANT_COOKIE, GRANT_HEADER, cookie, header, header_pairs, wants_html,
+    BINDING_COOKIE, GRANT_COOKIE, GRANT_HEADER, RequestView, cookie, header, wants_html,
 };
 use self::identity::{IdentityError, IdentitySource};
 use self::replay::{Origin, ReplayError};
 use self::respond::{Refusal, Reply, send};
 use crate::config::reload::PolicyHandle;
 use crate::config::settings::UpstreamSettings;
+use crate::domain::canonical::RouterModel;
 use crate::domain::held::{HeldTicket, OriginalRequest};
-use crate::domain::policy::{Decision, Mode, RequestFacts, StepUp, normalize_path};
+use crate::domain::policy::{Decision, Mode, StepUp};
 use crate::domain::transaction::{Status, Transaction};
 use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService, fill_message};
 use crate::telemetry::metrics;
@@ -57,6 +58,8 @@ pub struct ProxyState {
     pub identity: Option<IdentitySource>,
     pub upstream: UpstreamSettings,
     pub trusted_proxies: Vec<IpNet>,
+    /// How liberal the app's router is assumed to be (`proxy.upstream.router`).
+    pub router: RouterModel,
     pub max_held_body_bytes: usize,
     pub login_url: Option<Url>,
     pub max_message_length: usize,
@@ -88,6 +91,10 @@ pub struct Ctx {
     peer_ip: Option<IpAddr>,
     /// The socket peer is one of `proxy.trusted_proxies`.
     peer_trusted: bool,
+    /// The request target to send upstream instead of the received one (`CanonicalRequest`).
+    forward_target: Option<String>,
+    /// The `Host` to send upstream when the host came from an absolute-form target.
+    forward_host: Option<String>,
     scheme: &'static str,
 }
 
@@ -108,6 +115,8 @@ impl ProxyHttp for StepGateProxy {
             decision: "allow",
             peer_ip: None,
             peer_trusted: false,
+            forward_target: None,
+            forward_host: None,
             scheme: "http",
         }
     }
@@ -136,6 +145,12 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if let Some(target) = &ctx.forward_target {
+            upstream_request.set_raw_path(target.as_bytes())?;
+        }
+        if let Some(host) = ctx.forward_host.take() {
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
         if let Some(identity) = &self.state.identity {
             identity.strip_forged(upstream_request, ctx.peer_trusted);
         }
@@ -185,37 +200,30 @@ impl StepGateProxy {
         ctx.peer_trusted = ctx.peer_ip.is_some_and(|ip| facts::is_trusted(ip, trusted));
         let req = session.req_header();
         ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
-        let path = req.uri.path();
+        let policies = self.state.policies.current();
+        let client_ip = facts::client_ip(ctx.peer_ip, req, trusted);
+        let view =
+            match RequestView::read(req, client_ip, &self.state.router, policies.needs_headers()) {
+                Ok(view) => view,
+                Err(unreadable) => {
+                    ctx.decision = "invalid";
+                    tracing::debug!(%unreadable, "request refused as unreadable");
+                    let refusal = Refusal::Unreadable(unreadable);
+                    return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
+                }
+            };
+        let path = view.canonical.path.as_ref();
         if path.starts_with(PREFIX) || path == "/.stepgate" {
             ctx.policy = Some("stepgate".to_owned());
             ctx.decision = "stepgate";
             return Next::Endpoint;
         }
-        let Some(host) = facts::unambiguous_host(req) else {
-            ctx.decision = "invalid";
-            let refusal = Refusal::BadRequest("the request names more than one host");
-            return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
-        };
-        let Some(normalized) = normalize_path(path) else {
-            ctx.decision = "invalid";
-            let refusal = Refusal::BadRequest("the path is malformed");
-            return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
-        };
-        let policies = self.state.policies.current();
-        let facts = RequestFacts {
-            method: req.method.as_str(),
-            host: &host,
-            path: &normalized,
-            client_ip: facts::client_ip(ctx.peer_ip, req, trusted),
-            headers: if policies.needs_headers() {
-                header_pairs(req)
-            } else {
-                Vec::new()
-            },
-        };
-        let (policy, decision) = policies.decide(&facts);
-        ctx.policy = policy.map(|policy| policy.name.clone());
-        match decision {
+        // Sent upstream in the form that was matched, never in another.
+        ctx.forward_target = view.canonical.forward_target.clone();
+        ctx.forward_host = view.canonical.forward_host.clone();
+        let verdict = view.decide(&policies);
+        ctx.policy = verdict.policy.map(|policy| policy.name.clone());
+        match verdict.decision {
             Decision::Allow => {
                 ctx.decision = "allow";
                 Next::Upstream
@@ -315,7 +323,7 @@ impl StepGateProxy {
         requester: &Requester,
     ) -> pingora::Result<()> {
         let html = wants_html(session.req_header());
-        let original = match self.read_original(session).await? {
+        let original = match self.read_original(session, ctx).await? {
             Ok(original) => original,
             Err(refusal) => {
                 ctx.decision = if refusal == Refusal::TooLarge {
@@ -377,6 +385,7 @@ impl StepGateProxy {
     async fn read_original(
         &self,
         session: &mut Session,
+        ctx: &Ctx,
     ) -> pingora::Result<Result<OriginalRequest, Refusal>> {
         let limit = self.state.max_held_body_bytes;
         let declared =
@@ -392,15 +401,19 @@ impl StepGateProxy {
             body.extend_from_slice(&chunk);
         }
         let req = session.req_header();
-        let uri = req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned());
-        let headers = req
+        // The target as matched: canonicalizing refused anything that is not UTF-8.
+        let uri = match &ctx.forward_target {
+            Some(target) => target.clone(),
+            None => String::from_utf8_lossy(req.raw_path()).into_owned(),
+        };
+        let mut headers: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect();
+        if let Some(host) = &ctx.forward_host {
+            headers.push(("host".to_owned(), host.as_bytes().to_vec()));
+        }
         Ok(Ok(OriginalRequest {
             method: req.method.as_str().to_owned(),
             uri,

@@ -10,12 +10,15 @@ use pingora::proxy::Session;
 use serde_json::{Value, json};
 
 use super::pages;
+use crate::domain::canonical::Unreadable;
 
 /// Why the proxy answered a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// The request cannot be made sense of (bad path escapes, bad form).
     BadRequest(&'static str),
+    /// The request's host, path or method cannot be read one way only.
+    Unreadable(Unreadable),
     /// The request can be read two ways (two credentials, duplicated fields of the message or
     /// the signed data, an unparsable content type): refused before anything is sent.
     Ambiguous(&'static str),
@@ -53,6 +56,7 @@ impl Refusal {
     fn spec(&self) -> (u16, &'static str, &'static str, String) {
         match self {
             Refusal::BadRequest(what) => (400, "invalid_request", "Bad request", format!("The request could not be read: {what}.")),
+            Refusal::Unreadable(why) => (400, "invalid_request", "Bad request", format!("The request could not be read: {why}.")),
             Refusal::Ambiguous(what) => (400, "ambiguous_request", "Ambiguous request", format!("The request can be read more than one way: {what}.")),
             Refusal::NoIdentity => (401, "login_required", "Sign in first", "This page needs you to be signed in.".to_owned()),
             Refusal::Denied => (403, "forbidden", "Not allowed", "This request is not allowed.".to_owned()),

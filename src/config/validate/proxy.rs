@@ -13,6 +13,7 @@ use url::Url;
 use super::{Problems, parse_network, valid_header_name};
 use crate::config::schema;
 use crate::config::settings::{IdentitySettings, JwtSettings, ProxySettings, UpstreamSettings};
+use crate::domain::canonical::RouterModel;
 
 /// Bounds `max_held_body_bytes`: the held body travels through the store.
 const MAX_HELD_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -114,6 +115,12 @@ fn upstream(raw: &schema::Upstream, problems: &mut Problems) -> Option<UpstreamS
         addr,
         tls: raw.tls,
         sni,
+        router: RouterModel {
+            case_insensitive: raw.router.case_insensitive,
+            path_parameters: raw.router.path_parameters,
+            format_suffix: raw.router.format_suffix,
+            method_override: raw.router.method_override,
+        },
     })
 }
 
