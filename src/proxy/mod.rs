@@ -13,6 +13,7 @@
 
 pub mod facts;
 pub mod identity;
+mod message;
 pub mod pages;
 pub mod replay;
 pub mod respond;
@@ -44,7 +45,7 @@ use crate::domain::canonical::RouterModel;
 use crate::domain::held::{HeldTicket, OriginalRequest};
 use crate::domain::policy::{Decision, Mode, StepUp};
 use crate::domain::transaction::{Status, Transaction};
-use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService, fill_message};
+use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService};
 use crate::telemetry::metrics;
 
 /// The reserved prefix of stepgate's own endpoints; never forwarded.
@@ -334,10 +335,20 @@ impl StepGateProxy {
                 return send(session, Reply::refusal(&refusal, html)).await;
             }
         };
-        let message = step_up
+        let message = match step_up
             .message
             .as_deref()
-            .map(|template| self.fill(template, &original));
+            .map(|template| message::fill(template, &original, self.state.max_message_length))
+        {
+            Some(Ok(message)) => Some(message),
+            None => None,
+            Some(Err(ambiguous)) => {
+                ctx.decision = "invalid";
+                tracing::info!(policy, %ambiguous, "held request refused as ambiguous");
+                let refusal = Refusal::Ambiguous(ambiguous_reason(ambiguous));
+                return send(session, Reply::refusal(&refusal, html)).await;
+            }
+        };
         let challenge = match self
             .state
             .stepup
@@ -420,46 +431,6 @@ impl StepGateProxy {
             headers,
             body,
         }))
-    }
-
-    /// The policy message with values from the held request (form fields only from a
-    /// urlencoded body).
-    fn fill(&self, template: &str, original: &OriginalRequest) -> String {
-        let header_value = |name: &str| {
-            original
-                .headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        };
-        let is_form = header_value("content-type")
-            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-        let form: Vec<(String, String)> = if is_form {
-            serde_urlencoded::from_bytes(&original.body).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let query: Vec<(String, String)> = original
-            .uri
-            .split_once('?')
-            .map(|(_, q)| serde_urlencoded::from_str(q).unwrap_or_default())
-            .unwrap_or_default();
-        let headers: Vec<(String, String)> = original
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                std::str::from_utf8(v)
-                    .ok()
-                    .map(|v| (n.clone(), v.to_owned()))
-            })
-            .collect();
-        fill_message(
-            template,
-            &form,
-            &query,
-            &headers,
-            self.state.max_message_length,
-        )
     }
 
     /// Hold mode: the connection waits until the transaction ends, then the request goes
@@ -589,6 +560,18 @@ impl StepGateProxy {
             ),
             ("stepgate-grant", grant.token),
         ]
+    }
+}
+
+fn ambiguous_reason(ambiguous: message::AmbiguousMessage) -> &'static str {
+    match ambiguous {
+        message::AmbiguousMessage::DuplicateField => {
+            "a field the confirmation shows appears more than once"
+        }
+        message::AmbiguousMessage::TwoContentTypes => "the request has more than one Content-Type",
+        message::AmbiguousMessage::UnreadableBody => {
+            "the body cannot be read unambiguously as a form or a JSON object"
+        }
     }
 }
 
