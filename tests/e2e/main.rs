@@ -12,6 +12,7 @@ mod cdp;
 mod cli;
 mod demo;
 mod device_cli;
+mod edge;
 mod end_user_api;
 mod fakes;
 mod harness;
