@@ -687,4 +687,162 @@ mod tests {
             }
         }
     }
+
+    /// A deliberately plain second canonicalizer: decode everything, cut parameters, trim,
+    /// resolve, fold. Written apart from `resolve` to check it.
+    fn reference(path: &str) -> Option<String> {
+        let mut out: Vec<String> = Vec::new();
+        for raw in path.split('/').skip(1) {
+            let decoded = percent_decode_all(raw)?;
+            if decoded.contains(['/', '\\', '%']) || decoded.chars().any(char::is_control) {
+                return None;
+            }
+            let routed = decoded.split(';').next()?.trim_matches(' ').to_owned();
+            match routed.as_str() {
+                "" => {}
+                "." => {}
+                ".." => {
+                    out.pop()?;
+                }
+                dots if dots.chars().all(|c| c == '.') => return None,
+                other => {
+                    let trimmed = other.trim_end_matches(['.', ' ']);
+                    if !trimmed.is_empty() {
+                        out.push(trimmed.to_lowercase());
+                    }
+                }
+            }
+        }
+        Some(format!("/{}", out.join("/")))
+    }
+
+    fn percent_decode_all(text: &str) -> Option<String> {
+        let mut bytes = Vec::new();
+        let mut rest = text.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b == b'%' {
+                let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &tail[2..];
+            } else {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Generated spellings of protected paths and hosts: whatever the spelling, the matcher
+    /// either refuses it or steps it up, and never disagrees with the reference.
+    #[test]
+    fn generated_spellings_are_refused_or_protected() {
+        use crate::domain::policy::{
+            Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, Readings,
+            RequestFacts, StepUp,
+        };
+        let step_up = Decision::StepUp(StepUp {
+            auth_type: "sms".into(),
+            freshness: std::time::Duration::ZERO,
+            mode: Mode::Challenge,
+            message: None,
+        });
+        let set = PolicySet {
+            policies: vec![Policy {
+                name: "protected".into(),
+                matcher: Matcher {
+                    hosts: vec![HostPattern::new("bank.example")],
+                    paths: vec![
+                        PathPattern::new("/transfer"),
+                        PathPattern::new("/api/payments/**"),
+                    ],
+                    ..Matcher::default()
+                },
+                decision: step_up.clone(),
+            }],
+            default: Decision::Allow,
+        };
+        // xorshift64*: a fixed seed, so a failure is reproducible.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |bound: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound
+        };
+        let model = RouterModel::default();
+        let mut protected = 0;
+        for round in 0..20_000 {
+            let base: &[&str] = if round % 2 == 0 {
+                &["transfer"]
+            } else {
+                &["api", "payments", "7"]
+            };
+            let mut target = String::new();
+            for segment in base {
+                if next(6) == 0 {
+                    target.push_str(["/x/..", "/.", "/", "/%2e", "/x/..;"][next(5)]);
+                }
+                target.push('/');
+                for c in segment.chars() {
+                    match next(8) {
+                        0 => target.push(c.to_ascii_uppercase()),
+                        1 => target.push_str(&format!("%{:02X}", c as u32)),
+                        2 => target.push_str(&format!("%{:02x}", c as u32)),
+                        _ => target.push(c),
+                    }
+                }
+                match next(12) {
+                    0 => target.push_str(";jsessionid=1"),
+                    1 => target.push('.'),
+                    2 => target.push_str("%20"),
+                    3 => target.push_str(["%00", "%2F", "%5C", "\\", "%252e"][next(5)]),
+                    _ => {}
+                }
+            }
+            if next(4) == 0 {
+                target.push('/');
+            }
+            let host = [
+                "bank.example",
+                "BANK.example.",
+                "bank.example:443",
+                "Bank.Example.:80",
+            ][next(4)];
+            let raw = RawRequest {
+                method: ["POST", "post", "GET"][next(3)],
+                target: target.as_bytes(),
+                authority: None,
+                host: Some(host.as_bytes()),
+                second_host: false,
+            };
+            let expected = reference(&target);
+            match canonicalize(&raw, &model) {
+                Err(_) => {}
+                Ok(canonical) => {
+                    assert_eq!(
+                        Some(canonical.path.as_ref()),
+                        expected.as_deref(),
+                        "{target}"
+                    );
+                    let facts = RequestFacts {
+                        method: &canonical.method,
+                        host: &canonical.host,
+                        path: &canonical.path,
+                        client_ip: None,
+                        headers: &[],
+                        folded: true,
+                    };
+                    let readings = Readings {
+                        path: canonical.path_without_suffix(),
+                        ..Readings::default()
+                    };
+                    let verdict = set.decide_strictest(&facts, &readings);
+                    assert_eq!(verdict.decision, &step_up, "{target} on {host}");
+                    protected += 1;
+                }
+            }
+        }
+        // Most spellings are readable: the test exercises the matcher, not only refusals.
+        assert!(protected > 10_000, "{protected}");
+    }
 }
