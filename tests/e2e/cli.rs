@@ -181,6 +181,25 @@ fn check_policy_explains_the_sample_policies() {
     assert!(out.contains("policies[1] transfers: MATCH"), "{out}");
     assert!(out.contains("decision: step-up with auth type 'confirm_push', fresh for 300s, mode challenge (policy transfers)"), "{out}");
 
+    let out = run(&[
+        "POST",
+        "https://WWW.bank.example./x/..;/Transfer.json",
+        "--ip",
+        "203.0.113.5",
+    ]);
+    assert!(
+        out.contains("canonical: POST www.bank.example/transfer.json"),
+        "{out}"
+    );
+    assert!(out.contains("forwarded upstream as: /Transfer.json"), "{out}");
+    assert!(out.contains("strictest reading: POST /transfer"), "{out}");
+    assert!(out.contains("(policy transfers)"), "{out}");
+    let out = run(&["POST", "https://bank.example/a%2Ftransfer"]);
+    assert!(
+        out.contains("decision: refused with 400: the path has an encoded slash"),
+        "{out}"
+    );
+
     let out = run(&["POST", "https://bank.example/transfer", "--ip", "10.9.8.7"]);
     assert!(
         out.contains("decision: allow (policy internal-bypass)"),
