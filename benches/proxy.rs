@@ -264,6 +264,7 @@ policies:
 proxy:
   upstream: {{ address: \"{upstream}\" }}
   identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
 ",
         outbox = outbox.display()
     )

@@ -548,6 +548,9 @@ pub struct Identity {
     pub phone_header: Option<String>,
     /// A JSON Web Token from a cookie or `Authorization: Bearer`.
     pub jwt: Option<Jwt>,
+    /// With `header` and no `proxy.trusted_proxies`: believe identity headers from any client.
+    /// Anyone can then pick the user and the phone the code goes to; for demos only.
+    pub allow_untrusted_headers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -555,11 +558,11 @@ pub struct Identity {
 pub struct Jwt {
     /// Read the token from this cookie; `Authorization: Bearer` is always accepted too.
     pub cookie: Option<String>,
-    /// `HS256`, `RS256` or `ES256`.
+    /// `HS256`, `RS256`, `ES256` or `EdDSA` (Ed25519).
     pub algorithm: String,
     /// HS256 secret (prefer `STEPGATE_JWT_SECRET`).
     pub secret: Option<String>,
-    /// RS256/ES256: a PEM public key file.
+    /// RS256/ES256/EdDSA: a PEM public key file.
     pub public_key_file: Option<String>,
     /// RS256/ES256: a JWKS file (keys chosen by `kid`).
     pub jwks_file: Option<String>,
@@ -569,7 +572,7 @@ pub struct Jwt {
     pub audience: Option<String>,
     /// The claim holding the user id.
     pub user_claim: String,
-    /// The claim holding the phone number (for SMS), when tokens carry one.
+    /// The claim holding the phone number (for SMS); `phone_number` (OpenID Connect) by default.
     pub phone_claim: Option<String>,
 }
 
@@ -584,7 +587,7 @@ impl Default for Jwt {
             issuer: None,
             audience: None,
             user_claim: "sub".into(),
-            phone_claim: None,
+            phone_claim: Some("phone_number".into()),
         }
     }
 }

@@ -191,7 +191,10 @@ fn check_policy_explains_the_sample_policies() {
         out.contains("canonical: POST www.bank.example/transfer.json"),
         "{out}"
     );
-    assert!(out.contains("forwarded upstream as: /Transfer.json"), "{out}");
+    assert!(
+        out.contains("forwarded upstream as: /Transfer.json"),
+        "{out}"
+    );
     assert!(out.contains("strictest reading: POST /transfer"), "{out}");
     assert!(out.contains("(policy transfers)"), "{out}");
     let out = run(&["POST", "https://bank.example/a%2Ftransfer"]);

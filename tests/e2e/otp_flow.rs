@@ -337,6 +337,7 @@ async fn proxy_otp_step_up(store: Store) {
 proxy:
   upstream: {{ address: \"{}\" }}
   identity: {{ header: X-User-Id }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
 ",
         upstream.address()
     );

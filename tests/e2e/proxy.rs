@@ -44,6 +44,7 @@ policies:
 proxy:
   upstream: {{ address: \"{upstream}\" }}
   identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
   reload_interval_seconds: 1
 {extra_proxy}",
         upstream = upstream.address()

@@ -324,6 +324,7 @@ async fn the_proxy_pushes_to_the_phone_and_forwards_after_approval() {
 proxy:
   upstream: {{ address: \"{}\" }}
   identity: {{ header: X-User-Id }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
 ",
         upstream.address()
     );
@@ -507,6 +508,7 @@ async fn the_proxy_shows_the_number_to_pick() {
 proxy:
   upstream: {{ address: \"{}\" }}
   identity: {{ header: X-User-Id }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
 ",
         upstream.address()
     );

@@ -48,6 +48,16 @@ pub(super) fn compile(
         .identity
         .as_ref()
         .map(|identity| self::identity(identity, base, problems));
+    if let Some(identity) = &raw.identity
+        && identity.header.is_some()
+        && raw.trusted_proxies.is_empty()
+        && !identity.allow_untrusted_headers
+    {
+        problems.add(
+            "proxy.identity.header",
+            "identity headers need proxy.trusted_proxies (the layer that sets them; any other client's copies are ignored and removed), or allow_untrusted_headers: true for a demo",
+        );
+    }
     let login_url = raw
         .login_url
         .as_ref()
@@ -188,10 +198,11 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
         "HS256" => Algorithm::HS256,
         "RS256" => Algorithm::RS256,
         "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
         other => {
             problems.add(
                 "proxy.identity.jwt.algorithm",
-                format!("'{other}' is not supported (expected HS256, RS256 or ES256)"),
+                format!("'{other}' is not supported (expected HS256, RS256, ES256 or EdDSA)"),
             );
             return None;
         }
@@ -237,6 +248,7 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
             let pem = read(base, file, "proxy.identity.jwt.public_key_file", problems)?;
             let key = match algorithm {
                 Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
                 _ => DecodingKey::from_ec_pem(&pem),
             };
             match key {
@@ -303,14 +315,21 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
     }
     let mut validation = Validation::new(algorithm);
     validation.leeway = 30;
-    validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
+    // A configured issuer or audience must be present, not only right when present.
+    let mut required = vec!["exp"];
     if let Some(issuer) = &raw.issuer {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
     match &raw.audience {
-        Some(audience) => validation.set_audience(&[audience]),
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
+    validation.set_required_spec_claims(&required);
     Some(JwtSettings {
         cookie: raw.cookie.as_ref().map(|c| c.trim().to_owned()),
         keys,
@@ -386,8 +405,60 @@ mod tests {
                 .any(|p| p.contains("proxy.identity: missing, but policy 't' demands step-up")),
             "{found:?}"
         );
-        let with_identity = format!("{policy}proxy: {{ identity: {{ header: X-User-Id }} }}\n");
-        assert!(problems(&with_identity).is_empty());
+        let untrusted = format!("{policy}proxy: {{ identity: {{ header: X-User-Id }} }}\n");
+        let found = problems(&untrusted);
+        assert!(
+            found.iter().any(|p| p
+                .starts_with("proxy.identity.header: identity headers need proxy.trusted_proxies")),
+            "{found:?}"
+        );
+        let trusted = format!(
+            "{policy}proxy: {{ trusted_proxies: [\"10.0.0.0/8\"], identity: {{ header: X-User-Id }} }}\n"
+        );
+        assert!(problems(&trusted).is_empty());
+        let demo = format!(
+            "{policy}proxy: {{ identity: {{ header: X-User-Id, allow_untrusted_headers: true }} }}\n"
+        );
+        assert!(problems(&demo).is_empty());
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_must_be_present() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, decode, encode};
+        let settings = load(
+            "proxy: { identity: { jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\", issuer: idp, audience: bank } } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let Some(IdentitySettings::Jwt(jwt)) = settings.proxy.identity else {
+            panic!("jwt expected")
+        };
+        assert_eq!(jwt.phone_claim.as_deref(), Some("phone_number"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let sign = |claims: serde_json::Value| {
+            encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let check = |token: &str| {
+            decode::<serde_json::Value>(token, &jwt.keys[0].1, &jwt.validation).is_ok()
+        };
+        let exp = now + 600;
+        assert!(check(&sign(
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "bank"})
+        )));
+        for bad in [
+            serde_json::json!({"sub": "a", "exp": exp, "aud": "bank"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "other", "aud": "bank"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "shop"}),
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "bank", "nbf": now + 600}),
+            serde_json::json!({"sub": "a", "iss": "idp", "aud": "bank"}),
+        ] {
+            assert!(!check(&sign(bad.clone())), "{bad}");
+        }
     }
 
     #[test]
