@@ -191,10 +191,11 @@ async fn unprotected_traffic_passes_byte_for_byte_with_forwarded_headers_and_wit
     assert_eq!(seen[0].body, body);
     assert_eq!(seen[0].header("cookie").as_deref(), Some("app=1"));
     assert_eq!(seen[0].header("stepgate-grant"), None);
-    // The client is not a trusted proxy: its own X-Forwarded-For is replaced, not extended.
+    // The test client stands for the trusted layer in front (loopback is in trusted_proxies):
+    // its X-Forwarded-For chain is extended, not replaced (untrusted peers: `identity.rs`).
     assert_eq!(
         seen[0].header("x-forwarded-for").as_deref(),
-        Some("127.0.0.1")
+        Some("6.6.6.6, 127.0.0.1")
     );
     assert_eq!(seen[0].header("x-forwarded-proto").as_deref(), Some("http"));
 
