@@ -1,5 +1,6 @@
 //! The pure domain core: auth types, transactions and their state machine, one-time codes, the
-//! attempt/resend/expiry rules and the ports (traits) that adapters implement.
+//! attempt/resend/expiry rules, the canonical reading of a request and the route policies that
+//! decide on it, and the ports (traits) that adapters implement.
 //!
 //! Owns every rule that decides whether a step-up succeeds. Knows nothing of HTTP, pingora, Redis,
 //! YAML or the network, and may import nothing else from this crate.

@@ -16,6 +16,7 @@ mod edge;
 mod end_user_api;
 mod fakes;
 mod harness;
+mod identity;
 mod otp_flow;
 mod proxy;
 mod push_cases;
