@@ -241,7 +241,9 @@ async fn answer() -> &'static [u8] {
     BODY
 }
 
-/// A gateway with one policy, on `/transfer`, demanding an SMS code; identity from headers.
+/// A gateway with one policy, on `/transfer`, demanding an SMS code; identity from headers,
+/// believed from the load generator on loopback (`allow_untrusted_headers`, so the client stays
+/// untrusted and `X-Forwarded-For` is priced as for any client, as in the baselines).
 fn stepgate_config(
     outbox: &Path,
     upstream: SocketAddr,
@@ -262,7 +264,7 @@ policies:
   - {{ name: transfers, match: {{ paths: [\"/transfer\"] }}, require: {{ auth_type: sms_code, freshness_seconds: 3600 }} }}
 proxy:
   upstream: {{ address: \"{upstream}\" }}
-  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
+  identity: {{ header: X-User-Id, phone_header: X-User-Phone, allow_untrusted_headers: true }}
 ",
         outbox = outbox.display()
     )

@@ -280,6 +280,7 @@ mod tests {
 auth_types: [{ name: sms_code, method: sms }]
 proxy:
   policy_files: ["policies/*.yaml"]
+  trusted_proxies: ["127.0.0.1/32"]
   identity: { header: X-User-Id, phone_header: X-User-Phone }
 "#;
 

@@ -477,7 +477,7 @@ fn http_basic_and_bearer_do_not_mix() {
 fn inline_policies_compile_in_order_with_the_default() {
     let text = minimal(
         "auth_types: [ { name: sms, method: sms, default_messages: { en: \"{code}\" } } ]
-proxy: { default_action: deny, identity: { header: X-User-Id } }
+proxy: { default_action: deny, trusted_proxies: [\"10.0.0.0/8\"], identity: { header: X-User-Id } }
 policies:
   - { name: open, match: { paths: [\"/public/**\"] }, action: allow }
   - name: pay

@@ -336,6 +336,7 @@ async fn proxy_otp_step_up(store: Store) {
     mode: hold
 proxy:
   upstream: {{ address: \"{}\" }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
   identity: {{ header: X-User-Id }}
 ",
         upstream.address()

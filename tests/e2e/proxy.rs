@@ -43,6 +43,7 @@ policies:
     action: deny
 proxy:
   upstream: {{ address: \"{upstream}\" }}
+  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
   identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
   reload_interval_seconds: 1
 {extra_proxy}",
@@ -190,10 +191,12 @@ async fn unprotected_traffic_passes_byte_for_byte_with_forwarded_headers_and_wit
     assert_eq!(seen[0].body, body);
     assert_eq!(seen[0].header("cookie").as_deref(), Some("app=1"));
     assert_eq!(seen[0].header("stepgate-grant"), None);
-    // The client is not a trusted proxy: its own X-Forwarded-For is replaced, not extended.
+    // The test client stands in for the trusted layer that sets the identity headers
+    // (`trusted_proxies: [127.0.0.1/32]`), so its X-Forwarded-For chain is extended; the
+    // untrusted case (replaced) is in `identity.rs`.
     assert_eq!(
         seen[0].header("x-forwarded-for").as_deref(),
-        Some("127.0.0.1")
+        Some("6.6.6.6, 127.0.0.1")
     );
     assert_eq!(seen[0].header("x-forwarded-proto").as_deref(), Some("http"));
 
