@@ -220,16 +220,21 @@ fn valid_cookie_name(name: &str) -> bool {
 }
 
 /// An http(s) URL, for the JWKS and introspection endpoints.
-fn endpoint_url(path: &str, text: &str, problems: &mut Problems) -> Option<Url> {
-    match Url::parse(text.trim()) {
+fn endpoint_url(path: &str, text: &str, example: &str, problems: &mut Problems) -> Option<Url> {
+    let text = text.trim();
+    match Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
+        parsed => {
+            // A password in the URL stays out of the report.
+            let shown = match parsed {
+                Ok(url) if url.password().is_some() => {
+                    crate::config::settings::redact_url_password(text)
+                }
+                _ => text.to_owned(),
+            };
             problems.add(
                 path,
-                format!(
-                    "'{}' is not an http(s) URL (expected e.g. https://idp.example/.well-known/jwks.json)",
-                    crate::config::settings::redact_url_password(text.trim())
-                ),
+                format!("'{shown}' is not an http(s) URL (expected e.g. {example})"),
             );
             None
         }
@@ -339,6 +344,7 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
             let url = endpoint_url(
                 "proxy.identity.jwt.jwks_url",
                 raw.jwks_url.as_deref().unwrap_or_default(),
+                "https://idp.example/.well-known/jwks.json",
                 problems,
             );
             if raw.jwks_min_refetch_seconds == 0 || raw.jwks_min_refetch_seconds > 3600 {
@@ -496,7 +502,12 @@ fn introspection(
         );
         None
     } else {
-        endpoint_url(&format!("{PATH}.url"), &raw.url, problems)
+        endpoint_url(
+            &format!("{PATH}.url"),
+            &raw.url,
+            "http://127.0.0.1:3000/api/me",
+            problems,
+        )
     };
     let method = match raw.method.trim().to_ascii_uppercase().as_str() {
         "GET" => Some(http::Method::GET),
