@@ -15,6 +15,7 @@ mod device_cli;
 mod end_user_api;
 mod fakes;
 mod harness;
+mod identity;
 mod otp_flow;
 mod proxy;
 mod push_cases;
