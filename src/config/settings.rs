@@ -93,12 +93,15 @@ pub enum IdentitySettings {
     Introspection(Box<IntrospectionSettings>),
 }
 
+/// Verification keys by `kid` (`None`: a key without an id).
+pub type KeysById = Vec<(Option<String>, jsonwebtoken::DecodingKey)>;
+
 #[derive(Clone)]
 pub struct JwtSettings {
     pub cookie: Option<String>,
     /// Keys by `kid` (`None`: the key for tokens without a `kid`, or the only key): the secret,
     /// the PEM key or the JWKS file. Empty with `jwks_url`.
-    pub keys: Vec<(Option<String>, jsonwebtoken::DecodingKey)>,
+    pub keys: KeysById,
     /// Keys fetched from a JWKS endpoint instead.
     pub jwks_url: Option<JwksUrlSettings>,
     /// `algorithms` holds exactly the configured one; `iss`/`aud` required when configured.

@@ -14,7 +14,7 @@ use url::Url;
 use super::{Problems, parse_network, valid_header_name};
 use crate::config::schema;
 use crate::config::settings::{
-    IdentitySettings, IntrospectionSettings, JwksUrlSettings, JwtSettings, ProxySettings,
+    IdentitySettings, IntrospectionSettings, JwksUrlSettings, JwtSettings, KeysById, ProxySettings,
     UpstreamSettings,
 };
 
@@ -450,10 +450,7 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
 
 /// The keys of a JWKS usable with `algorithm` (key type, curve, `alg` and `use` fitting), by
 /// `kid`; and why the others are not (their index in the set).
-pub fn jwks_keys(
-    set: &JwkSet,
-    algorithm: Algorithm,
-) -> (Vec<(Option<String>, DecodingKey)>, Vec<(usize, String)>) {
+pub fn jwks_keys(set: &JwkSet, algorithm: Algorithm) -> (KeysById, Vec<(usize, String)>) {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
     let mut keys = Vec::new();
     let mut skipped = Vec::new();

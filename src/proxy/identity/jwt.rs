@@ -25,7 +25,7 @@ use crate::service::stepup::Requester;
 /// A JWKS document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-type Keys = Vec<(Option<String>, DecodingKey)>;
+type Keys = crate::config::settings::KeysById;
 
 pub(super) struct JwtSource {
     settings: JwtSettings,
@@ -145,7 +145,7 @@ fn pick<'a>(keys: &'a Keys, kid: Option<&str>) -> Option<&'a DecodingKey> {
     });
     by_id
         .or_else(|| keys.iter().find(|(id, _)| id.is_none()).map(|(_, key)| key))
-        .or_else(|| match (kid, keys.as_slice()) {
+        .or(match (kid, keys.as_slice()) {
             (None, [(_, only)]) => Some(only),
             _ => None,
         })
