@@ -725,4 +725,76 @@ mod tests {
             "no second fetch within min_refetch"
         );
     }
+
+    #[tokio::test]
+    async fn identity_jwt_jwks_url_is_cached_and_refreshed_in_the_background_when_old() {
+        use std::sync::atomic::AtomicUsize;
+        let signing = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let point = p256::EncodedPoint::from(signing.verifying_key());
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let set = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": b64.encode(point.x().unwrap()), "y": b64.encode(point.y().unwrap())}]});
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counted = fetches.clone();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (counted, set) = (counted.clone(), set.clone());
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(set)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let jwks = |refresh: u64| JwksUrlSettings {
+            url: format!("http://{addr}/jwks").parse().unwrap(),
+            refresh: Duration::from_secs(refresh),
+            min_refetch: Duration::ZERO,
+            timeout: Duration::from_millis(500),
+        };
+        let source = |refresh: u64| {
+            JwtSource::new(JwtSettings {
+                cookie: None,
+                keys: Vec::new(),
+                jwks_url: Some(jwks(refresh)),
+                validation: validation(Algorithm::ES256, false, false),
+                user_claim: "sub".into(),
+                phone_claim: None,
+            })
+        };
+        let pem = {
+            use p256::pkcs8::{EncodePrivateKey, LineEnding};
+            signing.to_pkcs8_pem(LineEnding::LF).unwrap()
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let token = encode(
+            &header,
+            &json!({"sub": "a", "exp": now() + 600}),
+            &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let bearer = request(&[("authorization", &format!("Bearer {token}"))]);
+        // Fresh keys are reused.
+        let cached = source(300);
+        for _ in 0..3 {
+            assert!(cached.resolve(&bearer).await.is_ok());
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // Old keys still answer at once, and a refresh runs behind the request.
+        let old = source(0);
+        assert!(old.resolve(&bearer).await.is_ok());
+        assert!(old.resolve(&bearer).await.is_ok());
+        for _ in 0..50 {
+            if fetches.load(Ordering::SeqCst) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    }
 }
