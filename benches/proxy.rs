@@ -263,8 +263,7 @@ policies:
   - {{ name: transfers, match: {{ paths: [\"/transfer\"] }}, require: {{ auth_type: sms_code, freshness_seconds: 3600 }} }}
 proxy:
   upstream: {{ address: \"{upstream}\" }}
-  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
-  trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+  identity: {{ header: X-User-Id, phone_header: X-User-Phone, allow_untrusted_headers: true }}
 ",
         outbox = outbox.display()
     )

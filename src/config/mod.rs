@@ -188,7 +188,7 @@ fn identity_needed(
         env_var: None,
         path: "proxy.identity".to_owned(),
         message: format!(
-            "missing, but policy '{}' demands step-up (expected identity.header or identity.jwt)",
+            "missing, but policy '{}' demands step-up (expected identity.header, identity.jwt or identity.introspection)",
             policy.name
         ),
     })

@@ -280,8 +280,8 @@ mod tests {
 auth_types: [{ name: sms_code, method: sms }]
 proxy:
   policy_files: ["policies/*.yaml"]
-  identity: { header: X-User-Id, phone_header: X-User-Phone }
   trusted_proxies: ["127.0.0.1/32"]
+  identity: { header: X-User-Id, phone_header: X-User-Phone }
 "#;
 
     const INTERVAL: Duration = Duration::from_millis(50);

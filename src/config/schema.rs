@@ -538,19 +538,24 @@ impl Default for Router {
     }
 }
 
-/// Exactly one of `header` or `jwt`.
+/// Exactly one of `header`, `jwt` or `introspection`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Identity {
-    /// A header set by a trusted layer in front (e.g. `X-User-Id`) carrying the user id.
+    /// A header set by a trusted layer in front (e.g. `X-User-Id`) carrying the user id. Read
+    /// only from peers in `proxy.trusted_proxies`; other clients' copies are ignored and removed
+    /// before the request goes upstream.
     pub header: Option<String>,
     /// With `header`: a header carrying the user's phone number (for SMS).
     pub phone_header: Option<String>,
+    /// With `header`: believe the headers from ANY peer, trusted or not. Anyone who can reach
+    /// stepgate can then name themselves: for demos on one machine only, never in production.
+    /// Without it, `header` needs a non-empty `proxy.trusted_proxies`.
+    pub allow_untrusted_headers: bool,
     /// A JSON Web Token from a cookie or `Authorization: Bearer`.
     pub jwt: Option<Jwt>,
-    /// With `header` and no `proxy.trusted_proxies`: believe identity headers from any client.
-    /// Anyone can then pick the user and the phone the code goes to; for demos only.
-    pub allow_untrusted_headers: bool,
+    /// Ask the app's own "who am I" endpoint with the client's session cookie(s).
+    pub introspection: Option<Introspection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -558,21 +563,35 @@ pub struct Identity {
 pub struct Jwt {
     /// Read the token from this cookie; `Authorization: Bearer` is always accepted too.
     pub cookie: Option<String>,
-    /// `HS256`, `RS256`, `ES256` or `EdDSA` (Ed25519).
+    /// `HS256`, `RS256`, `ES256` or `EdDSA` (Ed25519). Tokens must carry exactly this `alg`.
     pub algorithm: String,
     /// HS256 secret (prefer `STEPGATE_JWT_SECRET`).
     pub secret: Option<String>,
     /// RS256/ES256/EdDSA: a PEM public key file.
     pub public_key_file: Option<String>,
-    /// RS256/ES256: a JWKS file (keys chosen by `kid`).
+    /// RS256/ES256/EdDSA: a JWKS file (keys chosen by `kid`).
     pub jwks_file: Option<String>,
-    /// Required `iss`, when set.
+    /// RS256/ES256/EdDSA: a JWKS URL, fetched on first use, refreshed every
+    /// `jwks_refresh_seconds` and when a token names an unknown `kid` (at most once per
+    /// `jwks_min_refetch_seconds`).
+    pub jwks_url: Option<String>,
+    /// With `jwks_url`: how old the cached key set may grow before it is fetched again.
+    pub jwks_refresh_seconds: u64,
+    /// With `jwks_url`: the least time between two fetches caused by unknown `kid`s (and
+    /// between retries after a failed fetch), so forged `kid`s cannot make us hammer the
+    /// endpoint.
+    pub jwks_min_refetch_seconds: u64,
+    /// With `jwks_url`: timeout of one fetch.
+    pub jwks_timeout_ms: u64,
+    /// Required `iss`, when set (tokens without `iss` are refused).
     pub issuer: Option<String>,
-    /// Required `aud`, when set.
+    /// Required `aud`, when set (tokens without `aud` are refused).
     pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
     /// The claim holding the user id.
     pub user_claim: String,
-    /// The claim holding the phone number (for SMS); `phone_number` (OpenID Connect) by default.
+    /// The claim holding the phone number (for SMS); a token without it has no phone.
     pub phone_claim: Option<String>,
 }
 
@@ -584,10 +603,52 @@ impl Default for Jwt {
             secret: None,
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_seconds: 300,
+            jwks_min_refetch_seconds: 30,
+            jwks_timeout_ms: 2000,
             issuer: None,
             audience: None,
+            leeway_seconds: 30,
             user_claim: "sub".into(),
             phone_claim: Some("phone_number".into()),
+        }
+    }
+}
+
+/// The app's own "who am I" endpoint, for sites whose session cookie is opaque.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Introspection {
+    /// The endpoint, e.g. `http://127.0.0.1:3000/api/me`.
+    pub url: String,
+    /// `GET` or `POST` (without a body).
+    pub method: String,
+    /// The session cookie(s) forwarded to the endpoint, and only those.
+    pub cookies: Vec<String>,
+    /// The JSON field with the user id; dots walk into objects (`user.id`).
+    pub user_field: String,
+    /// The JSON field with the phone number (for SMS), when the answer carries one.
+    pub phone_field: Option<String>,
+    /// How long a positive answer is reused for the same session cookie(s); 0 = ask every time.
+    pub cache_seconds: u64,
+    /// Most sessions cached at once.
+    pub cache_entries: usize,
+    /// Timeout of one call; a slower answer fails closed (503).
+    pub timeout_ms: u64,
+}
+
+impl Default for Introspection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            method: "GET".into(),
+            cookies: Vec::new(),
+            user_field: "id".into(),
+            phone_field: None,
+            cache_seconds: 30,
+            cache_entries: 10_000,
+            timeout_ms: 2000,
         }
     }
 }

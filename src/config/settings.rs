@@ -83,19 +83,29 @@ pub struct UpstreamSettings {
 
 #[derive(Debug, Clone)]
 pub enum IdentitySettings {
-    /// Lower-case header names.
+    /// Headers set by a trusted layer in front; lower-case names.
     Header {
         user: String,
         phone: Option<String>,
+        /// `allow_untrusted_headers`: believed from any peer (demos only).
+        from_any_peer: bool,
     },
     Jwt(Box<JwtSettings>),
+    Introspection(Box<IntrospectionSettings>),
 }
+
+/// Verification keys by `kid` (`None`: a key without an id).
+pub type KeysById = Vec<(Option<String>, jsonwebtoken::DecodingKey)>;
 
 #[derive(Clone)]
 pub struct JwtSettings {
     pub cookie: Option<String>,
-    /// Keys by `kid` (`None`: the key for tokens without a `kid`, or the only key).
-    pub keys: Vec<(Option<String>, jsonwebtoken::DecodingKey)>,
+    /// Keys by `kid` (`None`: the key for tokens without a `kid`, or the only key): the secret,
+    /// the PEM key or the JWKS file. Empty with `jwks_url`.
+    pub keys: KeysById,
+    /// Keys fetched from a JWKS endpoint instead.
+    pub jwks_url: Option<JwksUrlSettings>,
+    /// `algorithms` holds exactly the configured one; `iss`/`aud` required when configured.
     pub validation: jsonwebtoken::Validation,
     pub user_claim: String,
     pub phone_claim: Option<String>,
@@ -106,9 +116,60 @@ impl fmt::Debug for JwtSettings {
         f.debug_struct("JwtSettings")
             .field("cookie", &self.cookie)
             .field("keys", &self.keys.len())
+            .field("jwks_url", &self.jwks_url)
             .field("algorithms", &self.validation.algorithms)
             .field("user_claim", &self.user_claim)
             .field("phone_claim", &self.phone_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct JwksUrlSettings {
+    pub url: Url,
+    /// Age after which the cached key set is fetched again.
+    pub refresh: Duration,
+    /// Least time between fetches caused by unknown `kid`s, and between retries after a failure.
+    pub min_refetch: Duration,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for JwksUrlSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwksUrlSettings")
+            .field("url", &redact_url_password(self.url.as_str()))
+            .field("refresh", &self.refresh)
+            .field("min_refetch", &self.min_refetch)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct IntrospectionSettings {
+    pub url: Url,
+    pub method: http::Method,
+    /// The session cookie names forwarded (and only those).
+    pub cookies: Vec<String>,
+    /// The user id's path in the JSON answer, split at dots.
+    pub user_field: Vec<String>,
+    pub phone_field: Option<Vec<String>>,
+    /// Zero: answers are not cached.
+    pub cache_ttl: Duration,
+    pub cache_entries: usize,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for IntrospectionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectionSettings")
+            .field("url", &redact_url_password(self.url.as_str()))
+            .field("method", &self.method)
+            .field("cookies", &self.cookies)
+            .field("user_field", &self.user_field.join("."))
+            .field("cache_ttl", &self.cache_ttl)
+            .field("cache_entries", &self.cache_entries)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

@@ -33,6 +33,8 @@ mod geolocation;
 mod proxy;
 mod push;
 
+pub use self::proxy::jwks_keys;
+
 /// One problem: the config path it concerns and what is wrong, ending in what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

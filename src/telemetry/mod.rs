@@ -30,7 +30,14 @@ pub fn init_tracing(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let cap = tracing_subscriber::filter::filter_fn(|meta| !hides_secrets_below_info(meta));
+    // The hint carries the configured level to the `log` bridge, so that pingora's debug and
+    // trace macros stay switched off at their call sites instead of being formatted and then
+    // dropped here (12,000 instructions per proxied request when the hint was missing).
+    let hint = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    let cap = tracing_subscriber::filter::filter_fn(|meta| !hides_secrets_below_info(meta))
+        .with_max_level_hint(hint);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);

@@ -336,8 +336,8 @@ async fn proxy_otp_step_up(store: Store) {
     mode: hold
 proxy:
   upstream: {{ address: \"{}\" }}
-  identity: {{ header: X-User-Id }}
   trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+  identity: {{ header: X-User-Id }}
 ",
         upstream.address()
     );

@@ -43,8 +43,8 @@ policies:
     action: deny
 proxy:
   upstream: {{ address: \"{upstream}\" }}
-  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
   trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+  identity: {{ header: X-User-Id, phone_header: X-User-Phone }}
   reload_interval_seconds: 1
 {extra_proxy}",
         upstream = upstream.address()
@@ -191,8 +191,9 @@ async fn unprotected_traffic_passes_byte_for_byte_with_forwarded_headers_and_wit
     assert_eq!(seen[0].body, body);
     assert_eq!(seen[0].header("cookie").as_deref(), Some("app=1"));
     assert_eq!(seen[0].header("stepgate-grant"), None);
-    // The test client stands for the trusted layer in front (loopback is in trusted_proxies):
-    // its X-Forwarded-For chain is extended, not replaced (untrusted peers: `identity.rs`).
+    // The test client stands in for the trusted layer that sets the identity headers
+    // (`trusted_proxies: [127.0.0.1/32]`), so its X-Forwarded-For chain is extended; the
+    // untrusted case (replaced) is in `identity.rs`.
     assert_eq!(
         seen[0].header("x-forwarded-for").as_deref(),
         Some("6.6.6.6, 127.0.0.1")

@@ -323,8 +323,8 @@ async fn the_proxy_pushes_to_the_phone_and_forwards_after_approval() {
     mode: hold
 proxy:
   upstream: {{ address: \"{}\" }}
-  identity: {{ header: X-User-Id }}
   trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+  identity: {{ header: X-User-Id }}
 ",
         upstream.address()
     );
@@ -507,8 +507,8 @@ async fn the_proxy_shows_the_number_to_pick() {
     require: {{ auth_type: login_push, freshness_seconds: 0 }}
 proxy:
   upstream: {{ address: \"{}\" }}
-  identity: {{ header: X-User-Id }}
   trusted_proxies: [\"127.0.0.1/32\", \"::1/128\"]
+  identity: {{ header: X-User-Id }}
 ",
         upstream.address()
     );

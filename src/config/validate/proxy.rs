@@ -1,18 +1,22 @@
 //! Compiles the `proxy:` section: the upstream (resolved once, here, so the request path never
 //! does DNS and never panics on a failed lookup), trusted proxies, identity (JWT keys read and
-//! parsed here) and limits.
+//! parsed here; JWKS and introspection endpoints checked), limits.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use url::Url;
 
 use super::{Problems, parse_network, valid_header_name};
 use crate::config::schema;
-use crate::config::settings::{IdentitySettings, JwtSettings, ProxySettings, UpstreamSettings};
+use crate::config::settings::{
+    IdentitySettings, IntrospectionSettings, JwksUrlSettings, JwtSettings, KeysById, ProxySettings,
+    UpstreamSettings,
+};
 use crate::domain::canonical::RouterModel;
 
 /// Bounds `max_held_body_bytes`: the held body travels through the store.
@@ -47,17 +51,7 @@ pub(super) fn compile(
     let identity = raw
         .identity
         .as_ref()
-        .map(|identity| self::identity(identity, base, problems));
-    if let Some(identity) = &raw.identity
-        && identity.header.is_some()
-        && raw.trusted_proxies.is_empty()
-        && !identity.allow_untrusted_headers
-    {
-        problems.add(
-            "proxy.identity.header",
-            "identity headers need proxy.trusted_proxies (the layer that sets them; any other client's copies are ignored and removed), or allow_untrusted_headers: true for a demo",
-        );
-    }
+        .map(|identity| self::identity(identity, base, &trusted_proxies, problems));
     let login_url = raw
         .login_url
         .as_ref()
@@ -137,47 +131,78 @@ fn upstream(raw: &schema::Upstream, problems: &mut Problems) -> Option<UpstreamS
 fn identity(
     raw: &schema::Identity,
     base: &Path,
+    trusted_proxies: &[IpNet],
     problems: &mut Problems,
 ) -> Option<IdentitySettings> {
-    match (&raw.header, &raw.jwt) {
-        (Some(header), None) => {
-            let user = header_name("proxy.identity.header", header, problems);
-            let phone = raw
-                .phone_header
-                .as_ref()
-                .map(|phone| header_name("proxy.identity.phone_header", phone, problems));
-            Some(IdentitySettings::Header {
-                user: user?,
-                phone: match phone {
-                    Some(phone) => Some(phone?),
-                    None => None,
-                },
-            })
-        }
-        (None, Some(jwt)) => {
-            if raw.phone_header.is_some() {
-                problems.add(
-                    "proxy.identity.phone_header",
-                    "only with identity.header (expected jwt.phone_claim with jwt)",
-                );
-            }
-            self::jwt(jwt, base, problems).map(|jwt| IdentitySettings::Jwt(Box::new(jwt)))
-        }
-        (Some(_), Some(_)) => {
+    let sources = [
+        raw.header.is_some(),
+        raw.jwt.is_some(),
+        raw.introspection.is_some(),
+    ]
+    .iter()
+    .filter(|set| **set)
+    .count();
+    if sources != 1 {
+        let what = if sources == 0 {
+            "none of header, jwt and introspection is set (expected exactly one)"
+        } else {
+            "more than one of header, jwt and introspection is set (expected exactly one)"
+        };
+        problems.add("proxy.identity", what);
+        return None;
+    }
+    if raw.header.is_none() {
+        if raw.phone_header.is_some() {
             problems.add(
-                "proxy.identity",
-                "both header and jwt are set (expected exactly one)",
+                "proxy.identity.phone_header",
+                "only with identity.header (expected jwt.phone_claim or introspection.phone_field)",
             );
-            None
         }
-        (None, None) => {
+        if raw.allow_untrusted_headers {
             problems.add(
-                "proxy.identity",
-                "neither header nor jwt is set (expected exactly one)",
+                "proxy.identity.allow_untrusted_headers",
+                "only with identity.header",
             );
-            None
         }
     }
+    if let Some(header) = &raw.header {
+        let user = header_name("proxy.identity.header", header, problems);
+        let phone = raw
+            .phone_header
+            .as_ref()
+            .map(|phone| header_name("proxy.identity.phone_header", phone, problems));
+        if trusted_proxies.is_empty() && !raw.allow_untrusted_headers {
+            problems.add(
+                "proxy.identity.header",
+                "needs proxy.trusted_proxies: identity headers are believed only from the proxies \
+                 that set them, and with none listed every client could name itself (expected \
+                 the CIDRs of your auth layer, or allow_untrusted_headers: true for a local demo)",
+            );
+            return None;
+        }
+        if user.is_some() && user == phone.clone().flatten() {
+            problems.add(
+                "proxy.identity.phone_header",
+                "the same header as identity.header (expected two headers)",
+            );
+            return None;
+        }
+        return Some(IdentitySettings::Header {
+            user: user?,
+            phone: match phone {
+                Some(phone) => Some(phone?),
+                None => None,
+            },
+            from_any_peer: raw.allow_untrusted_headers,
+        });
+    }
+    if let Some(jwt) = &raw.jwt {
+        return self::jwt(jwt, base, problems).map(|jwt| IdentitySettings::Jwt(Box::new(jwt)));
+    }
+    raw.introspection.as_ref().and_then(|introspection| {
+        self::introspection(introspection, problems)
+            .map(|settings| IdentitySettings::Introspection(Box::new(settings)))
+    })
 }
 
 fn header_name(path: &str, name: &str, problems: &mut Problems) -> Option<String> {
@@ -190,6 +215,36 @@ fn header_name(path: &str, name: &str, problems: &mut Problems) -> Option<String
             format!("'{name}' is not a header name (expected e.g. X-User-Id)"),
         );
         None
+    }
+}
+
+/// A cookie name as RFC 6265 allows it (a token).
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c))
+}
+
+/// An http(s) URL, for the JWKS and introspection endpoints.
+fn endpoint_url(path: &str, text: &str, example: &str, problems: &mut Problems) -> Option<Url> {
+    let text = text.trim();
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        parsed => {
+            // A password in the URL stays out of the report.
+            let shown = match parsed {
+                Ok(url) if url.password().is_some() => {
+                    crate::config::settings::redact_url_password(text)
+                }
+                _ => text.to_owned(),
+            };
+            problems.add(
+                path,
+                format!("'{shown}' is not an http(s) URL (expected e.g. {example})"),
+            );
+            None
+        }
     }
 }
 
@@ -211,14 +266,16 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
         raw.secret.is_some(),
         raw.public_key_file.is_some(),
         raw.jwks_file.is_some(),
+        raw.jwks_url.is_some(),
     ];
     if sources.iter().filter(|set| **set).count() != 1 {
         problems.add(
             "proxy.identity.jwt",
-            "expected exactly one of secret (HS256), public_key_file or jwks_file (RS256, ES256)",
+            "expected exactly one of secret (HS256), public_key_file, jwks_file or jwks_url (RS256, ES256, EdDSA)",
         );
         return None;
     }
+    let mut jwks_url = None;
     let keys = match (algorithm, &raw.secret, &raw.public_key_file, &raw.jwks_file) {
         (Algorithm::HS256, Some(secret), _, _) => {
             if secret.len() < 32 {
@@ -240,7 +297,7 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
         (_, Some(_), _, _) => {
             problems.add(
                 "proxy.identity.jwt.secret",
-                "only for HS256 (expected public_key_file or jwks_file for RS256 and ES256)",
+                "only for HS256 (expected public_key_file, jwks_file or jwks_url for RS256, ES256 and EdDSA)",
             );
             return None;
         }
@@ -274,26 +331,64 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
                     return None;
                 }
             };
-            let mut keys = Vec::new();
-            for (i, jwk) in set.keys.iter().enumerate() {
-                match DecodingKey::from_jwk(jwk) {
-                    Ok(key) => keys.push((jwk.common.key_id.clone(), key)),
-                    Err(error) => problems.add(
-                        "proxy.identity.jwt.jwks_file",
-                        format!("{file}: key {i} cannot be used: {error}"),
-                    ),
-                }
+            let (keys, skipped) = jwks_keys(&set, algorithm);
+            for (i, why) in skipped {
+                problems.add(
+                    "proxy.identity.jwt.jwks_file",
+                    format!("{file}: key {i} cannot be used: {why}"),
+                );
             }
             if keys.is_empty() {
                 problems.add(
                     "proxy.identity.jwt.jwks_file",
-                    format!("{file} holds no usable key (expected at least one)"),
+                    format!("{file} holds no usable {algorithm:?} key (expected at least one)"),
                 );
                 return None;
             }
             keys
         }
-        (_, None, None, None) => return None,
+        (_, None, None, None) => {
+            let url = endpoint_url(
+                "proxy.identity.jwt.jwks_url",
+                raw.jwks_url.as_deref().unwrap_or_default(),
+                "https://idp.example/.well-known/jwks.json",
+                problems,
+            );
+            if raw.jwks_min_refetch_seconds == 0 || raw.jwks_min_refetch_seconds > 3600 {
+                problems.add(
+                    "proxy.identity.jwt.jwks_min_refetch_seconds",
+                    format!(
+                        "{} is out of range (expected 1 to 3600)",
+                        raw.jwks_min_refetch_seconds
+                    ),
+                );
+            }
+            if raw.jwks_refresh_seconds < raw.jwks_min_refetch_seconds {
+                problems.add(
+                    "proxy.identity.jwt.jwks_refresh_seconds",
+                    format!(
+                        "{} is below jwks_min_refetch_seconds ({})",
+                        raw.jwks_refresh_seconds, raw.jwks_min_refetch_seconds
+                    ),
+                );
+            }
+            if !(1..=60_000).contains(&raw.jwks_timeout_ms) {
+                problems.add(
+                    "proxy.identity.jwt.jwks_timeout_ms",
+                    format!(
+                        "{} is out of range (expected 1 to 60000)",
+                        raw.jwks_timeout_ms
+                    ),
+                );
+            }
+            jwks_url = Some(JwksUrlSettings {
+                url: url?,
+                refresh: Duration::from_secs(raw.jwks_refresh_seconds),
+                min_refetch: Duration::from_secs(raw.jwks_min_refetch_seconds),
+                timeout: Duration::from_millis(raw.jwks_timeout_ms),
+            });
+            Vec::new()
+        }
     };
     if raw.user_claim.trim().is_empty() {
         problems.add(
@@ -302,28 +397,44 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
         );
     }
     if let Some(cookie) = &raw.cookie {
-        if cookie.trim().is_empty()
-            || !cookie
-                .chars()
-                .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c))
-        {
+        if !valid_cookie_name(cookie.trim()) {
             problems.add(
                 "proxy.identity.jwt.cookie",
                 format!("'{cookie}' is not a cookie name"),
             );
         }
     }
+    if raw.leeway_seconds > 300 {
+        problems.add(
+            "proxy.identity.jwt.leeway_seconds",
+            format!("{} is out of range (expected 0 to 300)", raw.leeway_seconds),
+        );
+    }
     let mut validation = Validation::new(algorithm);
-    validation.leeway = 30;
+    validation.leeway = raw.leeway_seconds;
+    validation.validate_exp = true;
     validation.validate_nbf = true;
-    // A configured issuer or audience must be present, not only right when present.
+    // jsonwebtoken checks `iss`/`aud` only when the token carries them, unless they are
+    // required: a token without them must not pass when they are configured.
     let mut required = vec!["exp"];
-    if let Some(issuer) = &raw.issuer {
+    if let Some(issuer) = raw.issuer.as_deref().map(str::trim) {
+        if issuer.is_empty() {
+            problems.add(
+                "proxy.identity.jwt.issuer",
+                "empty (expected the iss of your tokens)",
+            );
+        }
         validation.set_issuer(&[issuer]);
         required.push("iss");
     }
-    match &raw.audience {
+    match raw.audience.as_deref().map(str::trim) {
         Some(audience) => {
+            if audience.is_empty() {
+                problems.add(
+                    "proxy.identity.jwt.audience",
+                    "empty (expected the aud of your tokens)",
+                );
+            }
             validation.set_audience(&[audience]);
             required.push("aud");
         }
@@ -333,9 +444,156 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
     Some(JwtSettings {
         cookie: raw.cookie.as_ref().map(|c| c.trim().to_owned()),
         keys,
+        jwks_url,
         validation,
         user_claim: raw.user_claim.trim().to_owned(),
-        phone_claim: raw.phone_claim.as_ref().map(|c| c.trim().to_owned()),
+        phone_claim: raw
+            .phone_claim
+            .as_ref()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty()),
+    })
+}
+
+/// The keys of a JWKS usable with `algorithm` (key type, curve, `alg` and `use` fitting), by
+/// `kid`; and why the others are not (their index in the set).
+pub fn jwks_keys(set: &JwkSet, algorithm: Algorithm) -> (KeysById, Vec<(usize, String)>) {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let fits = match (&jwk.algorithm, algorithm) {
+            (AlgorithmParameters::RSA(_), Algorithm::RS256) => true,
+            (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => {
+                ec.curve == EllipticCurve::P256
+            }
+            (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => {
+                okp.curve == EllipticCurve::Ed25519
+            }
+            _ => false,
+        };
+        if !fits {
+            skipped.push((i, format!("not a {algorithm:?} key")));
+            continue;
+        }
+        if let Some(alg) = jwk.common.key_algorithm {
+            if format!("{alg:?}") != format!("{algorithm:?}") {
+                skipped.push((i, format!("its alg is {alg:?}, not {algorithm:?}")));
+                continue;
+            }
+        }
+        if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature) {
+            skipped.push((i, "its use is not sig".to_owned()));
+            continue;
+        }
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push((jwk.common.key_id.clone(), key)),
+            Err(error) => skipped.push((i, error.to_string())),
+        }
+    }
+    (keys, skipped)
+}
+
+fn introspection(
+    raw: &schema::Introspection,
+    problems: &mut Problems,
+) -> Option<IntrospectionSettings> {
+    const PATH: &str = "proxy.identity.introspection";
+    let url = if raw.url.trim().is_empty() {
+        problems.add(
+            format!("{PATH}.url"),
+            "missing (expected the app's who-am-I endpoint, e.g. http://127.0.0.1:3000/api/me)",
+        );
+        None
+    } else {
+        endpoint_url(
+            &format!("{PATH}.url"),
+            &raw.url,
+            "http://127.0.0.1:3000/api/me",
+            problems,
+        )
+    };
+    let method = match raw.method.trim().to_ascii_uppercase().as_str() {
+        "GET" => Some(http::Method::GET),
+        "POST" => Some(http::Method::POST),
+        other => {
+            problems.add(
+                format!("{PATH}.method"),
+                format!("'{other}' is not supported (expected GET or POST)"),
+            );
+            None
+        }
+    };
+    if raw.cookies.is_empty() {
+        problems.add(
+            format!("{PATH}.cookies"),
+            "empty (expected the name of the session cookie, e.g. [session])",
+        );
+    }
+    let mut cookies: Vec<String> = Vec::new();
+    for (i, name) in raw.cookies.iter().enumerate() {
+        let name = name.trim();
+        if !valid_cookie_name(name) {
+            problems.add(
+                format!("{PATH}.cookies[{i}]"),
+                format!("'{name}' is not a cookie name"),
+            );
+        } else if cookies.iter().any(|seen| seen == name) {
+            problems.add(format!("{PATH}.cookies[{i}]"), format!("'{name}' twice"));
+        } else {
+            cookies.push(name.to_owned());
+        }
+    }
+    let field = |path: &str, text: &str, problems: &mut Problems| {
+        let parts: Vec<String> = text.trim().split('.').map(str::to_owned).collect();
+        if parts.iter().any(String::is_empty) {
+            problems.add(
+                format!("{PATH}.{path}"),
+                format!("'{text}' is not a field path (expected e.g. id or user.id)"),
+            );
+            None
+        } else {
+            Some(parts)
+        }
+    };
+    let user_field = field("user_field", &raw.user_field, problems);
+    let phone_field = raw
+        .phone_field
+        .as_ref()
+        .map(|text| field("phone_field", text, problems));
+    if raw.cache_seconds > 3600 {
+        problems.add(
+            format!("{PATH}.cache_seconds"),
+            format!("{} is out of range (expected 0 to 3600)", raw.cache_seconds),
+        );
+    }
+    if !(1..=1_000_000).contains(&raw.cache_entries) {
+        problems.add(
+            format!("{PATH}.cache_entries"),
+            format!(
+                "{} is out of range (expected 1 to 1000000)",
+                raw.cache_entries
+            ),
+        );
+    }
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        problems.add(
+            format!("{PATH}.timeout_ms"),
+            format!("{} is out of range (expected 1 to 60000)", raw.timeout_ms),
+        );
+    }
+    Some(IntrospectionSettings {
+        url: url?,
+        method: method?,
+        cookies,
+        user_field: user_field?,
+        phone_field: match phone_field {
+            Some(field) => Some(field?),
+            None => None,
+        },
+        cache_ttl: Duration::from_secs(raw.cache_seconds),
+        cache_entries: raw.cache_entries,
+        timeout: Duration::from_millis(raw.timeout_ms),
     })
 }
 
@@ -353,6 +611,7 @@ fn read(base: &Path, file: &str, path: &str, problems: &mut Problems) -> Option<
 mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
+    use std::time::Duration;
 
     use crate::config::settings::IdentitySettings;
     use crate::config::{ConfigError, Settings, load_str};
@@ -405,60 +664,10 @@ mod tests {
                 .any(|p| p.contains("proxy.identity: missing, but policy 't' demands step-up")),
             "{found:?}"
         );
-        let untrusted = format!("{policy}proxy: {{ identity: {{ header: X-User-Id }} }}\n");
-        let found = problems(&untrusted);
-        assert!(
-            found.iter().any(|p| p
-                .starts_with("proxy.identity.header: identity headers need proxy.trusted_proxies")),
-            "{found:?}"
-        );
-        let trusted = format!(
+        let with_identity = format!(
             "{policy}proxy: {{ trusted_proxies: [\"10.0.0.0/8\"], identity: {{ header: X-User-Id }} }}\n"
         );
-        assert!(problems(&trusted).is_empty());
-        let demo = format!(
-            "{policy}proxy: {{ identity: {{ header: X-User-Id, allow_untrusted_headers: true }} }}\n"
-        );
-        assert!(problems(&demo).is_empty());
-    }
-
-    #[test]
-    fn a_configured_issuer_and_audience_must_be_present() {
-        use jsonwebtoken::{Algorithm, EncodingKey, Header, decode, encode};
-        let settings = load(
-            "proxy: { identity: { jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\", issuer: idp, audience: bank } } }\n",
-            Path::new("."),
-        )
-        .unwrap();
-        let Some(IdentitySettings::Jwt(jwt)) = settings.proxy.identity else {
-            panic!("jwt expected")
-        };
-        assert_eq!(jwt.phone_claim.as_deref(), Some("phone_number"));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
-        let sign = |claims: serde_json::Value| {
-            encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
-        };
-        let check = |token: &str| {
-            decode::<serde_json::Value>(token, &jwt.keys[0].1, &jwt.validation).is_ok()
-        };
-        let exp = now + 600;
-        assert!(check(&sign(
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "bank"})
-        )));
-        for bad in [
-            serde_json::json!({"sub": "a", "exp": exp, "aud": "bank"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "other", "aud": "bank"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "shop"}),
-            serde_json::json!({"sub": "a", "exp": exp, "iss": "idp", "aud": "bank", "nbf": now + 600}),
-            serde_json::json!({"sub": "a", "iss": "idp", "aud": "bank"}),
-        ] {
-            assert!(!check(&sign(bad.clone())), "{bad}");
-        }
+        assert!(problems(&with_identity).is_empty());
     }
 
     #[test]
@@ -467,7 +676,8 @@ mod tests {
             "proxy: { identity: { header: X-User, jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\" } } }\n",
         );
         assert!(
-            both.iter().any(|p| p.contains("both header and jwt")),
+            both.iter()
+                .any(|p| p.contains("more than one of header, jwt and introspection")),
             "{both:?}"
         );
         let short = problems("proxy: { identity: { jwt: { algorithm: HS256, secret: short } } }\n");
@@ -493,7 +703,9 @@ mod tests {
             ),
             "{missing:?}"
         );
-        let header = problems("proxy: { identity: { header: \"bad header\" } }\n");
+        let header = problems(
+            "proxy: { trusted_proxies: [\"10.0.0.0/8\"], identity: { header: \"bad header\" } }\n",
+        );
         assert!(
             header
                 .iter()
@@ -526,6 +738,128 @@ mod tests {
         assert_eq!(jwt.keys.len(), 1);
         assert_eq!(jwt.keys[0].0.as_deref(), Some("k1"));
         assert_eq!(jwt.user_claim, "sub");
+    }
+
+    #[test]
+    fn identity_headers_need_trusted_proxies_unless_explicitly_allowed() {
+        let found = problems("proxy: { identity: { header: X-User-Id } }\n");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("proxy.identity.header: needs proxy.trusted_proxies")),
+            "{found:?}"
+        );
+        let demo = load(
+            "proxy: { identity: { header: X-User-Id, phone_header: X-Phone, allow_untrusted_headers: true } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(matches!(
+            demo.proxy.identity,
+            Some(IdentitySettings::Header {
+                from_any_peer: true,
+                ..
+            })
+        ));
+        let trusted = load(
+            "proxy: { trusted_proxies: [\"10.0.0.0/8\"], identity: { header: X-User-Id } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(matches!(
+            trusted.proxy.identity,
+            Some(IdentitySettings::Header {
+                from_any_peer: false,
+                ..
+            })
+        ));
+        let misplaced = problems(
+            "proxy: { identity: { allow_untrusted_headers: true, jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\" } } }\n",
+        );
+        assert!(
+            misplaced
+                .iter()
+                .any(|p| p.starts_with("proxy.identity.allow_untrusted_headers: only with")),
+            "{misplaced:?}"
+        );
+    }
+
+    #[test]
+    fn identity_jwt_issuer_and_audience_become_required_claims() {
+        let settings = load(
+            "proxy: { identity: { jwt: { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\", issuer: \"https://idp\", audience: bank } } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let Some(IdentitySettings::Jwt(jwt)) = settings.proxy.identity else {
+            panic!("jwt expected")
+        };
+        for claim in ["exp", "iss", "aud"] {
+            assert!(
+                jwt.validation.required_spec_claims.contains(claim),
+                "{claim}"
+            );
+        }
+        assert!(jwt.validation.validate_nbf);
+        assert_eq!(jwt.validation.algorithms, [jsonwebtoken::Algorithm::HS256]);
+        assert_eq!(jwt.phone_claim.as_deref(), Some("phone_number"));
+    }
+
+    #[test]
+    fn identity_jwks_urls_and_introspection_are_checked() {
+        let settings = load(
+            "proxy: { identity: { jwt: { algorithm: EdDSA, jwks_url: \"http://127.0.0.1:1/jwks\" } } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let Some(IdentitySettings::Jwt(jwt)) = settings.proxy.identity else {
+            panic!("jwt expected")
+        };
+        let remote = jwt.jwks_url.unwrap();
+        assert_eq!(remote.min_refetch, Duration::from_secs(30));
+        assert!(jwt.keys.is_empty());
+        let bad = problems(
+            "proxy: { identity: { jwt: { algorithm: ES256, jwks_url: \"ftp://x\", jwks_min_refetch_seconds: 0 } } }\n",
+        );
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("proxy.identity.jwt.jwks_url: 'ftp://x")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|p| p.starts_with("proxy.identity.jwt.jwks_min_refetch_seconds: 0")),
+            "{bad:?}"
+        );
+        let settings = load(
+            "proxy: { identity: { introspection: { url: \"http://127.0.0.1:3000/api/me\", cookies: [session], user_field: user.id, phone_field: user.phone } } }\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let Some(IdentitySettings::Introspection(introspection)) = settings.proxy.identity else {
+            panic!("introspection expected")
+        };
+        assert_eq!(introspection.user_field, ["user", "id"]);
+        assert_eq!(introspection.cache_ttl, Duration::from_secs(30));
+        let bad = problems(
+            "proxy: { identity: { introspection: { url: \"nope\", method: DELETE, cookies: [\"a b\"], user_field: \"user..id\", cache_entries: 0 } } }\n",
+        );
+        for path in [
+            "proxy.identity.introspection.url: 'nope'",
+            "proxy.identity.introspection.method: 'DELETE'",
+            "proxy.identity.introspection.cookies[0]: 'a b'",
+            "proxy.identity.introspection.user_field: 'user..id'",
+            "proxy.identity.introspection.cache_entries: 0",
+        ] {
+            assert!(bad.iter().any(|p| p.starts_with(path)), "{path}: {bad:?}");
+        }
+        let empty = problems("proxy: { identity: { introspection: { url: \"http://a/me\" } } }\n");
+        assert!(
+            empty
+                .iter()
+                .any(|p| p.starts_with("proxy.identity.introspection.cookies: empty")),
+            "{empty:?}"
+        );
     }
 
     #[test]
