@@ -13,13 +13,24 @@ use crate::service::stepup::fill_message;
 
 /// Why the message cannot be filled from one reading of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.reason())]
 pub enum AmbiguousMessage {
-    #[error("a field the confirmation shows appears more than once")]
     DuplicateField,
-    #[error("the request has more than one Content-Type")]
     TwoContentTypes,
-    #[error("the body cannot be read unambiguously as a form or a JSON object")]
     UnreadableBody,
+}
+
+impl AmbiguousMessage {
+    /// What the client is told (and the log says).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::DuplicateField => "a field the confirmation shows appears more than once",
+            Self::TwoContentTypes => "the request has more than one Content-Type",
+            Self::UnreadableBody => {
+                "the body cannot be read unambiguously as a form or a JSON object"
+            }
+        }
+    }
 }
 
 /// The filled message; `Err` when the request could be read two ways for it.

@@ -345,7 +345,7 @@ impl StepGateProxy {
             Some(Err(ambiguous)) => {
                 ctx.decision = "invalid";
                 tracing::info!(policy, %ambiguous, "held request refused as ambiguous");
-                let refusal = Refusal::Ambiguous(ambiguous_reason(ambiguous));
+                let refusal = Refusal::Ambiguous(ambiguous.reason());
                 return send(session, Reply::refusal(&refusal, html)).await;
             }
         };
@@ -560,18 +560,6 @@ impl StepGateProxy {
             ),
             ("stepgate-grant", grant.token),
         ]
-    }
-}
-
-fn ambiguous_reason(ambiguous: message::AmbiguousMessage) -> &'static str {
-    match ambiguous {
-        message::AmbiguousMessage::DuplicateField => {
-            "a field the confirmation shows appears more than once"
-        }
-        message::AmbiguousMessage::TwoContentTypes => "the request has more than one Content-Type",
-        message::AmbiguousMessage::UnreadableBody => {
-            "the body cannot be read unambiguously as a form or a JSON object"
-        }
     }
 }
 

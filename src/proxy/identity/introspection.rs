@@ -32,17 +32,7 @@ pub(super) struct IntrospectionSource {
 
 impl IntrospectionSource {
     pub(super) fn new(settings: IntrospectionSettings) -> Self {
-        // reqwest is built without a rustls provider; pingora uses ring, so both agree on it
-        // (the same as the notify clients). A second install finds it in place, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stepgate/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .build()
-            .map_err(|error| format!("cannot build the introspection client: {error}"));
+        let client = super::outbound_client(settings.timeout, "introspection");
         Self {
             settings,
             client,

@@ -176,17 +176,7 @@ struct KeyState {
 
 impl RemoteKeys {
     fn new(settings: JwksUrlSettings, algorithm: Algorithm) -> Self {
-        // reqwest is built without a rustls provider; pingora uses ring, so both agree on it
-        // (the same as the notify clients). A second install finds it in place, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stepgate/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .build()
-            .map_err(|error| format!("cannot build the JWKS client: {error}"));
+        let client = super::outbound_client(settings.timeout, "JWKS");
         Self {
             settings,
             algorithm,
@@ -341,7 +331,7 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header, Validation, encode};
     use serde_json::json;
 
-    use super::super::test_support::request;
+    use super::super::test_support::{block, request};
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -390,14 +380,6 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
-    }
-
-    fn block<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
     }
 
     fn with_cookie(source: &JwtSource, token: &str) -> Result<Requester, IdentityError> {

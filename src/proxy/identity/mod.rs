@@ -247,6 +247,22 @@ fn authorization(req: &RequestHeader) -> Result<Authorization<'_>, IdentityError
     }
 }
 
+/// The HTTP client the identity sources call out with (JWKS, introspection): no redirects, no
+/// environment proxy, one timeout for connecting and answering. reqwest is built without a
+/// rustls provider; pingora uses ring, so both agree on it (as the notify clients do), and a
+/// second install finds it in place.
+fn outbound_client(timeout: std::time::Duration, what: &str) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("stepgate/", env!("CARGO_PKG_VERSION")))
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|error| format!("cannot build the {what} client: {error}"))
+}
+
 /// A requester from what the source vouched for; ids that cannot serve as one are refused, a
 /// phone number that does not normalize is no phone number.
 fn requester(user_id: String, phone: Option<&str>) -> Result<Requester, IdentityError> {
@@ -273,11 +289,20 @@ pub(crate) mod test_support {
         }
         req
     }
+
+    /// Runs one identity future to completion on a runtime of its own.
+    pub fn block<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::request;
+    use super::test_support::{block, request};
     use super::*;
 
     fn headers(from_any_peer: bool) -> IdentitySource {
@@ -286,14 +311,6 @@ mod tests {
             phone: Some("x-user-phone".into()),
             from_any_peer,
         })
-    }
-
-    fn block<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
     }
 
     #[test]
