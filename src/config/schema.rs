@@ -528,12 +528,14 @@ pub struct Router {
 }
 
 impl Default for Router {
+    /// The domain's router model is the one place the defaults are decided.
     fn default() -> Self {
+        let model = crate::domain::canonical::RouterModel::default();
         Self {
-            case_insensitive: true,
-            path_parameters: true,
-            format_suffix: true,
-            method_override: true,
+            case_insensitive: model.case_insensitive,
+            path_parameters: model.path_parameters,
+            format_suffix: model.format_suffix,
+            method_override: model.method_override,
         }
     }
 }
