@@ -229,6 +229,26 @@ impl Authenticator {
     }
 }
 
+/// Whether a PIN answer may be checked at all. The attempt is counted before its check (and
+/// the count settled after: reset when right, `PinFailure` when wrong), so that answers
+/// arriving together can never check more PINs than the limit allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// Counted; check it. `counted`: the attempts counted in a row, this one included.
+    Allowed {
+        counted: u32,
+    },
+    /// The limit is taken by attempts already counted: not checked (answered as a device
+    /// that is being disconnected, whatever the PIN).
+    Exhausted,
+    UnknownDevice,
+}
+
+/// The pure rule for starting a check: `counted` attempts are already counted in a row.
+pub fn pin_check_allowed(counted: u32, max: u32) -> bool {
+    max == 0 || counted < max
+}
+
 /// What a failed PIN did to the device's counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PinFailure {

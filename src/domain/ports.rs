@@ -9,7 +9,8 @@ use super::auth_type::Method;
 use super::clock::Timestamp;
 use super::code::CodeHash;
 use super::device::{
-    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
+    Device, DeviceId, PinCheck, PinFailure, PushEnrollmentMode, PushRegistration,
+    PushRegistrationOutcome,
 };
 use super::held::{HeldRequest, HeldTicket};
 use super::otp::{OtpAnswer, RedeemOutcome};
@@ -236,16 +237,26 @@ pub trait DeviceStore: Send + Sync {
     /// Drops whichever registration holds `token` (the provider said it is invalid).
     async fn drop_push_by_token(&self, token: &str) -> Result<Option<DeviceId>, StoreError>;
 
-    /// Counts one wrong PIN; at `max_pin_attempts` (0 = unlimited) the device is deleted as
-    /// in `delete_device`, in the same step (`device::pin_failure`).
-    async fn record_pin_failure(
+    /// Counts a PIN attempt before it is checked, in one atomic step with the check against
+    /// `max_pin_attempts` (0 = unlimited): `Exhausted` when the attempts already counted take
+    /// the limit (`device::pin_check_allowed`).
+    async fn begin_pin_check(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinCheck, StoreError>;
+
+    /// Settles an attempt `begin_pin_check` counted that turned out wrong: at
+    /// `max_pin_attempts` (0 = unlimited) the device is deleted as in `delete_device`, in the
+    /// same step (`device::pin_failure`).
+    async fn settle_pin_failure(
         &self,
         id: &DeviceId,
         max_pin_attempts: u32,
     ) -> Result<PinFailure, StoreError>;
 
-    /// A correct PIN resets the count; returns the wrong PINs counted before (0 when none), so
-    /// the answer can report its used attempts.
+    /// A correct PIN resets the count; returns the attempts counted before (this one included;
+    /// 0 when none), so the answer can report its used attempts.
     async fn reset_pin_failures(&self, id: &DeviceId) -> Result<u32, StoreError>;
 
     /// `true` the first time `key` is claimed within `ttl`, `false` after (request nonces,

@@ -14,7 +14,7 @@ use crate::domain::application::{AppVersion, accepted_authenticators};
 use crate::domain::auth_type::{AuthType, AuthTypes, Method};
 use crate::domain::clock::SharedClock;
 use crate::domain::device::{
-    Authenticator, Device, DeviceId, PinFailure, PublicKeyBytes, PushRegistration,
+    Authenticator, Device, DeviceId, PinCheck, PinFailure, PublicKeyBytes, PushRegistration,
 };
 use crate::domain::device_crypto::{self, SealedPayload};
 use crate::domain::ports::StoreError;
@@ -496,6 +496,23 @@ impl PushService {
             device_crypto::answer_statement(&tx.id.to_string(), "approve", answer.number);
         let mut used_attempts = None;
         if answer.authenticator != Authenticator::Device {
+            if answer.authenticator == Authenticator::Pin {
+                // Counted before it is checked, in one atomic step with the limit: answers
+                // arriving together cannot check more PINs than allowed, and past the limit
+                // every answer is the same, right PIN or wrong.
+                match self
+                    .devices
+                    .store()
+                    .begin_pin_check(&device.id, self.max_pin_attempts(device))
+                    .await?
+                {
+                    PinCheck::Allowed { .. } => {}
+                    // Gone in the meantime: disconnected by another answer's last wrong PIN.
+                    PinCheck::Exhausted | PinCheck::UnknownDevice => {
+                        return Err(PushServiceError::Disconnected);
+                    }
+                }
+            }
             let signature = answer
                 .authenticator_signature
                 .as_deref()
@@ -503,8 +520,8 @@ impl PushService {
             let verified = device_crypto::verify(key, statement.as_bytes(), signature).is_ok();
             match (verified, answer.authenticator) {
                 (true, Authenticator::Pin) => {
-                    let before = self.devices.store().reset_pin_failures(&device.id).await?;
-                    used_attempts = Some(before + 1);
+                    let counted = self.devices.store().reset_pin_failures(&device.id).await?;
+                    used_attempts = Some(counted.max(1));
                 }
                 (true, _) => {}
                 (false, Authenticator::Pin) => return self.wrong_pin(device, &tx).await,
@@ -543,20 +560,25 @@ impl PushService {
         evidence
     }
 
+    /// The device's application's limit (0 = unlimited).
+    fn max_pin_attempts(&self, device: &Device) -> u32 {
+        self.devices
+            .applications()
+            .get(&device.application)
+            .map_or(0, |app| app.max_pin_attempts)
+    }
+
+    /// Settles a counted PIN attempt that was wrong.
     async fn wrong_pin(
         &self,
         device: &Device,
         tx: &Transaction,
     ) -> Result<Status, PushServiceError> {
-        let max = self
-            .devices
-            .applications()
-            .get(&device.application)
-            .map_or(0, |app| app.max_pin_attempts);
+        let max = self.max_pin_attempts(device);
         match self
             .devices
             .store()
-            .record_pin_failure(&device.id, max)
+            .settle_pin_failure(&device.id, max)
             .await?
         {
             PinFailure::Counted { remaining, .. } => Err(PushServiceError::WrongPin { remaining }),
@@ -584,7 +606,7 @@ impl PushService {
                 .await?;
                 Err(PushServiceError::Disconnected)
             }
-            PinFailure::UnknownDevice => Err(PushServiceError::UnknownTransaction),
+            PinFailure::UnknownDevice => Err(PushServiceError::Disconnected),
         }
     }
 

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use crate::domain::clock::Timestamp;
 use crate::domain::code::CodeHash;
 use crate::domain::device::{
-    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
+    Device, DeviceId, PinCheck, PinFailure, PushEnrollmentMode, PushRegistration,
+    PushRegistrationOutcome,
 };
 use crate::domain::held::{HeldRequest, HeldTicket};
 use crate::domain::otp::{OtpAnswer, RedeemOutcome};
@@ -281,14 +282,26 @@ impl<S: DeviceStore> DeviceStore for Instrumented<S> {
         .await
     }
 
-    async fn record_pin_failure(
+    async fn begin_pin_check(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinCheck, StoreError> {
+        self.timed(
+            "device_pin_check",
+            self.inner.begin_pin_check(id, max_pin_attempts),
+        )
+        .await
+    }
+
+    async fn settle_pin_failure(
         &self,
         id: &DeviceId,
         max_pin_attempts: u32,
     ) -> Result<PinFailure, StoreError> {
         self.timed(
             "device_pin_failure",
-            self.inner.record_pin_failure(id, max_pin_attempts),
+            self.inner.settle_pin_failure(id, max_pin_attempts),
         )
         .await
     }
@@ -432,7 +445,7 @@ mod tests {
         assert_eq!(store.get_device(&ghost).await.unwrap(), None);
         assert!(store.claim_once("k", Duration::from_secs(1)).await.unwrap());
         assert_eq!(
-            store.record_pin_failure(&ghost, 3).await.unwrap(),
+            store.settle_pin_failure(&ghost, 3).await.unwrap(),
             PinFailure::UnknownDevice
         );
 

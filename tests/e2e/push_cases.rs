@@ -287,7 +287,8 @@ async fn an_unanswered_push_expires_and_cannot_be_approved_later_on_redis() {
 
 // ---- 3. PIN lockout ---------------------------------------------------------------------------
 
-async fn three_wrong_pins_disconnect_the_device(store: Store) {
+/// Ann's phone (PIN 1234) and a started `login_pin` push to it.
+async fn pin_push(store: Store) -> (World, DeviceCli, String, String) {
     let w = world(store, "single", "");
     let (phone, device_id) = w.phone("ann", ANN_TOKEN).await;
     let (status, init) = push_init(
@@ -301,6 +302,11 @@ async fn three_wrong_pins_disconnect_the_device(store: Store) {
     assert_eq!(status, 200, "{init}");
     assert_eq!(init["auth_method"], "push_with_pin");
     let tx = tx_id(&init);
+    (w, phone, device_id, tx)
+}
+
+async fn three_wrong_pins_disconnect_the_device(store: Store) {
+    let (w, phone, device_id, tx) = pin_push(store).await;
 
     for remaining in [2, 1] {
         let (exit, out, err) = phone.run(&["approve", &tx, "--pin", "0000"]);
@@ -357,6 +363,81 @@ async fn three_wrong_pins_disconnect_the_device_on_memory() {
 #[tokio::test]
 async fn three_wrong_pins_disconnect_the_device_on_redis() {
     three_wrong_pins_disconnect_the_device(Store::Redis).await;
+}
+
+/// 100 PIN answers at once, one of them right, with one attempt left: one PIN is checked and
+/// no more. Every other answer is the same as a wrong PIN at the limit (or, once the device is
+/// gone, the same as any unknown device), so the answers reveal nothing about the PIN.
+async fn a_burst_of_pin_answers_checks_no_more_than_the_limit(store: Store) {
+    let (w, phone, _, tx) = pin_push(store).await;
+    for _ in 0..2 {
+        let (exit, _, err) = phone.run(&["approve", &tx, "--pin", "0000"]);
+        assert_eq!(exit, 1);
+        assert!(err.contains("HTTP 401 invalid_pin"), "{err}");
+    }
+
+    let pins: Vec<String> = (0..100)
+        .map(|i| {
+            if i == 50 {
+                "1234".to_owned()
+            } else {
+                format!("9{i:03}")
+            }
+        })
+        .collect();
+    let answers: Vec<(i32, String)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = pins
+            .iter()
+            .map(|pin| {
+                let phone = &phone;
+                let tx = &tx;
+                scope.spawn(move || {
+                    let (exit, _, err) = phone.run(&["approve", tx, "--pin", pin]);
+                    (exit, err)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    let (mut approved, mut disconnected, mut gone) = (0, 0, 0);
+    for (exit, err) in &answers {
+        if *exit == 0 {
+            approved += 1;
+        } else if err.contains("HTTP 403 device_disconnected") {
+            disconnected += 1;
+        } else if err.contains("invalid_signature")
+            || err.contains("HTTP 409 not_pending")
+            || err.contains("HTTP 503 temporarily_unavailable")
+        {
+            // The device is gone, the transaction ended, or the store was too busy to answer
+            // in time (fails closed): the same for every PIN.
+            gone += 1;
+        } else {
+            panic!("an answer that tells a checked PIN apart: {err}");
+        }
+    }
+    assert!(approved <= 1, "{answers:?}");
+    assert_eq!(approved + disconnected + gone, 100);
+
+    // The transaction ended once: approved by the one check, or failed on the third wrong PIN.
+    let (status, result) = w.get(&result_v4(&tx)).await;
+    assert_eq!(status, 200, "{result}");
+    if approved == 1 {
+        assert_eq!(result["is_authenticated"], true, "{result}");
+    } else {
+        assert_not_authenticated(&result, "invalid_answer");
+        assert_eq!(result["used_authentication_attempts"], 3, "{result}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pin_answers_checks_no_more_than_the_limit_on_memory() {
+    a_burst_of_pin_answers_checks_no_more_than_the_limit(Store::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pin_answers_checks_no_more_than_the_limit_on_redis() {
+    a_burst_of_pin_answers_checks_no_more_than_the_limit(Store::Redis).await;
 }
 
 // ---- 4. enrollment modes ----------------------------------------------------------------------

@@ -20,8 +20,8 @@ use super::redis::RedisDeviceStore;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::device::{
-    Device, DeviceId, DeviceKeys, PinFailure, Platform, PublicKeyBytes, PushEnrollmentMode,
-    PushRegistration, PushRegistrationOutcome,
+    Device, DeviceId, DeviceKeys, PinCheck, PinFailure, Platform, PublicKeyBytes,
+    PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
 };
 use crate::domain::ports::DeviceStore;
 use crate::domain::transaction::TransactionId;
@@ -341,7 +341,7 @@ pub(super) async fn unknown_devices_change_nothing(h: &Harness) {
     assert!(!s.drop_push(&ghost).await.unwrap());
     assert_eq!(s.drop_push_by_token("tok").await.unwrap(), None);
     assert_eq!(
-        s.record_pin_failure(&ghost, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &ghost, 3).await,
         PinFailure::UnknownDevice
     );
     assert_eq!(s.reset_pin_failures(&ghost).await.unwrap(), 0);
@@ -505,28 +505,28 @@ pub(super) async fn pin_failures_disconnect_at_the_limit(h: &Harness) {
     .unwrap();
 
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::Counted {
             failures: 1,
             remaining: Some(2)
         }
     );
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::Counted {
             failures: 2,
             remaining: Some(1)
         }
     );
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::Disconnected { failures: 3 }
     );
     assert_eq!(s.get_device(&device.id).await.unwrap(), None);
     assert_eq!(h.ids_of(USER).await, Vec::<DeviceId>::new());
     assert_eq!(s.pending(&device.id).await.unwrap(), Vec::new());
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::UnknownDevice
     );
     // Its token went with it.
@@ -543,11 +543,20 @@ pub(super) async fn pin_failures_disconnect_at_the_limit(h: &Harness) {
     }
 }
 
+/// A wrong PIN as the push service records it: counted before its check, settled after.
+async fn wrong_pin(store: &dyn DeviceStore, id: &DeviceId, max: u32) -> PinFailure {
+    match store.begin_pin_check(id, max).await.unwrap() {
+        PinCheck::Allowed { .. } => store.settle_pin_failure(id, max).await.unwrap(),
+        PinCheck::UnknownDevice => PinFailure::UnknownDevice,
+        PinCheck::Exhausted => panic!("the limit was taken before this attempt"),
+    }
+}
+
 pub(super) async fn zero_max_pin_attempts_is_unlimited(h: &Harness) {
     let device = h.inserted(USER, APP).await;
     for failures in 1..=20 {
         assert_eq!(
-            h.store.record_pin_failure(&device.id, 0).await.unwrap(),
+            wrong_pin(h.store.as_ref(), &device.id, 0).await,
             PinFailure::Counted {
                 failures,
                 remaining: None
@@ -560,12 +569,12 @@ pub(super) async fn zero_max_pin_attempts_is_unlimited(h: &Harness) {
 pub(super) async fn a_right_pin_resets_the_count(h: &Harness) {
     let s = &h.store;
     let device = h.inserted(USER, APP).await;
-    s.record_pin_failure(&device.id, 3).await.unwrap();
-    s.record_pin_failure(&device.id, 3).await.unwrap();
+    wrong_pin(s.as_ref(), &device.id, 3).await;
+    wrong_pin(s.as_ref(), &device.id, 3).await;
     assert_eq!(s.reset_pin_failures(&device.id).await.unwrap(), 2);
     assert_eq!(s.reset_pin_failures(&device.id).await.unwrap(), 0);
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::Counted {
             failures: 1,
             remaining: Some(2)
@@ -574,7 +583,7 @@ pub(super) async fn a_right_pin_resets_the_count(h: &Harness) {
     // Updating the record does not reset the count.
     assert!(s.update_device(&device).await.unwrap());
     assert_eq!(
-        s.record_pin_failure(&device.id, 3).await.unwrap(),
+        wrong_pin(s.as_ref(), &device.id, 3).await,
         PinFailure::Counted {
             failures: 2,
             remaining: Some(1)
@@ -584,7 +593,7 @@ pub(super) async fn a_right_pin_resets_the_count(h: &Harness) {
 
 pub(super) async fn concurrent_pin_failures_disconnect_once(h: &Harness) {
     let device = h.inserted(USER, APP).await;
-    let racers = 30;
+    let racers = 100;
     let barrier = Arc::new(Barrier::new(racers));
     let mut set = JoinSet::new();
     for _ in 0..racers {
@@ -593,25 +602,78 @@ pub(super) async fn concurrent_pin_failures_disconnect_once(h: &Harness) {
         let id = device.id.clone();
         set.spawn(async move {
             barrier.wait().await;
-            store.record_pin_failure(&id, 3).await.unwrap()
+            let check = store.begin_pin_check(&id, 3).await.unwrap();
+            // Every attempt that was let through is a wrong PIN here.
+            let settled = match check {
+                PinCheck::Allowed { .. } => Some(store.settle_pin_failure(&id, 3).await.unwrap()),
+                _ => None,
+            };
+            (check, settled)
         });
     }
-    let (mut counted, mut disconnected, mut unknown) = (Vec::new(), 0, 0);
+    let (mut allowed, mut exhausted, mut disconnected, mut gone) = (Vec::new(), 0, 0, 0);
     while let Some(joined) = set.join_next().await {
-        match joined.unwrap() {
-            PinFailure::Counted { failures, .. } => counted.push(failures),
-            PinFailure::Disconnected { failures } => {
+        let (check, settled) = joined.unwrap();
+        match check {
+            PinCheck::Allowed { counted } => allowed.push(counted),
+            PinCheck::Exhausted => exhausted += 1,
+            PinCheck::UnknownDevice => gone += 1,
+        }
+        match settled {
+            Some(PinFailure::Disconnected { failures }) => {
                 assert_eq!(failures, 3);
                 disconnected += 1;
             }
-            PinFailure::UnknownDevice => unknown += 1,
+            Some(PinFailure::Counted { failures, .. }) => assert!(failures < 3),
+            Some(PinFailure::UnknownDevice) | None => {}
         }
     }
-    counted.sort_unstable();
-    assert_eq!(counted, vec![1, 2], "each count handed out once");
+    allowed.sort_unstable();
+    assert_eq!(
+        allowed,
+        vec![1, 2, 3],
+        "exactly the limit is checked, each count once"
+    );
+    assert_eq!(exhausted + gone, racers - 3);
     assert_eq!(disconnected, 1);
-    assert_eq!(unknown, racers - 3);
     assert_eq!(h.store.get_device(&device.id).await.unwrap(), None);
+}
+
+pub(super) async fn a_right_pin_after_wrong_ones_keeps_its_check(h: &Harness) {
+    let s = &h.store;
+    let device = h.inserted(USER, APP).await;
+    assert_eq!(
+        wrong_pin(s.as_ref(), &device.id, 3).await,
+        PinFailure::Counted {
+            failures: 1,
+            remaining: Some(2)
+        }
+    );
+    // The check of the right PIN is counted first and reset after.
+    assert_eq!(
+        s.begin_pin_check(&device.id, 3).await.unwrap(),
+        PinCheck::Allowed { counted: 2 }
+    );
+    assert_eq!(s.reset_pin_failures(&device.id).await.unwrap(), 2);
+    // At the limit nothing more is checked, and the device goes with the settled failure.
+    for counted in 1..=3 {
+        assert_eq!(
+            s.begin_pin_check(&device.id, 3).await.unwrap(),
+            PinCheck::Allowed { counted }
+        );
+    }
+    assert_eq!(
+        s.begin_pin_check(&device.id, 3).await.unwrap(),
+        PinCheck::Exhausted
+    );
+    assert_eq!(
+        s.settle_pin_failure(&device.id, 3).await.unwrap(),
+        PinFailure::Disconnected { failures: 3 }
+    );
+    assert_eq!(
+        s.begin_pin_check(&device.id, 3).await.unwrap(),
+        PinCheck::UnknownDevice
+    );
 }
 
 // ---- claims and pending lists ----------------------------------------------------------------
@@ -743,6 +805,7 @@ macro_rules! device_conformance_suite {
                 pin_failures_disconnect_at_the_limit,
                 zero_max_pin_attempts_is_unlimited,
                 a_right_pin_resets_the_count,
+                a_right_pin_after_wrong_ones_keeps_its_check,
                 claim_once_holds_for_its_ttl,
                 pending_lists_keep_live_entries_soonest_first,
                 keys_hold_no_secret_or_personal_data_in_clear,

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::device::{
-    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
-    pin_failure, push_enrollment_decision,
+    Device, DeviceId, PinCheck, PinFailure, PushEnrollmentMode, PushRegistration,
+    PushRegistrationOutcome, pin_check_allowed, pin_failure, push_enrollment_decision,
 };
 use crate::domain::ports::{DeviceStore, StoreError};
 use crate::domain::transaction::TransactionId;
@@ -339,7 +339,25 @@ impl DeviceStore for MemoryDeviceStore {
         Ok(Some(holder))
     }
 
-    async fn record_pin_failure(
+    async fn begin_pin_check(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinCheck, StoreError> {
+        let mut state = self.lock();
+        let Some(stored) = state.devices.get_mut(id) else {
+            return Ok(PinCheck::UnknownDevice);
+        };
+        if !pin_check_allowed(stored.pin_failures, max_pin_attempts) {
+            return Ok(PinCheck::Exhausted);
+        }
+        stored.pin_failures = stored.pin_failures.saturating_add(1);
+        Ok(PinCheck::Allowed {
+            counted: stored.pin_failures,
+        })
+    }
+
+    async fn settle_pin_failure(
         &self,
         id: &DeviceId,
         max_pin_attempts: u32,
@@ -348,7 +366,6 @@ impl DeviceStore for MemoryDeviceStore {
         let Some(stored) = state.devices.get_mut(id) else {
             return Ok(PinFailure::UnknownDevice);
         };
-        stored.pin_failures = stored.pin_failures.saturating_add(1);
         let outcome = pin_failure(stored.pin_failures, max_pin_attempts);
         if matches!(outcome, PinFailure::Disconnected { .. }) {
             state.delete(id);

@@ -38,8 +38,8 @@ use sha2::{Digest, Sha256};
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
 use crate::domain::device::{
-    Device, DeviceId, PinFailure, PushEnrollmentMode, PushRegistration, PushRegistrationOutcome,
-    pin_failure,
+    Device, DeviceId, PinCheck, PinFailure, PushEnrollmentMode, PushRegistration,
+    PushRegistrationOutcome, pin_failure,
 };
 use crate::domain::ports::{DeviceStore, StoreError};
 use crate::domain::transaction::TransactionId;
@@ -53,6 +53,7 @@ const LIST_LUA: &str = include_str!("../lua/device_list.lua");
 const REGISTER_PUSH_LUA: &str = include_str!("../lua/device_register_push.lua");
 const DROP_PUSH_LUA: &str = include_str!("../lua/device_drop_push.lua");
 const DROP_PUSH_BY_TOKEN_LUA: &str = include_str!("../lua/device_drop_push_by_token.lua");
+const PIN_CHECK_LUA: &str = include_str!("../lua/device_pin_check.lua");
 const PIN_FAILURE_LUA: &str = include_str!("../lua/device_pin_failure.lua");
 const RESET_PIN_LUA: &str = include_str!("../lua/device_reset_pin.lua");
 const REDEEM_CODE_LUA: &str = include_str!("../lua/device_redeem_code.lua");
@@ -74,6 +75,7 @@ struct Scripts {
     register_push: Script,
     drop_push: Script,
     drop_push_by_token: Script,
+    pin_check: Script,
     pin_failure: Script,
     reset_pin: Script,
     redeem_code: Script,
@@ -92,6 +94,7 @@ impl Scripts {
             register_push: with_common(REGISTER_PUSH_LUA),
             drop_push: with_common(DROP_PUSH_LUA),
             drop_push_by_token: with_common(DROP_PUSH_BY_TOKEN_LUA),
+            pin_check: Script::new(PIN_CHECK_LUA),
             pin_failure: with_common(PIN_FAILURE_LUA),
             reset_pin: Script::new(RESET_PIN_LUA),
             redeem_code: Script::new(REDEEM_CODE_LUA),
@@ -494,7 +497,30 @@ impl DeviceStore for RedisDeviceStore {
         holder.as_deref().map(parse_device_id).transpose()
     }
 
-    async fn record_pin_failure(
+    async fn begin_pin_check(
+        &self,
+        id: &DeviceId,
+        max_pin_attempts: u32,
+    ) -> Result<PinCheck, StoreError> {
+        let counted: i64 = self
+            .run(
+                "device_pin_check",
+                &self.scripts.pin_check,
+                self.device_key(id),
+                false,
+                &[&max_pin_attempts.to_string()],
+            )
+            .await?;
+        Ok(match counted {
+            -1 => PinCheck::UnknownDevice,
+            -2 => PinCheck::Exhausted,
+            counted => PinCheck::Allowed {
+                counted: u32::try_from(counted).map_err(|_| corrupt("PIN counter out of range"))?,
+            },
+        })
+    }
+
+    async fn settle_pin_failure(
         &self,
         id: &DeviceId,
         max_pin_attempts: u32,
