@@ -116,7 +116,7 @@ fn main() {
         let req = black_box(&template);
         let scheme = facts::scheme(peer, req, &[], false);
         let client_ip = facts::client_ip(peer, req, &[]);
-        let view = RequestView::read(req, client_ip, &RouterModel::default(), false)
+        let view = RequestView::read(req, client_ip, &RouterModel::default(), &policies)
             .expect("the bench request is readable");
         black_box((scheme, view.decide(&policies).decision));
     });

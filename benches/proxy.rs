@@ -427,7 +427,7 @@ impl ProxyHttp for PlainProxy {
         let _scheme = facts::scheme(peer, req, &[], false);
         let client_ip = facts::client_ip(peer, req, &[]);
         let model = RouterModel::default();
-        let view = RequestView::read(req, client_ip, &model, self.policies.needs_headers())
+        let view = RequestView::read(req, client_ip, &model, &self.policies)
             .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
         assert!(matches!(
             view.decide(&self.policies).decision,
@@ -594,6 +594,7 @@ fn main() {
             Target::new("x", "plain pingora + X-Forwarded-* GET /", Method::GET, format!("{forwarding_base}/"), user_headers(), Some(forwarding_pid)),
         ];
         let (a, p, b, c, q, x) = (0, 1, 2, 3, 4, 5);
+        if std::env::var_os(ONLY_CALLGRIND_ENV).is_none() {
         println!(
             "proxy benchmark: {ROUNDS} rounds x {REQUESTS_PER_ROUND} requests per path, {CONNECTIONS} keep-alive \
              connections, {} B answers; release stepgate (memory store, 1 worker thread)",
@@ -706,6 +707,7 @@ fn main() {
             per_round(q, x, &cpu_ratio),
             per_round(b, q, &cpu_ratio)
         );
+        }
 
         if std::env::var_os(SKIP_CALLGRIND_ENV).is_some() {
             return;
@@ -750,7 +752,9 @@ fn main() {
         );
         let mut counts = Vec::new();
         for path in &counted {
-            counts.push(count_instructions(path, dir.path()).await);
+            let dumps = std::env::var_os(CALLGRIND_DIR_ENV)
+                .map_or_else(|| dir.path().to_path_buf(), std::path::PathBuf::from);
+            counts.push(count_instructions(path, &dumps).await);
         }
         println!("| path | instructions per request | vs plain pingora (p) |");
         println!("| --- | --- | --- |");
@@ -781,6 +785,11 @@ fn main() {
 
 /// Set to skip the callgrind phase (it takes about a minute per path).
 const SKIP_CALLGRIND_ENV: &str = "STEPGATE_BENCH_SKIP_CALLGRIND";
+/// Set to skip the timing phase (to iterate on instruction counts).
+const ONLY_CALLGRIND_ENV: &str = "STEPGATE_BENCH_ONLY_CALLGRIND";
+/// A folder to keep the callgrind dumps in (`callgrind.<path>.out.1`, for `callgrind_annotate`);
+/// by default they go with the bench's temporary folder.
+const CALLGRIND_DIR_ENV: &str = "STEPGATE_BENCH_CALLGRIND_DIR";
 /// Requests counted per path under callgrind (after a warm-up).
 const COUNTED_REQUESTS: usize = 2_000;
 

@@ -179,7 +179,7 @@ fn check_policy(
         .map(|upstream| upstream.router)
         .unwrap_or_default();
     let policies = &settings.policies;
-    let view = match RequestView::read(&req, ip, &router, policies.needs_headers()) {
+    let view = match RequestView::read(&req, ip, &router, policies) {
         Ok(view) => view,
         Err(why) => {
             println!("{method} {url}\ndecision: refused with 400: {why}");

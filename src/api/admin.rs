@@ -110,6 +110,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .nest("/admin/v1", routes)
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(super::refuse_unreadable_paths))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 

@@ -12,11 +12,17 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::domain::canonical::Unreadable;
+
 /// Failures an API handler can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("not found")]
     NotFound,
+    /// The path can be read more than one way (encoded slash or NUL, backslash, dot segments
+    /// above the root...): refused on every listener, as the proxy refuses it.
+    #[error("unreadable path: {0}")]
+    UnreadablePath(Unreadable),
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
     #[error("client authentication failed: {0}")]
@@ -108,6 +114,11 @@ impl IntoResponse for ApiError {
         }
         match self {
             ApiError::NotFound => oauth(StatusCode::NOT_FOUND, "not_found", "No such resource."),
+            ApiError::UnreadablePath(why) => oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("The request could not be read: {why}."),
+            ),
             ApiError::StoreUnavailable(_) => oauth(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",

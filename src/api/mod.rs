@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::settings::ApiScope;
+use crate::domain::canonical::{RouterModel, canonical_path};
 use crate::service::health::Readiness;
 
 /// Form bodies of this API are small; anything larger is refused before it is read.
@@ -59,7 +60,19 @@ pub fn router(state: ApiState) -> Router {
         .merge(end_user::router(state.end_user))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(gate, version_gate))
+        .layer(middleware::from_fn(refuse_unreadable_paths))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Refuses with 400 a path that can be read more than one way, with the proxy's rules
+/// (`domain::canonical`): the API routes paths literally, so such a path could only ever be a
+/// 404 here, but a front proxy or the app may read it otherwise, and every listener of the
+/// gate answers it the same way.
+pub async fn refuse_unreadable_paths(request: Request, next: Next) -> Response {
+    match canonical_path(request.uri().path(), &RouterModel::default()) {
+        Ok(_) => next.run(request).await,
+        Err(why) => error::ApiError::UnreadablePath(why).into_response(),
+    }
 }
 
 /// What the version gate needs: the minimum, and the clients and switch of the API it guards.

@@ -229,41 +229,77 @@ fn split_target<'a>(target: &'a str, method: &str) -> Result<TargetParts<'a>, Un
 /// Lower case, without port and trailing dot; `None` for anything that is neither a DNS-style
 /// name nor an IP literal.
 pub fn canonical_host(text: &str) -> Result<Cow<'_, str>, Unreadable> {
-    let text = text.trim_matches([' ', '\t']);
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let text = match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(first), Some(last)) if blank(first) || blank(last) => text.trim_matches([' ', '\t']),
+        _ => text,
+    };
     if let Some(rest) = text.strip_prefix('[') {
         let (inside, after) = rest.split_once(']').ok_or(Unreadable::BadHost)?;
         inside
             .parse::<Ipv6Addr>()
             .map_err(|_| Unreadable::BadHost)?;
-        if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) {
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|port| valid_port(port.as_bytes())))
+        {
             return Err(Unreadable::BadHost);
         }
         return Ok(lower(inside));
     }
-    let name = match text.rsplit_once(':') {
-        Some((name, port)) if valid_port(port) => name,
+    // One pass over the bytes (this runs on every proxied request): the last colon splits off
+    // the port; each label is checked as it goes.
+    let bytes = text.as_bytes();
+    let name = match bytes.iter().rposition(|&b| b == b':') {
+        Some(colon) if valid_port(&bytes[colon + 1..]) => &text[..colon],
         Some(_) => return Err(Unreadable::BadHost),
         None => text,
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    let label = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label) {
+    if name.is_empty() || name.len() > 253 {
         return Err(Unreadable::BadHost);
     }
-    Ok(lower(name))
+    let mut label_length = 0;
+    let mut upper = false;
+    for &b in name.as_bytes() {
+        match b {
+            b'.' if label_length == 0 => return Err(Unreadable::BadHost),
+            b'.' => label_length = 0,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label_length += 1,
+            b'A'..=b'Z' => {
+                upper = true;
+                label_length += 1;
+            }
+            _ => return Err(Unreadable::BadHost),
+        }
+        if label_length > 63 {
+            return Err(Unreadable::BadHost);
+        }
+    }
+    if label_length == 0 {
+        return Err(Unreadable::BadHost);
+    }
+    Ok(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
-fn valid_port(port: &str) -> bool {
-    // An empty port is allowed by RFC 3986 (`host:`) and means the default.
-    port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u32>().map_or(port.is_empty(), |p| p <= 65_535)
+/// An empty port is allowed by RFC 3986 (`host:`) and means the default.
+fn valid_port(port: &[u8]) -> bool {
+    if port.len() > 5 {
+        return false;
+    }
+    let mut value: u32 = 0;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        value = value * 10 + u32::from(b - b'0');
+    }
+    value <= 65_535
 }
 
 fn lower(text: &str) -> Cow<'_, str> {
@@ -432,9 +468,17 @@ fn decode_segment(segment: &str) -> Result<String, Unreadable> {
 /// Where the extension of the last segment starts (`/a/transfer.json` -> the dot), when
 /// there is one that leaves a non-empty name.
 fn suffix_dot(path: &str) -> Option<usize> {
-    let start = path.rfind('/')? + 1;
-    let dot = path[start..].find('.')?;
-    (dot > 0).then_some(start + dot)
+    // One backward pass over the last segment: the first dot in it, unless the segment starts
+    // with it.
+    let mut first_dot = None;
+    for (at, &b) in path.as_bytes().iter().enumerate().rev() {
+        match b {
+            b'/' => return first_dot.filter(|&dot| dot > at + 1),
+            b'.' => first_dot = Some(at),
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]

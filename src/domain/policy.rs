@@ -410,6 +410,14 @@ impl PolicySet {
             .any(|policy| !policy.matcher.headers.is_empty())
     }
 
+    /// Whether some rule names methods (else no reading of the method can change a decision,
+    /// and callers need not look for method overrides).
+    pub fn names_methods(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|policy| !policy.matcher.methods.is_empty())
+    }
+
     /// The first matching rule (or `None` and the default).
     pub fn decide(&self, facts: &RequestFacts) -> (Option<&Policy>, &Decision) {
         match self.policies.iter().find(|p| p.matcher.matches(facts)) {

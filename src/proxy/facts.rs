@@ -110,13 +110,16 @@ pub struct RequestView<'r> {
 }
 
 impl<'r> RequestView<'r> {
-    /// Reads `req` under `model`; `Err` when it cannot be read one way only (refuse with 400).
+    /// Reads `req` under `model` for deciding with `policies`; `Err` when it cannot be read one
+    /// way only (refuse with 400). Headers are collected, and method overrides looked for, only
+    /// when some policy can tell them apart.
     pub fn read(
         req: &'r RequestHeader,
         client_ip: Option<IpAddr>,
         model: &RouterModel,
-        with_headers: bool,
+        policies: &PolicySet,
     ) -> Result<Self, Unreadable> {
+        let with_headers = policies.needs_headers();
         let mut hosts = req.headers.get_all(HOST).iter();
         let raw = RawRequest {
             method: req.method.as_str(),
@@ -139,7 +142,7 @@ impl<'r> RequestView<'r> {
             any_method: false,
             folded: model.case_insensitive,
         };
-        if model.method_override {
+        if model.method_override && policies.names_methods() {
             // `_method` in a form or query string: only POST is overridden that way.
             view.any_method = view.canonical.method == "POST";
             // One pass over the names: cheaper than a hash lookup for each of the three, and
@@ -284,6 +287,25 @@ pub fn prepare_upstream(
 /// The peer address as a header value, IPv4 written by hand: `Display` costs more than the
 /// rest of the header rewrite together, and every proxied request needs it.
 fn address_value(ip: IpAddr) -> pingora::Result<HeaderValue> {
+    // Requests come in runs from one peer (keep-alive connections, a front load balancer): the
+    // last peer's value is kept per thread and shared, instead of written and copied anew.
+    thread_local! {
+        static LAST_PEER: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST_PEER.with_borrow_mut(|last| {
+        if let Some((peer, value)) = last.as_ref()
+            && *peer == ip
+        {
+            return Ok(value.clone());
+        }
+        let value = write_address(ip)?;
+        *last = Some((ip, value.clone()));
+        Ok(value)
+    })
+}
+
+fn write_address(ip: IpAddr) -> pingora::Result<HeaderValue> {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::try_from(ip.to_string())
             .map_err(|_| invalid_header("X-Forwarded-For"));

@@ -92,11 +92,18 @@ pub struct Ctx {
     peer_ip: Option<IpAddr>,
     /// The socket peer is one of `proxy.trusted_proxies`.
     peer_trusted: bool,
-    /// The request target to send upstream instead of the received one (`CanonicalRequest`).
-    forward_target: Option<String>,
-    /// The `Host` to send upstream when the host came from an absolute-form target.
-    forward_host: Option<String>,
+    /// What to send upstream instead of what was received, when the two differ (rare: boxed,
+    /// so that the context pingora moves with every request stays small).
+    rewrite: Option<Box<Rewrite>>,
     scheme: &'static str,
+}
+
+/// The request target and `Host` sent upstream in the form that was matched
+/// (`CanonicalRequest::forward_target`, `forward_host`).
+struct Rewrite {
+    target: Option<String>,
+    /// Set when the host came from an absolute-form target.
+    host: Option<String>,
 }
 
 impl Ctx {
@@ -116,8 +123,7 @@ impl ProxyHttp for StepGateProxy {
             decision: "allow",
             peer_ip: None,
             peer_trusted: false,
-            forward_target: None,
-            forward_host: None,
+            rewrite: None,
             scheme: "http",
         }
     }
@@ -146,11 +152,13 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        if let Some(target) = &ctx.forward_target {
-            upstream_request.set_raw_path(target.as_bytes())?;
-        }
-        if let Some(host) = ctx.forward_host.take() {
-            upstream_request.insert_header(http::header::HOST, host)?;
+        if let Some(rewrite) = ctx.rewrite.take() {
+            if let Some(target) = rewrite.target {
+                upstream_request.set_raw_path(target.as_bytes())?;
+            }
+            if let Some(host) = rewrite.host {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
         }
         if let Some(identity) = &self.state.identity {
             identity.strip_forged(upstream_request, ctx.peer_trusted);
@@ -203,16 +211,15 @@ impl StepGateProxy {
         ctx.scheme = facts::scheme(ctx.peer_ip, req, trusted, false);
         let policies = self.state.policies.current();
         let client_ip = facts::client_ip(ctx.peer_ip, req, trusted);
-        let view =
-            match RequestView::read(req, client_ip, &self.state.router, policies.needs_headers()) {
-                Ok(view) => view,
-                Err(unreadable) => {
-                    ctx.decision = "invalid";
-                    tracing::debug!(%unreadable, "request refused as unreadable");
-                    let refusal = Refusal::Unreadable(unreadable);
-                    return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
-                }
-            };
+        let view = match RequestView::read(req, client_ip, &self.state.router, &policies) {
+            Ok(view) => view,
+            Err(unreadable) => {
+                ctx.decision = "invalid";
+                tracing::debug!(%unreadable, "request refused as unreadable");
+                let refusal = Refusal::Unreadable(unreadable);
+                return Next::Reply(Reply::refusal(&refusal, wants_html(req)));
+            }
+        };
         let path = view.canonical.path.as_ref();
         if path.starts_with(PREFIX) || path == "/.stepgate" {
             ctx.policy = Some("stepgate".to_owned());
@@ -220,8 +227,12 @@ impl StepGateProxy {
             return Next::Endpoint;
         }
         // Sent upstream in the form that was matched, never in another.
-        ctx.forward_target = view.canonical.forward_target.clone();
-        ctx.forward_host = view.canonical.forward_host.clone();
+        if view.canonical.forward_target.is_some() || view.canonical.forward_host.is_some() {
+            ctx.rewrite = Some(Box::new(Rewrite {
+                target: view.canonical.forward_target.clone(),
+                host: view.canonical.forward_host.clone(),
+            }));
+        }
         let verdict = view.decide(&policies);
         ctx.policy = verdict.policy.map(|policy| policy.name.clone());
         match verdict.decision {
@@ -413,16 +424,27 @@ impl StepGateProxy {
         }
         let req = session.req_header();
         // The target as matched: canonicalizing refused anything that is not UTF-8.
-        let uri = match &ctx.forward_target {
+        let forward_target = ctx.rewrite.as_ref().and_then(|r| r.target.as_ref());
+        let forward_host = ctx.rewrite.as_ref().and_then(|r| r.host.as_ref());
+        let uri = match forward_target {
             Some(target) => target.clone(),
             None => String::from_utf8_lossy(req.raw_path()).into_owned(),
         };
+        let identity = self.state.identity.as_ref();
         let mut headers: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
+            // The replay goes upstream like any forwarded request: a client's copies of the
+            // trusted identity headers never reach the app, and the host is the one matched.
+            .filter(|(name, _)| {
+                let forged = identity
+                    .is_some_and(|identity| identity.is_forged(name.as_str(), ctx.peer_trusted));
+                let replaced_host = forward_host.is_some() && *name == http::header::HOST;
+                !forged && !replaced_host
+            })
             .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
             .collect();
-        if let Some(host) = &ctx.forward_host {
+        if let Some(host) = forward_host {
             headers.push(("host".to_owned(), host.as_bytes().to_vec()));
         }
         Ok(Ok(OriginalRequest {

@@ -30,7 +30,14 @@ pub enum ReplayError {
 }
 
 pub fn peer(upstream: &UpstreamSettings) -> HttpPeer {
-    let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.sni.clone());
+    // A plain-HTTP upstream has no SNI: an empty name also spares cloning a string for every
+    // proxied request (pingora clones the peer per request).
+    let sni = if upstream.tls {
+        upstream.sni.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(upstream.addr, upstream.tls, sni);
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = Some(READ_TIMEOUT);
     peer

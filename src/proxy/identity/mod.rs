@@ -126,6 +126,20 @@ impl IdentitySource {
     /// Removes from a request about to go upstream what only a trusted layer may set (identity
     /// headers sent by an untrusted client). Runs on every forwarded request: without such
     /// headers it costs two lookups and allocates nothing.
+    /// Whether a header named `name` (lower case) on a request from this peer is one only a
+    /// trusted layer may set: a held request keeps no such header for its replay.
+    pub fn is_forged(&self, name: &str, peer_trusted: bool) -> bool {
+        let Kind::Header(source) = &self.kind else {
+            return false;
+        };
+        !(peer_trusted || source.from_any_peer)
+            && (name == source.user.as_str()
+                || source
+                    .phone
+                    .as_ref()
+                    .is_some_and(|phone| name == phone.as_str()))
+    }
+
     pub fn strip_forged(&self, req: &mut RequestHeader, peer_trusted: bool) {
         let Kind::Header(source) = &self.kind else {
             return;
@@ -136,10 +150,10 @@ impl IdentitySource {
         if req.headers.contains_key(&source.user) {
             req.remove_header(&source.user);
         }
-        if let Some(phone) = &source.phone {
-            if req.headers.contains_key(phone) {
-                req.remove_header(phone);
-            }
+        if let Some(phone) = &source.phone
+            && req.headers.contains_key(phone)
+        {
+            req.remove_header(phone);
         }
     }
 }
