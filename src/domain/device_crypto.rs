@@ -212,10 +212,8 @@ pub fn server_secret(secret: &SecretKey, device: Option<&DeviceId>) -> p256::Sec
         };
         // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
         let expanded = hkdf.expand(candidate_info.as_bytes(), &mut okm).is_ok();
-        if expanded {
-            if let Ok(key) = p256::SecretKey::from_bytes(&okm.into()) {
-                return key;
-            }
+        if expanded && let Ok(key) = p256::SecretKey::from_bytes(&okm.into()) {
+            return key;
         }
         attempt = attempt.wrapping_add(1);
     }

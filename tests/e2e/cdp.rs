@@ -79,11 +79,11 @@ impl Browser {
         loop {
             let text = fs::read_to_string(&announced).unwrap_or_default();
             let mut lines = text.lines();
-            if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                if path.starts_with("/devtools/browser/") {
-                    browser.ws_url = format!("ws://127.0.0.1:{}{path}", port.trim());
-                    return browser;
-                }
+            if let (Some(port), Some(path)) = (lines.next(), lines.next())
+                && path.starts_with("/devtools/browser/")
+            {
+                browser.ws_url = format!("ws://127.0.0.1:{}{path}", port.trim());
+                return browser;
             }
             if let Ok(Some(status)) = browser.child.try_wait() {
                 panic!(

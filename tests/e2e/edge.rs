@@ -51,7 +51,11 @@ fn gate(upstream: &RecordingUpstream) -> Gate {
 /// Sends `head` (request line and headers, each ending in CRLF, without the blank line) and `body` as they are,
 /// and returns the status code and the whole answer.
 fn raw(gate: &Gate, head: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(gate.proxy).unwrap();
+    raw_to(gate.proxy, head, body)
+}
+
+fn raw_to(listener: std::net::SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(listener).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -261,4 +265,33 @@ fn a_confirmation_that_could_be_read_two_ways_is_refused_before_a_code_is_sent()
     let outbox = std::fs::read_to_string(gate.dir().join("outbox.jsonl")).unwrap_or_default();
     assert_eq!(outbox.lines().count(), 1, "{outbox}");
     assert!(upstream.seen().is_empty());
+}
+
+#[test]
+fn the_api_listener_refuses_unreadable_paths_as_the_proxy_does() {
+    let upstream = RecordingUpstream::start();
+    let gate = gate(&upstream);
+    let unreadable = [
+        "/oauth/api/v4/authenticate/user%2F..%2Fx",
+        "/oauth/api/v4/authenticate/user/a%00b",
+        "/oauth/api/v4/authenticate\\user",
+        "/oauth/../../health",
+        "/oauth/api/v4/authenticate/%252e%252e/user",
+        "/health/%zz",
+    ];
+    for listener in [gate.api, gate.proxy] {
+        for path in unreadable {
+            let (status, answer) = raw_to(
+                listener,
+                &format!("POST {path} HTTP/1.1\r\nHost: bank.example\r\n{FORM}"),
+                "type=sms_code",
+            );
+            assert_eq!(status, 400, "{listener} {path}: {answer}");
+            assert!(answer.contains("invalid_request"), "{path}: {answer}");
+        }
+    }
+    assert!(upstream.seen().is_empty());
+    // A plain path still routes.
+    let (status, answer) = raw_to(gate.api, "GET /health HTTP/1.1\r\nHost: x\r\n", "");
+    assert_eq!(status, 200, "{answer}");
 }

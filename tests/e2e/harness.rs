@@ -19,9 +19,48 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// A loopback address for a server a test starts in another process (which binds it itself).
+///
+/// Ports come from below the kernel's ephemeral range, so no outgoing connection of any test
+/// (whose local port the kernel picks from that range) can take one between this check and the
+/// server's bind; a port is handed out once per test process, picked at random so that test
+/// processes running side by side rarely try the same one; and `GateBuilder::start` starts
+/// again on fresh ports in the rare case a bind still fails.
 pub fn free_addr() -> SocketAddr {
-    let socket = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    socket.local_addr().expect("local addr")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (low, high) = below_ephemeral_range();
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    for _ in 0..10_000 {
+        let port = low + (rand_suffix() % u128::from(high - low)) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if let Ok(socket) = TcpListener::bind(("127.0.0.1", port)) {
+            handed_out.insert(port);
+            return socket.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Ports no outgoing connection is given: from 10000 up to the start of the kernel's ephemeral
+/// range (`ip_local_port_range`, 32768 by default).
+fn below_ephemeral_range() -> (u16, u16) {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual range: fall back to the ports above it.
+        (61_000, 65_000)
+    }
 }
 
 pub fn client() -> reqwest::Client {
@@ -121,7 +160,25 @@ impl GateBuilder {
         )
     }
 
-    pub fn start(self) -> Gate {
+    pub fn start(mut self) -> Gate {
+        // Another process may still take a port between `free_addr` and the gate's bind: then
+        // the gate stops at once saying so, and starts again on fresh ports.
+        for _ in 0..3 {
+            match self.try_start() {
+                Ok(gate) => return gate,
+                Err(log) => {
+                    eprintln!("a port was taken; starting again:\n{log}");
+                    self.admin = free_addr();
+                }
+            }
+        }
+        self.try_start()
+            .unwrap_or_else(|log| panic!("stepgate did not come up; log:\n{log}"))
+    }
+
+    /// Starts the gate; `Err` (its log) when it stopped because one of its addresses was in
+    /// use.
+    fn try_start(&self) -> Result<Gate, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (api, metrics, proxy) = (free_addr(), free_addr(), free_addr());
         let config = dir.path().join("config.yaml");
@@ -136,8 +193,11 @@ impl GateBuilder {
         let mut gate = Gate::spawn(dir, config, api, metrics, &self.env);
         gate.proxy = proxy;
         gate.admin = self.admin;
-        gate.wait_until_live();
-        gate
+        if gate.wait_until_live() {
+            Ok(gate)
+        } else {
+            Err(gate.log_text())
+        }
     }
 }
 
@@ -255,13 +315,23 @@ impl Gate {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_until_live(&self) {
+    /// Waits until the API and metrics listeners accept connections; `false` when the gate
+    /// stopped because an address was in use. Panics when it stopped for another reason or
+    /// did not come up in time.
+    fn wait_until_live(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = self.log_text();
+                if log.to_ascii_lowercase().contains("address already in use") {
+                    return false;
+                }
+                panic!("stepgate stopped ({status}) before it came up; log:\n{log}");
+            }
             if std::net::TcpStream::connect(self.api).is_ok()
                 && std::net::TcpStream::connect(self.metrics).is_ok()
             {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -49,6 +49,23 @@ fn against(fake: &FakeTwilio) -> SmsSettings {
     )
 }
 
+/// The Twilio sender records into this process's one metrics registry, which every test of this
+/// binary shares (under `cargo test` they run as threads of one process): tests that send
+/// through Twilio take turns, so a test can read exact counts as differences.
+async fn counting_twilio_sends() -> tokio::sync::MutexGuard<'static, ()> {
+    static TWILIO_SENDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TWILIO_SENDS.lock().await
+}
+
+/// A sample's value in this process's metrics (0 when absent).
+fn metric(series: &str) -> u64 {
+    let (_, body) = stepgate::telemetry::metrics::render();
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
 fn message(from: Option<&str>) -> SmsMessage {
     SmsMessage {
         to: "+31612345678".to_owned(),
@@ -59,9 +76,13 @@ fn message(from: Option<&str>) -> SmsMessage {
 
 #[tokio::test]
 async fn twilio_sends_from_the_type_sender_or_the_default_number() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     let sender = build(&against(&fake)).unwrap();
     assert_eq!(sender.gateway(), "twilio");
+    let sent = r#"stepgate_sms_sent_total{gateway="twilio",result="sent"}"#;
+    let timed = r#"stepgate_sms_send_duration_seconds_count{gateway="twilio"}"#;
+    let (sent_before, timed_before) = (metric(sent), metric(timed));
     sender.send(&message(Some("MyBank"))).await.unwrap();
     sender.send(&message(None)).await.unwrap();
     let body = message(None).body;
@@ -80,20 +101,13 @@ async fn twilio_sends_from_the_type_sender_or_the_default_number() {
             },
         ]
     );
-    let (_, metrics) = stepgate::telemetry::metrics::render();
-    let metrics = String::from_utf8(metrics).unwrap();
-    assert!(
-        metrics.contains(r#"stepgate_sms_sent_total{gateway="twilio",result="sent"} 2"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"stepgate_sms_send_duration_seconds_count{gateway="twilio"} 2"#),
-        "{metrics}"
-    );
+    assert_eq!(metric(sent) - sent_before, 2);
+    assert_eq!(metric(timed) - timed_before, 2);
 }
 
 #[tokio::test]
 async fn a_refused_type_sender_asks_for_the_default_number() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     fake.set_refuse_alphanumeric_senders(true);
     let sender = build(&against(&fake)).unwrap();
@@ -125,6 +139,7 @@ async fn a_refused_type_sender_asks_for_the_default_number() {
 
 #[tokio::test]
 async fn twilio_failures_are_unavailable_and_bad_credentials_rejected() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     fake.set_fail(true);
     let sender = build(&against(&fake)).unwrap();
@@ -154,6 +169,7 @@ async fn twilio_failures_are_unavailable_and_bad_credentials_rejected() {
 
 #[tokio::test]
 async fn the_startup_check_fails_on_wrong_credentials() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     startup_check(&against(&fake)).await.unwrap();
 
@@ -200,6 +216,7 @@ async fn the_startup_check_fails_on_wrong_credentials() {
 
 #[tokio::test]
 async fn a_slow_provider_times_out_as_unavailable() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     fake.set_delay(Duration::from_secs(3));
     let mut settings = against(&fake);
@@ -234,6 +251,7 @@ fn redirector(target: String) -> Server {
 
 #[tokio::test]
 async fn redirects_are_never_followed() {
+    let _counting = counting_twilio_sends().await;
     let fake = FakeTwilio::start().await;
     let redirect = redirector(fake.base_url());
     let settings = sms_settings(

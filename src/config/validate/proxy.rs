@@ -396,13 +396,13 @@ fn jwt(raw: &schema::Jwt, base: &Path, problems: &mut Problems) -> Option<JwtSet
             "empty (expected a claim name such as sub)",
         );
     }
-    if let Some(cookie) = &raw.cookie {
-        if !valid_cookie_name(cookie.trim()) {
-            problems.add(
-                "proxy.identity.jwt.cookie",
-                format!("'{cookie}' is not a cookie name"),
-            );
-        }
+    if let Some(cookie) = &raw.cookie
+        && !valid_cookie_name(cookie.trim())
+    {
+        problems.add(
+            "proxy.identity.jwt.cookie",
+            format!("'{cookie}' is not a cookie name"),
+        );
     }
     if raw.leeway_seconds > 300 {
         problems.add(
@@ -476,11 +476,11 @@ pub fn jwks_keys(set: &JwkSet, algorithm: Algorithm) -> (KeysById, Vec<(usize, S
             skipped.push((i, format!("not a {algorithm:?} key")));
             continue;
         }
-        if let Some(alg) = jwk.common.key_algorithm {
-            if format!("{alg:?}") != format!("{algorithm:?}") {
-                skipped.push((i, format!("its alg is {alg:?}, not {algorithm:?}")));
-                continue;
-            }
+        if let Some(alg) = jwk.common.key_algorithm
+            && format!("{alg:?}") != format!("{algorithm:?}")
+        {
+            skipped.push((i, format!("its alg is {alg:?}, not {algorithm:?}")));
+            continue;
         }
         if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature) {
             skipped.push((i, "its use is not sig".to_owned()));
