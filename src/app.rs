@@ -381,6 +381,12 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         Arc::new(notify::callback::CallbackSender::new(
             &settings.callbacks,
             None,
+            &[
+                settings.listen.proxy,
+                settings.listen.api,
+                settings.listen.metrics,
+                settings.listen.admin,
+            ],
         )?),
         clock.clone(),
         CallbackWorkerOptions::new(settings.callbacks.max_attempts, settings.callbacks.timeout),

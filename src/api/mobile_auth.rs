@@ -4,7 +4,7 @@
 //! form-encoded, answers JSON; every call first authenticates the API client.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,6 +19,7 @@ use super::client_auth::{authenticate, form_fields};
 use super::error::{ApiError, json_response};
 use crate::config::settings::{ApiClient, ApiScope, CallbackSettings};
 use crate::domain::auth_type::{AuthTypes, Method};
+use crate::domain::callback;
 use crate::domain::device::PushEnrollmentMode;
 use crate::domain::ports::StoreError;
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
@@ -219,15 +220,35 @@ fn check_callback(state: &MobileAuthState, uri: &str) -> Result<(), ApiError> {
         .ok()
         .filter(|url| matches!(url.scheme(), "http" | "https"))
         .ok_or_else(|| ApiError::InvalidParameter("callback_uri is not an http(s) URL".into()))?;
-    if state.callbacks.only_allow_configured
-        && !state
-            .callbacks
-            .endpoints
-            .iter()
-            .any(|endpoint| endpoint.url == parsed)
-    {
+    let configured = state
+        .callbacks
+        .endpoints
+        .iter()
+        .any(|endpoint| endpoint.url == parsed);
+    if state.callbacks.only_allow_configured && !configured {
         return Err(ApiError::InvalidParameter(
             "callback_uri is not a configured callback endpoint".into(),
+        ));
+    }
+    // A literal internal address is refused at once; a name is checked on the addresses it
+    // resolves to when the callback is sent (`notify::callback`).
+    let literal = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    if !configured
+        && literal.is_some_and(|ip| {
+            callback::is_internal(ip)
+                && !state
+                    .callbacks
+                    .allowed_networks
+                    .iter()
+                    .any(|net| net.contains(&ip))
+        })
+    {
+        return Err(ApiError::InvalidParameter(
+            "callback_uri points at an internal address".into(),
         ));
     }
     Ok(())

@@ -249,9 +249,13 @@ impl AuthType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Callbacks {
-    /// When on, init only accepts a `callback_uri` that exactly matches an endpoint below.
+    /// When on (the default), init only accepts a `callback_uri` that exactly matches an
+    /// endpoint below.
     pub only_allow_configured: bool,
     pub endpoints: Vec<CallbackEndpoint>,
+    /// With `only_allow_configured: false`: internal networks (loopback, private, link-local...)
+    /// that callbacks may still reach; none by default.
+    pub allowed_networks: Vec<String>,
     /// Delivery attempts per callback (the first included) before it is given up; retries
     /// back off exponentially from 1 s up to 5 minutes.
     pub max_attempts: u32,
@@ -267,8 +271,9 @@ impl Callbacks {
 impl Default for Callbacks {
     fn default() -> Self {
         Self {
-            only_allow_configured: false,
+            only_allow_configured: true,
             endpoints: Vec::new(),
+            allowed_networks: Vec::new(),
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             timeout_ms: Self::DEFAULT_TIMEOUT_MS,
         }

@@ -309,6 +309,9 @@ impl fmt::Debug for ApiClient {
 pub struct CallbackSettings {
     pub only_allow_configured: bool,
     pub endpoints: Vec<CallbackEndpoint>,
+    /// Internal networks a callback may reach although it is not a configured endpoint
+    /// (`domain::callback::is_internal` refuses the rest).
+    pub allowed_networks: Vec<ipnet::IpNet>,
     /// Delivery attempts per callback, the first included (at least 1).
     pub max_attempts: u32,
     /// Limit on one whole callback request (connect, send, answer).
@@ -318,8 +321,9 @@ pub struct CallbackSettings {
 impl Default for CallbackSettings {
     fn default() -> Self {
         Self {
-            only_allow_configured: false,
+            only_allow_configured: true,
             endpoints: Vec::new(),
+            allowed_networks: Vec::new(),
             max_attempts: 10,
             timeout: Duration::from_secs(10),
         }

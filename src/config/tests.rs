@@ -44,7 +44,7 @@ fn an_empty_file_with_a_secret_from_the_environment_uses_defaults() {
 #[test]
 fn three_mistakes_are_all_reported_with_lines_in_file_order() {
     let text = minimal(
-        "listen:\n  api: \"localhost\"\nauth_types:\n  - name: sms\n    method: sms\n    ttl_secondz: 5\n  - name: push\n    method: push\n    fallback: sms_cod\n",
+        "listen:\n  api: \"localhost\"\nauth_types:\n  - name: sms\n    method: sms\n    ttl_secondz: 5\n  - name: push\n    method: push\n    fallback: sms_cod\ncallbacks: { only_allow_configured: false }\n",
     );
     let rendered: Vec<String> = issues_of(&text).iter().map(Issue::to_string).collect();
     assert_eq!(rendered.len(), 3, "{rendered:#?}");
@@ -627,4 +627,35 @@ fn the_admin_listener_defaults_to_loopback_and_must_stand_apart_only_when_used()
     assert!(issues[0].message.contains("already used by listen.api"));
     let issues = issues_of(&minimal("listen: { admin: \"localhost:8082\" }\n"));
     assert_eq!(issues[0].path, "listen.admin");
+}
+
+#[test]
+fn callbacks_reach_only_configured_endpoints_by_default() {
+    let sms_only = minimal(
+        "auth_types:\n  - { name: sms, method: sms, default_messages: { en: \"Code: {code}\" } }\n",
+    );
+    let settings = load_str(&sms_only, Path::new("c.yaml"), &no_env()).unwrap();
+    assert!(settings.callbacks.only_allow_configured);
+    assert!(settings.callbacks.allowed_networks.is_empty());
+
+    // A push type needs somewhere to call back: endpoints, or the switch turned off.
+    let push = minimal(
+        "auth_types:\n  - { name: login, method: push, default_messages: { en: \"Approve\" } }\n",
+    );
+    let rendered: Vec<String> = issues_of(&push).iter().map(Issue::to_string).collect();
+    assert_eq!(rendered.len(), 1, "{rendered:#?}");
+    assert!(
+        rendered[0].contains("callbacks.only_allow_configured: is on (the default)"),
+        "{rendered:#?}"
+    );
+
+    let open = format!(
+        "{push}callbacks:\n  only_allow_configured: false\n  allowed_networks: [\"10.20.0.0/16\", \"fd00::1\", \"not-a-net\"]\n"
+    );
+    let rendered: Vec<String> = issues_of(&open).iter().map(Issue::to_string).collect();
+    assert_eq!(rendered.len(), 1, "{rendered:#?}");
+    assert!(
+        rendered[0].contains("callbacks.allowed_networks[2]: 'not-a-net' is not a network"),
+        "{rendered:#?}"
+    );
 }

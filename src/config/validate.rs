@@ -88,7 +88,11 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     }
     let api_clients = api_clients(&file.api_clients, &mut problems);
     let auth_types = auth_types(&file.auth_types, max_message_length, &mut problems);
-    let callbacks = callbacks(&file.callbacks, &mut problems);
+    let uses_callbacks = file
+        .auth_types
+        .iter()
+        .any(|auth_type| auth_type.method.starts_with("push") || auth_type.method == "otp");
+    let callbacks = callbacks(&file.callbacks, uses_callbacks, &mut problems);
     let rate_limits = rate_limits(&file.rate_limits, &mut problems);
     let sms = sms(&file.sms, &mut problems);
     let default_decision = default_action(&file.proxy, &mut problems);
@@ -642,7 +646,11 @@ fn auth_type(
     })
 }
 
-fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> CallbackSettings {
+fn callbacks(
+    callbacks: &schema::Callbacks,
+    uses_callbacks: bool,
+    problems: &mut Problems,
+) -> CallbackSettings {
     let mut seen = HashSet::new();
     let mut endpoints = Vec::new();
     for (i, endpoint) in callbacks.endpoints.iter().enumerate() {
@@ -673,8 +681,18 @@ fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> Callback
         };
         endpoints.push(CallbackEndpoint { url, basic_auth });
     }
-    if callbacks.only_allow_configured && callbacks.endpoints.is_empty() {
-        problems.add("callbacks.only_allow_configured", "no endpoints are configured, so every push and otp init would be refused (expected endpoints, or false)");
+    if uses_callbacks && callbacks.only_allow_configured && callbacks.endpoints.is_empty() {
+        problems.add("callbacks.only_allow_configured", "is on (the default) but no endpoints are configured, so every push and otp init would be refused (expected callbacks.endpoints with the portal's callback URLs, or only_allow_configured: false)");
+    }
+    let mut allowed_networks = Vec::new();
+    for (i, network) in callbacks.allowed_networks.iter().enumerate() {
+        match parse_network(network) {
+            Ok(net) => allowed_networks.push(net),
+            Err(_) => problems.add(
+                format!("callbacks.allowed_networks[{i}]"),
+                format!("'{network}' is not a network (expected CIDR such as 10.0.0.0/8 or an IP address)"),
+            ),
+        }
     }
     if !CALLBACK_MAX_ATTEMPTS.contains(&callbacks.max_attempts) {
         problems.add(
@@ -701,6 +719,7 @@ fn callbacks(callbacks: &schema::Callbacks, problems: &mut Problems) -> Callback
     CallbackSettings {
         only_allow_configured: callbacks.only_allow_configured,
         endpoints,
+        allowed_networks,
         max_attempts: callbacks.max_attempts,
         timeout: Duration::from_millis(callbacks.timeout_ms),
     }

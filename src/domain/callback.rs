@@ -10,6 +10,7 @@
 //! May import: nothing else in this crate besides the domain.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,6 +63,48 @@ impl fmt::Debug for CallbackJob {
             .field("due_at", &self.due_at)
             .finish()
     }
+}
+
+/// Whether a callback may not reach `ip` unless an operator allowed it: loopback, private
+/// (RFC 1918, IPv6 unique local), link-local (cloud metadata lives there), shared address space
+/// (RFC 6598), "this network", unspecified, multicast and broadcast addresses, in IPv4 or
+/// IPv4-mapped IPv6 form. A portal is a public service or a configured endpoint; anything else
+/// is how a caller of the API would make stepgate reach what only it can reach.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => internal_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => internal_v4(v4),
+            None => internal_v6(v6),
+        },
+    }
+}
+
+fn internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+    || ip.is_private()
+    || ip.is_link_local()
+    || ip.is_unspecified()
+    || ip.is_multicast()
+    || ip.is_broadcast()
+    || a == 0
+    // 100.64.0.0/10, carrier-grade NAT: inside someone's network.
+    || (a == 100 && (64..128).contains(&b))
+    // 192.0.0.0/24, IETF protocol assignments.
+    || (a == 192 && b == 0 && ip.octets()[2] == 0)
+}
+
+fn internal_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    ip.is_loopback()
+    || ip.is_unspecified()
+    || ip.is_multicast()
+    // fc00::/7 unique local, fe80::/10 link-local.
+    || (first & 0xfe00) == 0xfc00
+    || (first & 0xffc0) == 0xfe80
+    // ::/96 IPv4-compatible (deprecated) addresses of internal IPv4 ones.
+    || (ip.segments()[..6] == [0; 6] && internal_v4(Ipv4Addr::from_bits(ip.to_bits() as u32)))
 }
 
 /// `scheme://host[:port]/path` of `uri`, or a placeholder when it is not a URL.
@@ -214,6 +257,50 @@ mod tests {
     use super::*;
 
     const NOW: Timestamp = Timestamp(1_000_000);
+
+    #[test]
+    fn internal_addresses_are_told_apart_from_public_ones() {
+        let internal = [
+            "127.0.0.1",
+            "127.8.9.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "100.64.0.1",
+            "100.127.255.254",
+            "192.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+        ];
+        for text in internal {
+            assert!(is_internal(text.parse().unwrap()), "{text}");
+        }
+        let public = [
+            "8.8.8.8",
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.0.2.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ];
+        for text in public {
+            assert!(!is_internal(text.parse().unwrap()), "{text}");
+        }
+    }
 
     fn secs_after_now(at: Option<Timestamp>) -> Option<f64> {
         at.map(|at| NOW.until(at).as_secs_f64())

@@ -5,15 +5,25 @@
 //! Timeouts, connection failures, 5xx and 429 are worth retrying; any other answer (another 4xx,
 //! a redirect, which is never followed) is rejected for good.
 //!
+//! A callback to a URL that is not a configured endpoint never reaches an internal address
+//! (`domain::callback::is_internal`: loopback, private, link-local, ...) unless
+//! `callbacks.allowed_networks` allows it, nor one of the gate's own listeners: a literal
+//! address is checked before sending, a name on every address it resolves to, at connect time
+//! (so a name that resolves to a public address when the portal registers it and to an internal
+//! one later, DNS rebinding, is refused too).
+//!
 //! "Exactly that URL" means equal after URL parsing (`url::Url`), which only normalises what
 //! every HTTP client would (scheme and host case, default port, an empty path as `/`); the query
 //! counts. Logs show `scheme://host[:port]/path` only, never the query or the credentials.
 //!
 //! May import: domain, config, `notify` itself.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Serialize;
@@ -23,7 +33,7 @@ use super::NotifyError;
 use super::outbound::describe_failure;
 use super::outgoing::{build, client_builder};
 use crate::config::settings::{CallbackSettings, OutgoingProxySettings};
-use crate::domain::callback::{CallbackDelivery, CallbackError, CallbackJob};
+use crate::domain::callback::{CallbackDelivery, CallbackError, CallbackJob, is_internal};
 
 const PROVIDER: &str = "callback";
 
@@ -48,9 +58,74 @@ struct Credentials {
     password: String,
 }
 
+/// Where a callback that is not a configured endpoint may not go.
+#[derive(Debug, Clone)]
+struct Reach {
+    allowed_networks: Vec<IpNet>,
+    own_listeners: Vec<SocketAddr>,
+}
+
+impl Reach {
+    /// Why `addr` may not be called, if it may not.
+    fn refusal(&self, addr: SocketAddr) -> Option<&'static str> {
+        let ip = addr.ip();
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let own = self.own_listeners.iter().any(|listener| {
+            listener.port() == addr.port()
+                && (listener.ip() == ip || listener.ip().is_unspecified() || ip.is_loopback())
+        });
+        if own {
+            return Some("one of the gate's own listeners");
+        }
+        (is_internal(ip) && !self.allowed_networks.iter().any(|net| net.contains(&ip)))
+            .then_some("an internal address")
+    }
+}
+
+/// A name that resolves only to addresses a callback may not reach.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to no address a callback may reach (internal addresses are refused)")]
+struct Unreachable(String);
+
+/// Resolves names for callbacks that are not configured endpoints, keeping only the
+/// addresses they may reach: what the connection then uses is what was checked.
+struct GuardedResolver {
+    reach: Arc<Reach>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let reach = self.reach.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            // The port is set by the connector; checked here with port 0 for the address
+            // rules, and with the URL's port in `CallbackSender::send` for the listeners.
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let usable: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| reach.refusal(*addr).is_none())
+                .collect();
+            if usable.is_empty() {
+                return Err(Box::new(Unreachable(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(usable.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// Sends portal callbacks. Cheap to share behind an `Arc`.
 pub struct CallbackSender {
+    /// For configured endpoints: the operator chose them.
     client: reqwest::Client,
+    /// For every other URL: resolves through `GuardedResolver`.
+    guarded: reqwest::Client,
+    reach: Arc<Reach>,
+    configured: Vec<Url>,
     credentials: Vec<Credentials>,
     timeout: Duration,
 }
@@ -67,13 +142,24 @@ impl std::fmt::Debug for CallbackSender {
 impl CallbackSender {
     /// A sender with `settings`' credentials and timeout, through `proxy` when given (otherwise
     /// direct: the environment's `HTTP(S)_PROXY` is ignored). Builds no connection yet.
+    /// `own_listeners`: the gate's listening addresses, which a callback never reaches.
     pub fn new(
         settings: &CallbackSettings,
         proxy: Option<&OutgoingProxySettings>,
+        own_listeners: &[SocketAddr],
     ) -> Result<Self, NotifyError> {
-        let builder = client_builder(proxy)
-            .timeout(settings.timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout));
+        let builder = || {
+            client_builder(proxy)
+                .timeout(settings.timeout)
+                .connect_timeout(CONNECT_TIMEOUT.min(settings.timeout))
+        };
+        let reach = Arc::new(Reach {
+            allowed_networks: settings.allowed_networks.clone(),
+            own_listeners: own_listeners.to_vec(),
+        });
+        let guarded = builder().dns_resolver(GuardedResolver {
+            reach: reach.clone(),
+        });
         let credentials = settings
             .endpoints
             .iter()
@@ -87,7 +173,10 @@ impl CallbackSender {
             })
             .collect();
         Ok(Self {
-            client: build(PROVIDER, builder, settings.timeout)?,
+            client: build(PROVIDER, builder(), settings.timeout)?,
+            guarded: build(PROVIDER, guarded, settings.timeout)?,
+            reach,
+            configured: settings.endpoints.iter().map(|e| e.url.clone()).collect(),
             credentials,
             timeout: settings.timeout,
         })
@@ -108,8 +197,13 @@ impl CallbackSender {
             transaction_id: job.transaction_id.to_string(),
         })
         .map_err(|err| CallbackError::Rejected(format!("cannot encode the body: {err}")))?;
-        let mut request = self
-            .client
+        let client = if self.configured.contains(&url) {
+            &self.client
+        } else {
+            self.check_reach(&url)?;
+            &self.guarded
+        };
+        let mut request = client
             .post(url.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8))
             .body(body);
@@ -117,14 +211,41 @@ impl CallbackSender {
             // reqwest marks the Authorization value sensitive, so no debug output shows it.
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|err| CallbackError::Retryable(describe_failure(err, self.timeout)))?;
+        let response = request.send().await.map_err(|err| {
+            // Refused by the guarded resolver: given up for good, like a literal address.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(cause) = source {
+                if let Some(unreachable) = cause.downcast_ref::<Unreachable>() {
+                    return CallbackError::Rejected(unreachable.to_string());
+                }
+                source = cause.source();
+            }
+            CallbackError::Retryable(describe_failure(err, self.timeout))
+        })?;
         let status = response.status();
         // The body is never read or logged: a portal's error page is not ours to keep.
         drop(response);
         classify(status)
+    }
+}
+
+impl CallbackSender {
+    /// Refuses, for good, a URL whose literal address or port the guarded resolver cannot see.
+    fn check_reach(&self, url: &Url) -> Result<(), CallbackError> {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        // A name: its addresses are checked when it resolves (`GuardedResolver`).
+        let refusal = literal.and_then(|ip| self.reach.refusal(SocketAddr::new(ip, port)));
+        match refusal {
+            Some(what) => Err(CallbackError::Rejected(format!(
+                "callback_uri points at {what}, which is refused unless configured (callbacks.endpoints or callbacks.allowed_networks)"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -184,7 +305,7 @@ mod tests {
             }],
             ..CallbackSettings::default()
         };
-        let sender = CallbackSender::new(&settings, None).unwrap();
+        let sender = CallbackSender::new(&settings, None, &[]).unwrap();
         let shown = format!("{sender:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("endpoints_with_credentials: 1"), "{shown}");
@@ -207,8 +328,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn internal_and_own_addresses_are_refused_unless_configured_or_allowed() {
+        // Nothing listens on these: a request that went out would fail as retryable, a refusal
+        // is final and comes before any connection.
+        let own: SocketAddr = "203.0.113.5:8081".parse().unwrap();
+        let sender = CallbackSender::new(&CallbackSettings::default(), None, &[own]).unwrap();
+        let job = |uri: &str| {
+            CallbackJob::new(
+                crate::domain::transaction::TransactionId::random(),
+                uri.to_owned(),
+                crate::domain::clock::Timestamp(0),
+            )
+        };
+        for uri in [
+            "http://127.0.0.1:9/cb",
+            "http://[::1]:9/cb",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.1/cb",
+            "http://[::ffff:192.168.0.1]/cb",
+            "http://localhost:9/cb",
+            "http://203.0.113.5:8081/admin/v1/reload",
+        ] {
+            let err = sender.send(&job(uri)).await.unwrap_err();
+            assert!(!err.is_retryable(), "{uri}: {err}");
+        }
+        // An allowed network is reached (the connection fails, so the error is retryable).
+        let allowed = CallbackSettings {
+            allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],
+            ..CallbackSettings::default()
+        };
+        let sender = CallbackSender::new(&allowed, None, &[]).unwrap();
+        let err = sender
+            .send(&job("http://127.0.0.1:9/cb"))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_to_reachable_addresses_only() {
+        use reqwest::dns::Resolve as _;
+        let resolver = GuardedResolver {
+            reach: Arc::new(Reach {
+                allowed_networks: Vec::new(),
+                own_listeners: Vec::new(),
+            }),
+        };
+        let refused = resolver.resolve("localhost".parse().unwrap()).await;
+        assert!(refused.is_err());
+        let allowing = GuardedResolver {
+            reach: Arc::new(Reach {
+                allowed_networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                own_listeners: Vec::new(),
+            }),
+        };
+        let addrs: Vec<SocketAddr> = allowing
+            .resolve("localhost".parse().unwrap())
+            .await
+            .map_err(|e| e.to_string())
+            .unwrap()
+            .collect();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
     async fn a_uri_that_cannot_be_called_is_rejected_without_a_request() {
-        let sender = CallbackSender::new(&CallbackSettings::default(), None).unwrap();
+        let sender = CallbackSender::new(&CallbackSettings::default(), None, &[]).unwrap();
         let job = |uri: &str| {
             CallbackJob::new(
                 crate::domain::transaction::TransactionId::random(),

@@ -188,6 +188,7 @@ async fn a_user_with_nothing_gets_an_empty_list() {
 auth_types:
   - {{ name: only_push, method: push, default_messages: {{ en: \"Approve\" }} }}
   - {{ name: also_push, method: push_with_pin, fallback: only_push, default_messages: {{ en: \"Approve\" }} }}
+callbacks: {{ only_allow_configured: false }}
 "
         ))
         .start();

@@ -85,7 +85,7 @@ impl Instance {
 
     /// The service without its worker (a gateway about to crash).
     fn idle(queue: Arc<dyn CallbackQueue>, settings: &CallbackSettings, lease: Duration) -> Self {
-        let sender = Arc::new(CallbackSender::new(settings, None).unwrap());
+        let sender = Arc::new(CallbackSender::new(settings, None, &[]).unwrap());
         let options = CallbackWorkerOptions {
             // Exact gaps, so they can be measured.
             jitter: false,
@@ -157,6 +157,9 @@ fn settings(portal: &FakePortal, timeout: Duration, max_attempts: u32) -> Callba
                 basic_auth: None,
             },
         ],
+        // The fake portal is on loopback; URLs other than the two above reach it only
+        // because loopback is allowed here.
+        allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],
         max_attempts,
         timeout,
         ..CallbackSettings::default()
@@ -408,6 +411,32 @@ async fn a_due_timestamp_in_the_past_is_sent_at_once() {
     gate.shut_down().await;
 }
 
+/// A callback_uri that is not a configured endpoint never reaches an internal address: the
+/// fake portal on loopback hears nothing, and the job is given up at once, not retried.
+async fn internal_addresses_are_never_called_back(store: Store) {
+    let portal = FakePortal::start();
+    let prefix = RedisPrefix::new();
+    let mut settings = settings(&portal, Duration::from_secs(5), 10);
+    settings.allowed_networks.clear();
+    let gate = Instance::start(queue(store, &prefix), &settings, LEASE);
+    let given_up = callbacks_total("failed");
+    let unlisted = portal.url("/not-configured");
+    gate.schedule(&unlisted).await;
+    // A name that resolves to loopback: refused on the address it resolves to.
+    gate.schedule(&unlisted.replace("127.0.0.1", "localhost"))
+        .await;
+    // A configured endpoint on the same loopback portal still gets its callback.
+    let listed = gate.schedule(&portal.url("/listed-without-auth")).await;
+    let received = portal.wait_for(1, Duration::from_secs(5)).await;
+    gate.wait_until_drained(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received_now = portal.received();
+    assert_eq!(received_now.len(), 1, "{received_now:#?}");
+    assert_eq!(received[0].json["transaction_id"], listed.to_string());
+    assert!(callbacks_total("failed") >= given_up + 2);
+    gate.shut_down().await;
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -426,4 +455,5 @@ on_both_stores!(
     retries_after_500s_with_growing_gaps,
     a_400_is_not_retried,
     a_hanging_portal_times_out_and_is_retried,
+    internal_addresses_are_never_called_back,
 );

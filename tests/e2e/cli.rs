@@ -40,6 +40,7 @@ auth_types:
   - name: push
     method: push
     fallback: sms_cod
+callbacks: { only_allow_configured: false }
 ",
     )
     .unwrap();

@@ -31,7 +31,8 @@ auth_types:
     fallback: sms_code
   - name: push_only
     method: push
-{extra_types}sms:
+{extra_types}callbacks: {{ only_allow_configured: false }}
+sms:
   gateway: twilio
   timeout_ms: 2000
   origin_bound_host: bank.example
@@ -437,6 +438,25 @@ async fn requests_and_credentials(store: Store) {
         (404, Some("not_found")),
         "{body}"
     );
+    // With only_allow_configured off, a callback_uri still never names an internal address.
+    for uri in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:8081/admin/v1/reload",
+        "http://[::1]/cb",
+        "http://[::ffff:10.0.0.7]/cb",
+        "http://192.168.1.10/cb",
+        "http://0.0.0.0:9100/metrics",
+    ] {
+        let (status, body) = v3
+            .init(&[
+                ("type", "push_only"),
+                ("user_id", "cas"),
+                ("app_id", "bank-app"),
+                ("callback_uri", uri),
+            ])
+            .await;
+        assert_eq!((status, error_code(&body)), (400, "1003"), "{uri}: {body}");
+    }
 
     // Client authentication: OAuth error body and no-cache headers.
     let v4 = Portal {
