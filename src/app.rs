@@ -429,7 +429,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         &settings.secret_key,
     )
     .with_push(push.clone())
-    .with_otp(otp.clone());
+    .with_otp(otp.clone())
+    .with_assertions(settings.proxy.assertion.clone());
     let mobile_auth = Arc::new(MobileAuthState {
         enabled: settings.features.mobile_authentication,
         clients: settings.api_clients.clone(),

@@ -487,6 +487,29 @@ pub struct Proxy {
     pub login_url: Option<String>,
     /// How often policy files are checked for changes; 0 = only on SIGHUP.
     pub reload_interval_seconds: u64,
+    /// The signed step-up assertion added to requests forwarded after a step-up or with a
+    /// grant (`Stepgate-Assertion`); off without it.
+    pub assertion: Option<Assertion>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assertion {
+    /// The P-256 private key (PEM), relative to the config file.
+    pub key_file: String,
+    /// `iss`; the gate's `public_url` by default.
+    pub issuer: Option<String>,
+    /// `aud`, when the app checks one.
+    pub audience: Option<String>,
+    /// Lifetime of one assertion.
+    #[serde(default = "Assertion::default_ttl_seconds")]
+    pub ttl_seconds: u64,
+}
+
+impl Assertion {
+    fn default_ttl_seconds() -> u64 {
+        60
+    }
 }
 
 impl Default for Proxy {
@@ -499,6 +522,7 @@ impl Default for Proxy {
             trusted_proxies: Vec::new(),
             identity: None,
             login_url: None,
+            assertion: None,
             reload_interval_seconds: 2,
         }
     }

@@ -68,6 +68,8 @@ pub struct ProxySettings {
     pub login_url: Option<Url>,
     /// `None`: reload only on SIGHUP.
     pub reload_interval: Option<Duration>,
+    /// `proxy.assertion`: how forwarded step-ups are asserted to the app; `None`: not at all.
+    pub assertion: Option<crate::domain::assertion::AssertionSigner>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -97,7 +97,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let sms = sms(&file.sms, &mut problems);
     let default_decision = default_action(&file.proxy, &mut problems);
     let base = source.parent().unwrap_or_else(|| Path::new("."));
-    let proxy = proxy::compile(&file.proxy, base, &mut problems);
+    let proxy = proxy::compile(&file.proxy, base, public_url.as_ref(), &mut problems);
     let push_configs = push::compile(&file.push_configs, base, &mut problems);
     let outgoing_proxy = push::outgoing_proxy(&file.outgoing_proxy, &mut problems);
     let applications = devices::applications(&file.applications, &file.push_configs, &mut problems);

@@ -26,6 +26,14 @@ pub struct Grant {
     pub policy: String,
     #[serde(rename = "e")]
     pub expires_at: Timestamp,
+    /// The approval the grant came from, for the step-up assertion: its transaction, the
+    /// method that approved (`Method::as_str`) and when.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<Timestamp>,
 }
 
 /// Signs and checks grants. Cheap to clone.
@@ -85,9 +93,20 @@ impl GrantKey {
 
     /// Whether any grant in `list` (tokens joined with `~`) admits `user_id` to `policy` at `now`.
     pub fn admits(&self, list: &str, user_id: &str, policy: &str, now: Timestamp) -> bool {
+        self.admitting(list, user_id, policy, now).is_some()
+    }
+
+    /// The grant of `list` that admits `user_id` to `policy` at `now`, if one does.
+    pub fn admitting(
+        &self,
+        list: &str,
+        user_id: &str,
+        policy: &str,
+        now: Timestamp,
+    ) -> Option<Grant> {
         list.split(SEPARATOR)
             .filter_map(|token| self.open(token.trim()))
-            .any(|grant| grant.admits(user_id, policy, now))
+            .find(|grant| grant.admits(user_id, policy, now))
     }
 
     /// `list` with `new_token` in front, without expired, foreign or same-policy grants, capped
@@ -129,6 +148,9 @@ mod tests {
             user_id: "alice".into(),
             policy: policy.into(),
             expires_at: Timestamp(expires),
+            transaction_id: None,
+            method: None,
+            approved_at: None,
         }
     }
 

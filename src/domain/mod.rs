@@ -6,6 +6,7 @@
 //! YAML or the network, and may import nothing else from this crate.
 
 pub mod application;
+pub mod assertion;
 pub mod auth_type;
 pub mod callback;
 pub mod canonical;

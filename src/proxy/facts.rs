@@ -26,6 +26,10 @@ const OWN_COOKIE_PREFIX: &[u8] = b"stepgate_";
 const OWN_HEADER_PREFIX: &str = "stepgate-";
 static GRANT_HEADER_NAME: HeaderName = HeaderName::from_static(GRANT_HEADER);
 static BINDING_HEADER_NAME: HeaderName = HeaderName::from_static(BINDING_HEADER);
+static ASSERTION_HEADER_NAME: HeaderName =
+    HeaderName::from_static(crate::domain::assertion::ASSERTION_HEADER);
+/// The step-up assertion's header as written upstream.
+pub const ASSERTION_HEADER_CASED: &str = "Stepgate-Assertion";
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The names as written upstream (pingora keeps header case).
 const X_FORWARDED_FOR_CASED: &str = "X-Forwarded-For";
@@ -246,6 +250,8 @@ pub fn prepare_upstream(
     {
         req.remove_header(&GRANT_HEADER_NAME);
         req.remove_header(&BINDING_HEADER_NAME);
+        // Only stepgate asserts a step-up: a client's copy never reaches the app.
+        req.remove_header(&ASSERTION_HEADER_NAME);
     }
     strip_own_cookies(req)?;
     let chain = match peer {

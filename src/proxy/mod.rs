@@ -95,6 +95,8 @@ pub struct Ctx {
     /// What to send upstream instead of what was received, when the two differ (rare: boxed,
     /// so that the context pingora moves with every request stays small).
     rewrite: Option<Box<Rewrite>>,
+    /// The step-up assertion for a request forwarded with a grant (`proxy.assertion`).
+    assertion: Option<Box<str>>,
     scheme: &'static str,
 }
 
@@ -124,6 +126,7 @@ impl ProxyHttp for StepGateProxy {
             peer_ip: None,
             peer_trusted: false,
             rewrite: None,
+            assertion: None,
             scheme: "http",
         }
     }
@@ -169,6 +172,9 @@ impl ProxyHttp for StepGateProxy {
             ctx.scheme,
             &self.state.trusted_proxies,
         )?;
+        if let Some(assertion) = ctx.assertion.take() {
+            upstream_request.insert_header(facts::ASSERTION_HEADER_CASED, assertion.as_ref())?;
+        }
         metrics::proxy_added_latency(ctx.decision, ctx.arrived.elapsed());
         Ok(())
     }
@@ -293,12 +299,14 @@ impl StepGateProxy {
         };
         let req = session.req_header();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
-        if grants.is_some_and(|grants| {
-            self.state
-                .stepup
-                .grant_admits(grants, &requester.user_id, policy)
-        }) {
+        let stepup = &self.state.stepup;
+        if let Some(grant) =
+            grants.and_then(|grants| stepup.grant_admitting(grants, &requester.user_id, policy))
+        {
             ctx.decision = "granted";
+            ctx.assertion = stepup
+                .assertion_for_grant(&grant)
+                .map(String::into_boxed_str);
             return Ok(false);
         }
         self.step_up(session, ctx, policy, step_up, &requester)
@@ -525,7 +533,8 @@ impl StepGateProxy {
         };
         ctx.policy = Some(held.ticket.policy.clone());
         ctx.decision = "approved";
-        let extra = self.grant_headers(session.req_header(), &held.ticket, ctx.scheme);
+        let extra = self.grant_headers(session.req_header(), &held.ticket, tx, ctx.scheme);
+        let assertion = self.state.stepup.assertion_for_approval(&held.ticket, tx);
         let origin = Origin {
             peer_ip: ctx.peer_ip,
             scheme: ctx.scheme,
@@ -536,6 +545,7 @@ impl StepGateProxy {
             &self.state.upstream,
             &held.request,
             &origin,
+            assertion.as_deref(),
             session,
             &extra,
         )
@@ -564,10 +574,11 @@ impl StepGateProxy {
         &self,
         req: &RequestHeader,
         ticket: &HeldTicket,
+        tx: &Transaction,
         scheme: &str,
     ) -> Vec<(&'static str, String)> {
         let existing = cookie(req, GRANT_COOKIE);
-        let Some(grant) = self.state.stepup.grant_for(ticket, existing) else {
+        let Some(grant) = self.state.stepup.grant_for(ticket, tx, existing) else {
             return Vec::new();
         };
         let secure = if scheme == "https" { "; Secure" } else { "" };

@@ -57,11 +57,17 @@ pub async fn forward(
     upstream: &UpstreamSettings,
     held: &OriginalRequest,
     origin: &Origin<'_>,
+    assertion: Option<&str>,
     session: &mut Session,
     extra: &[(&'static str, String)],
 ) -> Result<u16, ReplayError> {
     let upstream_error = |e: Box<pingora::Error>| ReplayError::Upstream(e.to_string());
-    let request = rebuild(held, origin).map_err(upstream_error)?;
+    let mut request = rebuild(held, origin).map_err(upstream_error)?;
+    if let Some(assertion) = assertion {
+        request
+            .insert_header(super::facts::ASSERTION_HEADER_CASED, assertion)
+            .map_err(upstream_error)?;
+    }
     let peer = peer(upstream);
     let (mut client, _reused) = connector
         .get_http_session(&peer)

@@ -25,6 +25,8 @@ const MAX_FORM_BYTES: usize = 8 * 1024;
 
 enum Route {
     Asset(&'static str, &'static str),
+    /// The step-up assertion's public key (`proxy.assertion`), for the app behind.
+    Jwks,
     Pending,
     Page(TransactionId),
     Status(TransactionId),
@@ -50,6 +52,7 @@ fn route(method: &str, path: &str) -> Result<Route, Refusal> {
         ["assets", "stepgate.css"] if get => {
             Ok(Route::Asset("text/css; charset=utf-8", pages::STYLE))
         }
+        ["jwks.json"] if get => Ok(Route::Jwks),
         ["pending"] if get => Ok(Route::Pending),
         ["tx", id] if get => Ok(Route::Page(tx(id)?)),
         ["tx", id, "status"] if get => Ok(Route::Status(tx(id)?)),
@@ -57,6 +60,7 @@ fn route(method: &str, path: &str) -> Result<Route, Refusal> {
         ["tx", id, "resend"] if post => Ok(Route::Resend(tx(id)?)),
         ["tx", id, "complete"] if post => Ok(Route::Complete(tx(id)?)),
         ["assets", _]
+        | ["jwks.json"]
         | ["pending"]
         | ["tx", _]
         | ["tx", _, "status" | "verify" | "resend" | "complete"] => Err(Refusal::MethodNotAllowed),
@@ -99,6 +103,13 @@ pub(super) async fn handle(
     if let Route::Asset(content_type, body) = route {
         return send(session, Reply::asset(content_type, body)).await;
     }
+    if let Route::Jwks = route {
+        let reply = match proxy.state.stepup.assertion_jwks() {
+            Some(jwks) => Reply::json(200, &jwks),
+            None => Reply::refusal(&Refusal::NotFound, html),
+        };
+        return send(session, reply).await;
+    }
     let requester = match proxy.identify(session, ctx).await {
         Ok(requester) => requester,
         Err(reply) => return send(session, reply).await,
@@ -109,7 +120,7 @@ pub(super) async fn handle(
         html,
     };
     match route {
-        Route::Asset(..) => Ok(()),
+        Route::Asset(..) | Route::Jwks => Ok(()),
         Route::Pending => handler.pending(session).await,
         Route::Page(id) => handler.page(session, id).await,
         Route::Status(id) => handler.status(session, id).await,

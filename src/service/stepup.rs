@@ -18,6 +18,7 @@ use super::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use super::push::{PushService, PushServiceError, PushStart, PushTarget};
 use super::sms::{SmsError, SmsService, SmsStart};
 use super::transactions::{EngineError, TransactionEngine};
+use crate::domain::assertion::{AssertionSigner, StepUpFacts};
 use crate::domain::auth_type::{AuthTypes, CODE_PLACEHOLDER, Method};
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::SecretKey;
@@ -138,6 +139,7 @@ pub struct StepUpService {
     user_key: [u8; 32],
     push: Option<PushService>,
     otp: Option<OtpService>,
+    assertions: Option<AssertionSigner>,
 }
 
 impl StepUpService {
@@ -160,7 +162,50 @@ impl StepUpService {
             user_key: secret.derive("held-user-key"),
             push: None,
             otp: None,
+            assertions: None,
         }
+    }
+
+    /// Asserts every forwarded step-up to the app (`proxy.assertion`).
+    pub fn with_assertions(mut self, signer: Option<AssertionSigner>) -> Self {
+        self.assertions = signer;
+        self
+    }
+
+    /// The assertion key as a JWK Set, when assertions are on.
+    pub fn assertion_jwks(&self) -> Option<serde_json::Value> {
+        self.assertions.as_ref().map(|signer| signer.key.jwks())
+    }
+
+    /// A fresh assertion for a request forwarded with `grant`.
+    pub fn assertion_for_grant(&self, grant: &Grant) -> Option<String> {
+        let signer = self.assertions.as_ref()?;
+        let facts = StepUpFacts {
+            user_id: &grant.user_id,
+            policy: &grant.policy,
+            method: grant
+                .method
+                .as_deref()
+                .and_then(|method| method.parse::<Method>().ok()),
+            auth_time: grant.approved_at.unwrap_or_else(|| self.clock.now()),
+            transaction_id: grant.transaction_id.as_deref(),
+        };
+        signer.sign(&facts, self.clock.now())
+    }
+
+    /// An assertion for the held request `ticket` that `tx` approved.
+    pub fn assertion_for_approval(&self, ticket: &HeldTicket, tx: &Transaction) -> Option<String> {
+        let signer = self.assertions.as_ref()?;
+        let now = self.clock.now();
+        let id = tx.id.to_string();
+        let facts = StepUpFacts {
+            user_id: &ticket.user_id,
+            policy: &ticket.policy,
+            method: Some(tx.method),
+            auth_time: tx.finished_at.unwrap_or(now),
+            transaction_id: Some(&id),
+        };
+        signer.sign(&facts, now)
     }
 
     /// Lets policies whose type is an OTP method show a QR code for the user's enrolled phone.
@@ -179,16 +224,21 @@ impl StepUpService {
         self.clock.now()
     }
 
-    /// Whether one of the grants in `grants` (as the client sent them) admits `user_id` to
-    /// `policy` now. Needs no store.
-    pub fn grant_admits(&self, grants: &str, user_id: &str, policy: &str) -> bool {
+    /// The grant among `grants` (as the client sent them) that admits `user_id` to `policy`
+    /// now, if one does. Needs no store.
+    pub fn grant_admitting(&self, grants: &str, user_id: &str, policy: &str) -> Option<Grant> {
         self.grants
-            .admits(grants, user_id, policy, self.clock.now())
+            .admitting(grants, user_id, policy, self.clock.now())
     }
 
-    /// A grant for the approved `ticket`, added in front of the client's `existing` ones; `None`
-    /// when the policy's freshness is zero (every request needs its own approval).
-    pub fn grant_for(&self, ticket: &HeldTicket, existing: Option<&str>) -> Option<IssuedGrant> {
+    /// A grant for the `ticket` that `tx` approved, added in front of the client's `existing`
+    /// ones; `None` when the policy's freshness is zero (every request needs its own approval).
+    pub fn grant_for(
+        &self,
+        ticket: &HeldTicket,
+        tx: &Transaction,
+        existing: Option<&str>,
+    ) -> Option<IssuedGrant> {
         if ticket.freshness_seconds == 0 {
             return None;
         }
@@ -198,6 +248,9 @@ impl StepUpService {
             user_id: ticket.user_id.clone(),
             policy: ticket.policy.clone(),
             expires_at: now.plus(max_age),
+            transaction_id: Some(tx.id.to_string()),
+            method: Some(tx.method.as_str().to_owned()),
+            approved_at: Some(tx.finished_at.unwrap_or(now)),
         });
         Some(IssuedGrant {
             list: self.grants.add_to_list(existing, &token, now),

@@ -296,23 +296,31 @@ async fn an_api_client_finishes_a_step_up_and_the_original_post_reaches_the_upst
     assert_eq!(upstream.seen_on("/transfer").len(), 1);
 }
 
-#[tokio::test]
-async fn a_grant_passes_within_freshness_for_its_user_only_and_tampering_is_refused() {
-    let upstream = RecordingUpstream::start();
-    let gate = memory_gate(&upstream, 300, "challenge");
-    let challenge = challenge(&gate, ALICE).await;
+/// Alice's transfer, stepped up by SMS through the JSON challenge: its challenge and the grant
+/// the approval answered with.
+async fn approved_transfer(gate: &Gate) -> (Value, String) {
+    let challenge = challenge(gate, ALICE).await;
     let response = verify(
-        &gate,
+        gate,
         &challenge,
         ALICE,
-        &last_code(&gate),
+        &last_code(gate),
         &binding(&challenge),
     )
     .await;
+    assert_eq!(response.status(), StatusCode::OK);
     let grant = response.headers()["stepgate-grant"]
         .to_str()
         .unwrap()
         .to_owned();
+    (challenge, grant)
+}
+
+#[tokio::test]
+async fn a_grant_passes_within_freshness_for_its_user_only_and_tampering_is_refused() {
+    let upstream = RecordingUpstream::start();
+    let gate = memory_gate(&upstream, 300, "challenge");
+    let (_, grant) = approved_transfer(&gate).await;
 
     let sms_before = outbox(&gate).len();
     let passed = post_transfer(&gate, ALICE, &[("stepgate-grant", &grant)]).await;
@@ -723,4 +731,88 @@ async fn proxy_decisions_are_counted_by_policy() {
         "{text}"
     );
     assert!(text.contains("stepgate_proxy_held_requests"), "{text}");
+}
+
+/// With `proxy.assertion`, what reaches the app after a step-up, and with a grant, carries a
+/// short-lived ES256 JWT that verifies with the key the proxy serves at `/.stepgate/jwks.json`;
+/// a client's own copy of the header never reaches the app.
+#[tokio::test]
+async fn forwarded_step_ups_carry_a_signed_assertion_the_app_can_verify() {
+    let upstream = RecordingUpstream::start();
+    let key = include_str!("../data/assertion-key.pem");
+    let gate = start(
+        GateBuilder::memory()
+            .file("assertion-key.pem", key)
+            .yaml(&proxy_yaml(
+                &upstream,
+                300,
+                "challenge",
+                "  assertion: { key_file: assertion-key.pem, issuer: \"https://gate.example\", audience: bank, ttl_seconds: 30 }\n",
+            )),
+    );
+    let jwks: jsonwebtoken::jwk::JwkSet = client()
+        .get(gate.proxy_url("/.stepgate/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let verify_assertion = |token: &str| -> Value {
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_issuer(&["https://gate.example"]);
+        validation.set_audience(&["bank"]);
+        jsonwebtoken::decode::<Value>(
+            token,
+            &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+            &validation,
+        )
+        .unwrap()
+        .claims
+    };
+
+    // A forged assertion on an unprotected route is removed.
+    let forged = as_user(client().get(gate.proxy_url("/account")), ALICE)
+        .header("stepgate-assertion", "eyJhbGciOiJub25lIn0.e30.")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::OK);
+    assert_eq!(
+        upstream.seen_on("/account")[0].header("stepgate-assertion"),
+        None
+    );
+
+    // The approved request carries one naming the user, the policy, the method and the
+    // transaction.
+    let (challenge, grant) = approved_transfer(&gate).await;
+    let transaction_id = challenge["transaction_id"].as_str().unwrap().to_owned();
+    let seen = upstream.seen_on("/transfer");
+    assert_eq!(seen.len(), 1);
+    let claims = verify_assertion(&seen[0].header("stepgate-assertion").unwrap());
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["policy"], "transfers");
+    assert_eq!(claims["amr"], serde_json::json!(["sms"]));
+    assert_eq!(claims["txn"], transaction_id.as_str());
+    let exp = claims["exp"].as_u64().unwrap();
+    assert_eq!(exp - claims["iat"].as_u64().unwrap(), 30);
+    assert!(claims["auth_time"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap());
+
+    // A request passing on the grant gets a fresh one for the same approval, and a client's
+    // own copy is replaced.
+    let passed = post_transfer(
+        &gate,
+        ALICE,
+        &[("stepgate-grant", &grant), ("stepgate-assertion", "forged")],
+    )
+    .await;
+    assert_eq!(passed.status(), StatusCode::OK);
+    let seen = upstream.seen_on("/transfer");
+    assert_eq!(seen.len(), 2);
+    let claims = verify_assertion(&seen[1].header("stepgate-assertion").unwrap());
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["txn"], transaction_id.as_str());
+    assert_eq!(claims["amr"], serde_json::json!(["sms"]));
 }

@@ -17,6 +17,7 @@ use crate::config::settings::{
     IdentitySettings, IntrospectionSettings, JwksUrlSettings, JwtSettings, KeysById, ProxySettings,
     UpstreamSettings,
 };
+use crate::domain::assertion::{AssertionKey, AssertionSigner};
 use crate::domain::canonical::RouterModel;
 
 /// Bounds `max_held_body_bytes`: the held body travels through the store.
@@ -25,8 +26,13 @@ const MAX_HELD_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) fn compile(
     raw: &schema::Proxy,
     base: &Path,
+    public_url: Option<&Url>,
     problems: &mut Problems,
 ) -> Option<ProxySettings> {
+    let assertion = raw
+        .assertion
+        .as_ref()
+        .map(|assertion| self::assertion(assertion, base, public_url, problems));
     let upstream = raw
         .upstream
         .as_ref()
@@ -81,6 +87,11 @@ pub(super) fn compile(
         Some(None) => return None,
         None => None,
     };
+    let assertion = match assertion {
+        Some(Some(signer)) => Some(signer),
+        Some(None) => return None,
+        None => None,
+    };
     Some(ProxySettings {
         upstream,
         max_held_body_bytes: usize::try_from(held).unwrap_or(usize::MAX),
@@ -88,6 +99,55 @@ pub(super) fn compile(
         identity,
         login_url,
         reload_interval,
+        assertion,
+    })
+}
+
+/// Bounds `proxy.assertion.ttl_seconds`: an assertion is for the request it travels with.
+const ASSERTION_TTL_SECONDS: std::ops::RangeInclusive<u64> = 5..=3600;
+
+fn assertion(
+    raw: &schema::Assertion,
+    base: &Path,
+    public_url: Option<&Url>,
+    problems: &mut Problems,
+) -> Option<AssertionSigner> {
+    if !ASSERTION_TTL_SECONDS.contains(&raw.ttl_seconds) {
+        problems.add(
+            "proxy.assertion.ttl_seconds",
+            format!(
+                "{} is out of range (expected {} to {})",
+                raw.ttl_seconds,
+                ASSERTION_TTL_SECONDS.start(),
+                ASSERTION_TTL_SECONDS.end()
+            ),
+        );
+    }
+    let pem = read(base, &raw.key_file, "proxy.assertion.key_file", problems)?;
+    let key = match AssertionKey::from_pem(&String::from_utf8_lossy(&pem)) {
+        Ok(key) => key,
+        Err(error) => {
+            problems.add(
+                "proxy.assertion.key_file",
+                format!("{}: {error}", raw.key_file),
+            );
+            return None;
+        }
+    };
+    let issuer = match (&raw.issuer, public_url) {
+        (Some(issuer), _) if !issuer.trim().is_empty() => issuer.trim().to_owned(),
+        (_, Some(url)) => url.as_str().to_owned(),
+        _ => "stepgate".to_owned(),
+    };
+    Some(AssertionSigner {
+        key,
+        issuer,
+        audience: raw
+            .audience
+            .as_ref()
+            .map(|aud| aud.trim().to_owned())
+            .filter(|aud| !aud.is_empty()),
+        ttl: Duration::from_secs(raw.ttl_seconds),
     })
 }
 
