@@ -95,17 +95,18 @@ pub struct Ctx {
     /// What to send upstream instead of what was received, when the two differ (rare: boxed,
     /// so that the context pingora moves with every request stays small).
     rewrite: Option<Box<Rewrite>>,
-    /// The step-up assertion for a request forwarded with a grant (`proxy.assertion`).
-    assertion: Option<Box<str>>,
     scheme: &'static str,
 }
 
-/// The request target and `Host` sent upstream in the form that was matched
-/// (`CanonicalRequest::forward_target`, `forward_host`).
+/// What goes upstream besides the request as received: the request target and `Host` in the
+/// form that was matched (`CanonicalRequest::forward_target`, `forward_host`), and the step-up
+/// assertion of a request forwarded with a grant (`proxy.assertion`).
+#[derive(Default)]
 struct Rewrite {
     target: Option<String>,
     /// Set when the host came from an absolute-form target.
     host: Option<String>,
+    assertion: Option<String>,
 }
 
 impl Ctx {
@@ -126,7 +127,6 @@ impl ProxyHttp for StepGateProxy {
             peer_ip: None,
             peer_trusted: false,
             rewrite: None,
-            assertion: None,
             scheme: "http",
         }
     }
@@ -155,12 +155,13 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        if let Some(rewrite) = ctx.rewrite.take() {
-            if let Some(target) = rewrite.target {
+        let rewrite = ctx.rewrite.take();
+        if let Some(rewrite) = &rewrite {
+            if let Some(target) = &rewrite.target {
                 upstream_request.set_raw_path(target.as_bytes())?;
             }
-            if let Some(host) = rewrite.host {
-                upstream_request.insert_header(http::header::HOST, host)?;
+            if let Some(host) = &rewrite.host {
+                upstream_request.insert_header(http::header::HOST, host.as_str())?;
             }
         }
         if let Some(identity) = &self.state.identity {
@@ -172,8 +173,8 @@ impl ProxyHttp for StepGateProxy {
             ctx.scheme,
             &self.state.trusted_proxies,
         )?;
-        if let Some(assertion) = ctx.assertion.take() {
-            upstream_request.insert_header(facts::ASSERTION_HEADER_CASED, assertion.as_ref())?;
+        if let Some(assertion) = rewrite.and_then(|rewrite| rewrite.assertion) {
+            upstream_request.insert_header(facts::ASSERTION_HEADER_CASED, assertion)?;
         }
         metrics::proxy_added_latency(ctx.decision, ctx.arrived.elapsed());
         Ok(())
@@ -237,6 +238,7 @@ impl StepGateProxy {
             ctx.rewrite = Some(Box::new(Rewrite {
                 target: view.canonical.forward_target.clone(),
                 host: view.canonical.forward_host.clone(),
+                assertion: None,
             }));
         }
         let verdict = view.decide(&policies);
@@ -304,9 +306,9 @@ impl StepGateProxy {
             grants.and_then(|grants| stepup.grant_admitting(grants, &requester.user_id, policy))
         {
             ctx.decision = "granted";
-            ctx.assertion = stepup
-                .assertion_for_grant(&grant)
-                .map(String::into_boxed_str);
+            if let Some(assertion) = stepup.assertion_for_grant(&grant) {
+                ctx.rewrite.get_or_insert_with(Box::default).assertion = Some(assertion);
+            }
             return Ok(false);
         }
         self.step_up(session, ctx, policy, step_up, &requester)

@@ -244,13 +244,16 @@ impl StepUpService {
         }
         let now = self.clock.now();
         let max_age = Duration::from_secs(ticket.freshness_seconds);
+        let asserting = self.assertions.is_some();
         let token = self.grants.issue(&Grant {
             user_id: ticket.user_id.clone(),
             policy: ticket.policy.clone(),
             expires_at: now.plus(max_age),
-            transaction_id: Some(tx.id.to_string()),
-            method: Some(tx.method.as_str().to_owned()),
-            approved_at: Some(tx.finished_at.unwrap_or(now)),
+            // The approval's facts travel only where an assertion will need them: they make
+            // the grant, which every granted request opens, longer.
+            transaction_id: asserting.then(|| tx.id.to_string()),
+            method: asserting.then(|| tx.method.as_str().to_owned()),
+            approved_at: asserting.then(|| tx.finished_at.unwrap_or(now)),
         });
         Some(IssuedGrant {
             list: self.grants.add_to_list(existing, &token, now),

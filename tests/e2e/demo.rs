@@ -38,8 +38,21 @@ fn capture(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 }
 
 impl Demo {
-    /// Starts the demo on free ports and waits until the bank and the API answer.
+    /// Starts the demo on free ports and waits until the bank and the API answer; starts it
+    /// again on fresh ports in the rare case another process took one first.
     async fn start() -> Demo {
+        for _ in 0..3 {
+            if let Some(demo) = Self::try_start().await {
+                return demo;
+            }
+        }
+        Self::try_start()
+            .await
+            .expect("the demo's ports stayed taken")
+    }
+
+    /// `None` when the demo stopped because one of its addresses was in use.
+    async fn try_start() -> Option<Demo> {
         let (proxy, api, metrics, bank) = (free_addr(), free_addr(), free_addr(), free_addr());
         let mut child = Command::new(BINARY)
             .arg("demo")
@@ -67,8 +80,17 @@ impl Demo {
         let up = |url: String| async move {
             matches!(client().get(url).send().await, Ok(r) if r.status() == StatusCode::OK)
         };
+        let mut demo = demo;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !(up(bank_url.clone()).await && up(health_url.clone()).await) {
+            if let Ok(Some(_)) = demo.child.try_wait() {
+                // Give the output readers a moment to collect the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let said = format!("{}{}", demo.stdout_text(), demo.stderr_text());
+                if said.to_ascii_lowercase().contains("address already in use") {
+                    return None;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
                 "stepgate demo did not come up; stdout:\n{}\nstderr:\n{}",
@@ -77,7 +99,7 @@ impl Demo {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        demo
+        Some(demo)
     }
 
     fn bank_url(&self, path: &str) -> String {
