@@ -307,6 +307,47 @@ struct DemoAddrs {
 }
 
 /// 32 random bytes from the OS, hex-encoded (64 characters).
+/// The demo's step-up assertion key: a new P-256 key in a private file that goes away with
+/// the demo, and the public half for the bank.
+struct DemoAssertionKey {
+    path: std::path::PathBuf,
+    decoding_key: jsonwebtoken::DecodingKey,
+}
+
+impl DemoAssertionKey {
+    fn create() -> Result<Self, String> {
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+        let pem = secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|error| error.to_string())?;
+        let key = crate::domain::assertion::AssertionKey::from_pem(&pem)
+            .map_err(|error| error.to_string())?;
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_value(key.jwks()).map_err(|error| error.to_string())?;
+        let jwk = jwks.keys.first().ok_or("an empty key set")?;
+        let decoding_key =
+            jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|error| error.to_string())?;
+        let path = std::env::temp_dir().join(format!(
+            "stepgate-demo-{}-assertion.pem",
+            std::process::id()
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(|error| error.to_string())?;
+        std::io::Write::write_all(&mut file, pem.as_bytes()).map_err(|error| error.to_string())?;
+        Ok(Self { path, decoding_key })
+    }
+}
+
+impl Drop for DemoAssertionKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn random_hex_secret() -> Result<String, rand_core::Error> {
     use rand_core::{OsRng, RngCore};
     let mut bytes = [0u8; 32];
@@ -335,6 +376,7 @@ fn demo_config(
     bank: SocketAddr,
     gateway_secret: &str,
     bank_secret: &str,
+    assertion_key_file: &Path,
 ) -> String {
     let DemoAddrs {
         proxy,
@@ -367,8 +409,10 @@ proxy:
     jwt: {{ cookie: {cookie}, algorithm: HS256, secret: "{bank_secret}", user_claim: sub, phone_claim: phone_number }}
   login_url: "{login_url}"
   reload_interval_seconds: 0
+  assertion: {{ key_file: "{assertion}" }}
 "#,
         cookie = demo::session::COOKIE_NAME,
+        assertion = assertion_key_file.display(),
     )
 }
 
@@ -397,7 +441,22 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let text = demo_config(addrs, bank_addr, &gateway_secret, &bank_secret);
+    // A fresh step-up assertion key for this run: the gateway signs with it, the bank checks
+    // with its public half.
+    let assertion = match DemoAssertionKey::create() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("stepgate demo: cannot create the step-up assertion key: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = demo_config(
+        addrs,
+        bank_addr,
+        &gateway_secret,
+        &bank_secret,
+        &assertion.path,
+    );
     let env = std::collections::BTreeMap::<&str, &str>::new();
     let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
         Ok(settings) => settings,
@@ -407,7 +466,11 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let bank = match demo::spawn(bank_listener, bank_secret.into_bytes()) {
+    let bank = match demo::spawn_with(
+        bank_listener,
+        bank_secret.into_bytes(),
+        Some(assertion.decoding_key.clone()),
+    ) {
         Ok(bank) => bank,
         Err(error) => {
             eprintln!("stepgate demo: cannot start the demo bank: {error}");
@@ -455,7 +518,8 @@ mod tests {
         let (gateway, bank) = (random_hex_secret().unwrap(), random_hex_secret().unwrap());
         assert_eq!(gateway.len(), 64);
         assert_ne!(gateway, bank);
-        let text = demo_config(addrs, addrs.bank, &gateway, &bank);
+        let key = DemoAssertionKey::create().unwrap();
+        let text = demo_config(addrs, addrs.bank, &gateway, &bank, &key.path);
         let env = std::collections::BTreeMap::<&str, &str>::new();
         let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
             Ok(settings) => settings,
@@ -470,6 +534,7 @@ mod tests {
             "http://127.0.0.1:18080/"
         );
         assert!(settings.proxy.identity.is_some());
+        assert!(settings.proxy.assertion.is_some());
         let facts = |method| RequestFacts {
             method,
             host: "127.0.0.1",

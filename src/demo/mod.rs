@@ -5,7 +5,9 @@
 //! identity reads; `/account` shows a balance and a transfer form; `POST /transfer` records the
 //! transfer in memory and counts what the bank received, which proves that an approved
 //! transfer arrives exactly once. The bank checks its own session, never step-up: guarding
-//! `/transfer` is stepgate's job.
+//! `/transfer` is stepgate's job. Given stepgate's assertion key, it verifies the
+//! `Stepgate-Assertion` of each transfer and says on the receipt whether (and how) the
+//! transfer was stepped up, so a transfer that came around the gateway shows as such.
 //!
 //! Routes: `GET /` (sign-in form), `POST /login`, `GET /account`, `POST /transfer`,
 //! `POST /logout`, `GET /style.css`.
@@ -72,9 +74,47 @@ struct Ledger {
 struct Bank {
     sessions: Sessions,
     ledger: Mutex<Ledger>,
+    /// stepgate's step-up assertion key (from its JWKS), when the bank checks assertions.
+    assertion_key: Option<jsonwebtoken::DecodingKey>,
 }
 
 impl Bank {
+    /// What stepgate's assertion on this request proves, for the receipt: `None` when the bank
+    /// does not check assertions.
+    fn step_up(&self, headers: &HeaderMap, user: &str) -> Option<String> {
+        let key = self.assertion_key.as_ref()?;
+        let Some(token) = headers
+            .get("stepgate-assertion")
+            .and_then(|value| value.to_str().ok())
+        else {
+            return Some(
+                "No step-up assertion: this request did not come through stepgate.".into(),
+            );
+        };
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.validate_aud = false;
+        let verified = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation);
+        Some(match verified {
+            Ok(data) if data.claims["sub"] == user && data.claims["policy"] == "transfers" => {
+                let amr = data.claims["amr"]
+                    .as_array()
+                    .map(|values| {
+                        values
+                            .iter()
+                            .filter_map(|value| value.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "Step-up verified: stepgate's signed assertion ({amr}, transaction {}).",
+                    data.claims["txn"].as_str().unwrap_or("-")
+                )
+            }
+            _ => "The step-up assertion does not verify for this user and policy.".into(),
+        })
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -85,9 +125,15 @@ type Shared = Arc<Bank>;
 /// The bank's routes; `secret` signs and verifies the session JWTs (stepgate must be given the
 /// same secret in `proxy.identity.jwt.secret`).
 pub fn router(secret: &[u8]) -> Router {
+    router_with(secret, None)
+}
+
+/// The bank's routes, checking stepgate's step-up assertions with `assertion_key`.
+pub fn router_with(secret: &[u8], assertion_key: Option<jsonwebtoken::DecodingKey>) -> Router {
     let bank = Arc::new(Bank {
         sessions: Sessions::new(secret),
         ledger: Mutex::new(Ledger::default()),
+        assertion_key,
     });
     Router::new()
         .route("/", get(home))
@@ -119,6 +165,16 @@ pub struct BankThread {
 
 /// Starts the bank on `listener` in a new thread.
 pub fn spawn(listener: std::net::TcpListener, secret: Vec<u8>) -> std::io::Result<BankThread> {
+    spawn_with(listener, secret, None)
+}
+
+/// Starts the bank on `listener` in a new thread, checking step-up assertions with
+/// `assertion_key`.
+pub fn spawn_with(
+    listener: std::net::TcpListener,
+    secret: Vec<u8>,
+    assertion_key: Option<jsonwebtoken::DecodingKey>,
+) -> std::io::Result<BankThread> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,7 +194,10 @@ pub fn spawn(listener: std::net::TcpListener, secret: Vec<u8>) -> std::io::Resul
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                if let Err(error) = serve(listener, secret, shutdown).await {
+                let served = axum::serve(listener, router_with(&secret, assertion_key))
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                if let Err(error) = served {
                     tracing::error!(%error, "the demo bank stopped");
                 }
             });
@@ -251,6 +310,7 @@ async fn transfer(
     let Some(who) = bank.sessions.from_headers(&headers) else {
         return html(StatusCode::UNAUTHORIZED, pages::signed_out());
     };
+    let step_up = bank.step_up(&headers, &who.sub);
     let outcome = match (amount_cents(&form.amount), iban(&form.iban)) {
         (None, _) => {
             Err("The amount must be a positive number of euros with at most two decimals.")
@@ -261,7 +321,7 @@ async fn transfer(
     match outcome {
         Ok((transfer, balance, received)) => html(
             StatusCode::OK,
-            pages::transferred(&transfer, balance, received),
+            pages::transferred(&transfer, balance, received, step_up.as_deref()),
         ),
         Err(message) => {
             let (account, received) = {

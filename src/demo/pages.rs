@@ -122,12 +122,20 @@ fn received_line(received: u64) -> String {
 }
 
 /// The confirmation of one transfer.
-pub fn transferred(transfer: &Transfer, balance_cents: u64, received: u64) -> String {
+pub fn transferred(
+    transfer: &Transfer,
+    balance_cents: u64,
+    received: u64,
+    step_up: Option<&str>,
+) -> String {
+    let step_up = step_up
+        .map(|line| format!("<p id=\"step-up\">{}</p>", escape(line)))
+        .unwrap_or_default();
     layout(
         "Transferred",
         &format!(
             "<h1 id=\"confirmation\">Transferred {amount} EUR to {iban}</h1>\
-             <p>New balance: {balance} EUR</p>{received_line}\
+             <p>New balance: {balance} EUR</p>{received_line}{step_up}\
              <p><a href=\"/account\">Back to your account</a></p>",
             amount = euros(transfer.cents),
             iban = escape(&transfer.iban),

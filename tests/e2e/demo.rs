@@ -301,10 +301,31 @@ async fn a_transfer_through_the_demo_is_approved_with_the_printed_code_and_arriv
         page.contains("Transferred 10.00 EUR to NL91ABNA0417164300"),
         "{page}"
     );
+    // The bank checked stepgate's signed step-up assertion on the transfer it received.
+    assert!(
+        page.contains("Step-up verified: stepgate&#39;s signed assertion (sms, transaction"),
+        "{page}"
+    );
     assert_eq!(demo.received(&cookie).await, 1);
 
     // The same code cannot send it again.
     let again = verify(code).await.unwrap();
     assert!(again.status().is_client_error(), "{}", again.status());
     assert_eq!(demo.received(&cookie).await, 1);
+
+    // A transfer sent to the bank around the gateway carries no assertion, and the bank says so.
+    let around = client()
+        .post(demo.bank_url("/transfer"))
+        .header("cookie", &cookie)
+        .form(&[("amount", "1.00"), ("iban", "NL91ABNA0417164300")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        around.contains("No step-up assertion: this request did not come through stepgate."),
+        "{around}"
+    );
 }
