@@ -155,8 +155,9 @@ impl ProxyHttp for StepGateProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        let rewrite = ctx.rewrite.take();
-        if let Some(rewrite) = &rewrite {
+        // Read, not taken: pingora runs this phase again when it retries another connection.
+        let rewrite = ctx.rewrite.as_deref();
+        if let Some(rewrite) = rewrite {
             if let Some(target) = &rewrite.target {
                 upstream_request.set_raw_path(target.as_bytes())?;
             }
@@ -173,7 +174,7 @@ impl ProxyHttp for StepGateProxy {
             ctx.scheme,
             &self.state.trusted_proxies,
         )?;
-        if let Some(assertion) = rewrite.and_then(|rewrite| rewrite.assertion) {
+        if let Some(assertion) = rewrite.and_then(|rewrite| rewrite.assertion.as_deref()) {
             upstream_request.insert_header(facts::ASSERTION_HEADER_CASED, assertion)?;
         }
         metrics::proxy_added_latency(ctx.decision, ctx.arrived.elapsed());
