@@ -306,7 +306,6 @@ struct DemoAddrs {
     bank: SocketAddr,
 }
 
-/// 32 random bytes from the OS, hex-encoded (64 characters).
 /// The demo's step-up assertion key: a new P-256 key in a private file that goes away with
 /// the demo, and the public half for the bank.
 struct DemoAssertionKey {
@@ -348,6 +347,7 @@ impl Drop for DemoAssertionKey {
     }
 }
 
+/// 32 random bytes from the OS, hex-encoded (64 characters).
 fn random_hex_secret() -> Result<String, rand_core::Error> {
     use rand_core::{OsRng, RngCore};
     let mut bytes = [0u8; 32];

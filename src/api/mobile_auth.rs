@@ -4,7 +4,7 @@
 //! form-encoded, answers JSON; every call first authenticates the API client.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -232,20 +232,9 @@ fn check_callback(state: &MobileAuthState, uri: &str) -> Result<(), ApiError> {
     }
     // A literal internal address is refused at once; a name is checked on the addresses it
     // resolves to when the callback is sent (`notify::callback`).
-    let literal = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-        _ => None,
-    };
     if !configured
-        && literal.is_some_and(|ip| {
-            callback::is_internal(ip)
-                && !state
-                    .callbacks
-                    .allowed_networks
-                    .iter()
-                    .any(|net| net.contains(&ip))
-        })
+        && callback::literal_address(&parsed)
+            .is_some_and(|ip| callback::is_refused(ip, &state.callbacks.allowed_networks))
     {
         return Err(ApiError::InvalidParameter(
             "callback_uri points at an internal address".into(),

@@ -145,13 +145,13 @@ pub fn router_with(secret: &[u8], assertion_key: Option<jsonwebtoken::DecodingKe
         .with_state(bank)
 }
 
-/// Serves the bank on `listener` until `shutdown` completes.
+/// Serves `bank` (`router` or `router_with`) on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    secret: Vec<u8>,
+    bank: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(&secret))
+    axum::serve(listener, bank)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -194,10 +194,8 @@ pub fn spawn_with(
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                let served = axum::serve(listener, router_with(&secret, assertion_key))
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                if let Err(error) = served {
+                let bank = router_with(&secret, assertion_key);
+                if let Err(error) = serve(listener, bank, shutdown).await {
                     tracing::error!(%error, "the demo bank stopped");
                 }
             });
@@ -484,7 +482,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, SECRET.to_vec(), async move {
+        tokio::spawn(serve(listener, router(SECRET), async move {
             let _ = stopped.await;
         }));
         (base, stop)

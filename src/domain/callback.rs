@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
@@ -77,6 +78,26 @@ pub fn is_internal(ip: IpAddr) -> bool {
             Some(v4) => internal_v4(v4),
             None => internal_v6(v6),
         },
+    }
+}
+
+/// Whether a callback that is not a configured endpoint may not reach `ip`: it is internal
+/// (`is_internal`) and no network of `allowed` (`callbacks.allowed_networks`) holds it. An
+/// IPv4-mapped address is judged, and matched against `allowed`, as its IPv4 address.
+pub fn is_refused(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    is_internal(ip) && !allowed.iter().any(|net| net.contains(&ip))
+}
+
+/// The address a URL names literally (`http://10.0.0.1/`, `http://[::1]/`); `None` for a name.
+pub fn literal_address(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
     }
 }
 
@@ -300,6 +321,28 @@ mod tests {
         for text in public {
             assert!(!is_internal(text.parse().unwrap()), "{text}");
         }
+    }
+
+    #[test]
+    fn an_allowed_network_lets_its_internal_addresses_through_in_either_form() {
+        let allowed: Vec<IpNet> = vec!["10.20.0.0/16".parse().unwrap()];
+        for text in ["10.20.1.2", "::ffff:10.20.1.2"] {
+            assert!(!is_refused(text.parse().unwrap(), &allowed), "{text}");
+        }
+        for text in ["10.21.0.1", "::ffff:127.0.0.1", "169.254.169.254"] {
+            assert!(is_refused(text.parse().unwrap(), &allowed), "{text}");
+        }
+        assert!(!is_refused("8.8.8.8".parse().unwrap(), &[]));
+        let url = |text: &str| url::Url::parse(text).unwrap();
+        assert_eq!(
+            literal_address(&url("http://[::1]:9/cb")),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(
+            literal_address(&url("http://10.0.0.1/cb")),
+            Some("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(literal_address(&url("http://portal.example/cb")), None);
     }
 
     fn secs_after_now(at: Option<Timestamp>) -> Option<f64> {

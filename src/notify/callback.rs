@@ -33,7 +33,9 @@ use super::NotifyError;
 use super::outbound::describe_failure;
 use super::outgoing::{build, client_builder};
 use crate::config::settings::{CallbackSettings, OutgoingProxySettings};
-use crate::domain::callback::{CallbackDelivery, CallbackError, CallbackJob, is_internal};
+use crate::domain::callback::{
+    CallbackDelivery, CallbackError, CallbackJob, is_refused, literal_address,
+};
 
 const PROVIDER: &str = "callback";
 
@@ -68,9 +70,8 @@ struct Reach {
 impl Reach {
     /// Why `addr` may not be called, if it may not.
     fn refusal(&self, addr: SocketAddr) -> Option<&'static str> {
-        let ip = addr.ip();
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
             v4 => v4,
         };
         let own = self.own_listeners.iter().any(|listener| {
@@ -80,8 +81,7 @@ impl Reach {
         if own {
             return Some("one of the gate's own listeners");
         }
-        (is_internal(ip) && !self.allowed_networks.iter().any(|net| net.contains(&ip)))
-            .then_some("an internal address")
+        is_refused(ip, &self.allowed_networks).then_some("an internal address")
     }
 }
 
@@ -227,19 +227,13 @@ impl CallbackSender {
         drop(response);
         classify(status)
     }
-}
 
-impl CallbackSender {
     /// Refuses, for good, a URL whose literal address or port the guarded resolver cannot see.
     fn check_reach(&self, url: &Url) -> Result<(), CallbackError> {
         let port = url.port_or_known_default().unwrap_or(80);
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
         // A name: its addresses are checked when it resolves (`GuardedResolver`).
-        let refusal = literal.and_then(|ip| self.reach.refusal(SocketAddr::new(ip, port)));
+        let refusal =
+            literal_address(url).and_then(|ip| self.reach.refusal(SocketAddr::new(ip, port)));
         match refusal {
             Some(what) => Err(CallbackError::Rejected(format!(
                 "callback_uri points at {what}, which is refused unless configured (callbacks.endpoints or callbacks.allowed_networks)"

@@ -123,30 +123,34 @@ impl IdentitySource {
         result
     }
 
-    /// Removes from a request about to go upstream what only a trusted layer may set (identity
-    /// headers sent by an untrusted client). Runs on every forwarded request: without such
-    /// headers it costs two lookups and allocates nothing.
+    /// The header source whose headers, on a request from this peer, only a trusted layer may
+    /// have set: `None` for other sources and for peers whose headers are believed.
+    fn forgeable(&self, peer_trusted: bool) -> Option<&HeaderSource> {
+        match &self.kind {
+            Kind::Header(source) if !(peer_trusted || source.from_any_peer) => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether a header named `name` (lower case) on a request from this peer is one only a
     /// trusted layer may set: a held request keeps no such header for its replay.
     pub fn is_forged(&self, name: &str, peer_trusted: bool) -> bool {
-        let Kind::Header(source) = &self.kind else {
-            return false;
-        };
-        !(peer_trusted || source.from_any_peer)
-            && (name == source.user.as_str()
+        self.forgeable(peer_trusted).is_some_and(|source| {
+            name == source.user.as_str()
                 || source
                     .phone
                     .as_ref()
-                    .is_some_and(|phone| name == phone.as_str()))
+                    .is_some_and(|phone| name == phone.as_str())
+        })
     }
 
+    /// Removes from a request about to go upstream what only a trusted layer may set (identity
+    /// headers sent by an untrusted client). Runs on every forwarded request: without such
+    /// headers it costs two lookups and allocates nothing.
     pub fn strip_forged(&self, req: &mut RequestHeader, peer_trusted: bool) {
-        let Kind::Header(source) = &self.kind else {
+        let Some(source) = self.forgeable(peer_trusted) else {
             return;
         };
-        if peer_trusted || source.from_any_peer {
-            return;
-        }
         if req.headers.contains_key(&source.user) {
             req.remove_header(&source.user);
         }
