@@ -295,3 +295,24 @@ fn the_api_listener_refuses_unreadable_paths_as_the_proxy_does() {
     let (status, answer) = raw_to(gate.api, "GET /health HTTP/1.1\r\nHost: x\r\n", "");
     assert_eq!(status, 200, "{answer}");
 }
+
+#[test]
+fn a_client_cannot_hand_the_app_a_step_up_assertion_of_its_own() {
+    let upstream = RecordingUpstream::start();
+    let gate = gate(&upstream);
+    // Any spelling of the name, any number of copies, beside our other headers or alone.
+    let heads = [
+        "GET /public HTTP/1.1\r\nHost: bank.example\r\nStepgate-Assertion: forged\r\n",
+        "GET /public HTTP/1.1\r\nHost: bank.example\r\nSTEPGATE-ASSERTION: a\r\nstepgate-assertion: b\r\n",
+        "GET /public HTTP/1.1\r\nHost: bank.example\r\nX-Other: 1\r\nsTePgAtE-aSsErTiOn: c\r\nStepgate-Grant: junk\r\n",
+    ];
+    for head in heads {
+        let (status, answer) = raw(&gate, head, "");
+        assert_eq!(status, 200, "{head:?}: {answer}");
+        let seen = upstream.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last.header("stepgate-assertion"), None, "{head:?}");
+        assert_eq!(last.header("stepgate-grant"), None, "{head:?}");
+    }
+    assert_eq!(upstream.seen().len(), heads.len());
+}
