@@ -15,7 +15,7 @@ use stepgate::domain::auth_type::Method;
 use stepgate::domain::clock::{SharedClock, SystemClock};
 use stepgate::domain::code::{CodeHasher, OneTimeCode, SecretKey};
 use stepgate::domain::ports::TransactionStore;
-use stepgate::domain::transaction::{Details, Status, Transaction, TransactionId};
+use stepgate::domain::transaction::{Details, Owner, Status, Transaction, TransactionId};
 use stepgate::store::memory::MemoryStore;
 use stepgate::store::redis::{RedisSettings, RedisStore};
 
@@ -119,7 +119,7 @@ async fn bench_store(
         let store = store.clone();
         async move {
             store
-                .verify_code(&id, "bench-user", &candidate)
+                .verify_code(&id, Owner::through_proxy("bench-user"), &candidate)
                 .await
                 .expect("verify");
         }
@@ -177,8 +177,8 @@ fn main() {
             let tx = fx.transaction();
             redis_store.insert(&tx).await.expect("insert");
             let wrong = fx.hasher.hash(&tx.id, &OneTimeCode::parse("000000").unwrap_or_else(|| unreachable!()));
-            redis_store.verify_code(&tx.id, "bench-user", &wrong).await.expect("verify");
-            redis_store.verify_code(&tx.id, "bench-user", &fx.hasher.hash(&tx.id, &fx.code)).await.expect("verify");
+            redis_store.verify_code(&tx.id, Owner::through_proxy("bench-user"), &wrong).await.expect("verify");
+            redis_store.verify_code(&tx.id, Owner::through_proxy("bench-user"), &fx.hasher.hash(&tx.id, &fx.code)).await.expect("verify");
         }
         let after = common::redis_command_calls(&mut conn).await;
         println!("redis commands per SMS flow (insert + wrong code + right code), over {flows} flows:");

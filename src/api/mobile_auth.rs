@@ -24,7 +24,7 @@ use crate::domain::device::PushEnrollmentMode;
 use crate::domain::ports::StoreError;
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
 use crate::domain::sms::normalize_phone_number;
-use crate::domain::transaction::TransactionId;
+use crate::domain::transaction::{Owner, TransactionId};
 use crate::service::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use crate::service::push::{PushService, PushServiceError, PushStart, PushTarget};
 use crate::service::sms::{SmsError, SmsService, SmsStart};
@@ -96,13 +96,27 @@ fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, ApiError> {
     form_fields(body).ok_or_else(|| ApiError::InvalidParameter("body is not form-encoded".into()))
 }
 
+/// A call whose client is authenticated: the form and who sent it.
+struct Admitted {
+    form: HashMap<String, String>,
+    /// The authenticated API client: the only one that may act on the transactions it starts.
+    client_id: String,
+}
+
+impl Admitted {
+    /// `user_id`, acting through this client.
+    fn owner<'a>(&'a self, user_id: &'a str) -> Owner<'a> {
+        Owner::through_client(user_id, &self.client_id)
+    }
+}
+
 /// Authenticates the client and the feature switch, and returns the form.
 fn admit(
     state: &MobileAuthState,
     headers: &HeaderMap,
     body: &[u8],
     peer: SocketAddr,
-) -> Result<HashMap<String, String>, ApiError> {
+) -> Result<Admitted, ApiError> {
     admit_for(state, headers, body, peer, ApiScope::MobileAuthentication)
 }
 
@@ -112,11 +126,11 @@ fn admit_for(
     body: &[u8],
     peer: SocketAddr,
     scope: ApiScope,
-) -> Result<HashMap<String, String>, ApiError> {
+) -> Result<Admitted, ApiError> {
     // Credentials may be in the form, so a body that does not parse is still a client error first.
     let parsed = parse_form(body);
     let empty = HashMap::new();
-    authenticate(
+    let client = authenticate(
         &state.clients,
         headers,
         parsed.as_ref().unwrap_or(&empty),
@@ -126,7 +140,10 @@ fn admit_for(
     if !state.enabled {
         return Err(ApiError::Disabled);
     }
-    parsed
+    Ok(Admitted {
+        form: parsed?,
+        client_id: client.client_id.clone(),
+    })
 }
 
 fn store_error(error: StoreError) -> ApiError {
@@ -156,7 +173,9 @@ async fn init(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let form = admit(&state, &headers, &body, peer)?;
+    let admitted = admit(&state, &headers, &body, peer)?;
+    let form = &admitted.form;
+    let client_id = admitted.client_id.as_str();
     let type_name = form
         .get("type")
         .ok_or_else(|| ApiError::InvalidParameter("type missing".into()))?;
@@ -185,7 +204,7 @@ async fn init(
     let mut push_failure = None;
     for auth_type in chain {
         if auth_type.method.is_push() {
-            match start_push(&state, version, auth_type, &form).await {
+            match start_push(&state, version, auth_type, form, client_id).await {
                 Ok(response) => return Ok(response),
                 Err(PushServiceError::NoDevice | PushServiceError::Disabled) => continue,
                 Err(PushServiceError::SendFailed(error)) => {
@@ -202,10 +221,10 @@ async fn init(
             }
         }
         if auth_type.method == Method::Sms {
-            return start_sms(&state, auth_type, &form).await;
+            return start_sms(&state, auth_type, form, client_id).await;
         }
         if auth_type.method == Method::Otp {
-            return start_otp(&state, auth_type, &form).await;
+            return start_otp(&state, auth_type, form, client_id).await;
         }
     }
     Err(match push_failure {
@@ -248,6 +267,7 @@ async fn start_push(
     version: ApiVersion,
     auth_type: &crate::domain::auth_type::AuthType,
     form: &HashMap<String, String>,
+    client_id: &str,
 ) -> Result<Response, PushServiceError> {
     // Without the push parameters the push cannot start: a type with a fallback falls back
     // (the portal may not know of any device), one without names what is missing.
@@ -294,6 +314,7 @@ async fn start_push(
         language: form
             .get("language_code")
             .map(|code| code.to_ascii_lowercase()),
+        client_id: Some(client_id.to_owned()),
     };
     let started = state.push.start(auth_type, &target, request).await?;
     let tx = &started.transaction;
@@ -313,6 +334,7 @@ async fn start_sms(
     state: &MobileAuthState,
     auth_type: &crate::domain::auth_type::AuthType,
     form: &HashMap<String, String>,
+    client_id: &str,
 ) -> Result<Response, ApiError> {
     let user_id = form
         .get("user_id")
@@ -329,6 +351,7 @@ async fn start_sms(
         language: form
             .get("language_code")
             .map(|code| code.to_ascii_lowercase()),
+        client_id: Some(client_id.to_owned()),
     };
     let tx = state.sms.start(auth_type, request).await?;
     Ok(json_response(StatusCode::OK, &started_body(&tx)))
@@ -341,6 +364,7 @@ async fn start_otp(
     state: &MobileAuthState,
     auth_type: &crate::domain::auth_type::AuthType,
     form: &HashMap<String, String>,
+    client_id: &str,
 ) -> Result<Response, ApiError> {
     if form.contains_key("user_id") {
         return Err(ApiError::InvalidParameter(
@@ -365,6 +389,7 @@ async fn start_otp(
         message,
         callback_uri: Some(callback_uri.clone()),
         language,
+        client_id: Some(client_id.to_owned()),
     };
     let started = state
         .otp
@@ -398,7 +423,7 @@ async fn result(
     Path(transaction_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admit(&state, &headers, &[], peer)?;
+    let admitted = admit(&state, &headers, &[], peer)?;
     let id: TransactionId = transaction_id
         .parse()
         .map_err(|_| ApiError::InvalidTransaction)?;
@@ -410,7 +435,7 @@ async fn result(
             PushServiceError::Store(error) => store_error(error),
             _ => ApiError::InvalidTransaction,
         })?
-        .filter(|tx| tx.method != Method::Sms)
+        .filter(|tx| tx.method != Method::Sms && tx.started_by(Some(&admitted.client_id)))
         .ok_or(ApiError::InvalidTransaction)?;
     let authenticated = tx.status == crate::domain::transaction::Status::Approved;
     let mut body = json!({
@@ -535,10 +560,18 @@ async fn verify_sms(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let form = admit(&state, &headers, &body, peer)?;
-    let id = transaction_id(&form)?;
-    let code = form.get("sms_code").map(String::as_str).unwrap_or_default();
-    match state.sms.verify(&id, &user_id, code).await? {
+    let admitted = admit(&state, &headers, &body, peer)?;
+    let id = transaction_id(&admitted.form)?;
+    let code = admitted
+        .form
+        .get("sms_code")
+        .map(String::as_str)
+        .unwrap_or_default();
+    match state
+        .sms
+        .verify(&id, admitted.owner(&user_id), code)
+        .await?
+    {
         VerifyOutcome::Approved { .. } => Ok(json_response(
             StatusCode::OK,
             &json!({"transaction_id": id.to_string()}),
@@ -559,9 +592,9 @@ async fn resend_sms(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let form = admit(&state, &headers, &body, peer)?;
-    let id = transaction_id(&form)?;
-    match state.sms.resend(&id, &user_id).await? {
+    let admitted = admit(&state, &headers, &body, peer)?;
+    let id = transaction_id(&admitted.form)?;
+    match state.sms.resend(&id, admitted.owner(&user_id)).await? {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(ResendOutcome::Disabled | ResendOutcome::LimitReached) => Err(ApiError::ResendLimit),
         Err(
@@ -578,9 +611,9 @@ async fn resend_push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let form = admit(&state, &headers, &body, peer)?;
-    let id = transaction_id(&form)?;
-    match state.push.resend(&id, &user_id).await {
+    let admitted = admit(&state, &headers, &body, peer)?;
+    let id = transaction_id(&admitted.form)?;
+    match state.push.resend(&id, admitted.owner(&user_id)).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(PushServiceError::ResendRefused(
             ResendOutcome::Disabled | ResendOutcome::LimitReached,

@@ -15,7 +15,7 @@ use super::device::{
 use super::held::{HeldRequest, HeldTicket};
 use super::otp::{OtpAnswer, RedeemOutcome};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
-use super::transaction::{Transaction, TransactionId};
+use super::transaction::{Owner, Transaction, TransactionId};
 
 /// Why a store call did not complete. Every variant fails closed: callers never treat it as
 /// "allowed".
@@ -45,13 +45,14 @@ pub trait TransactionStore: Send + Sync {
 
     async fn get(&self, id: &TransactionId) -> Result<Option<Transaction>, StoreError>;
 
-    /// Checks that the transaction is `user_id`'s, checks the code and counts the attempt: one
-    /// atomic step (`regulation::belongs_to`, `regulation::verify`). `None` when there is no such
-    /// transaction or it is another user's; then nothing is counted or changed.
+    /// Checks that `owner` may act on the transaction, checks the code and counts the attempt:
+    /// one atomic step (`regulation::belongs_to`, `regulation::verify`). `None` when there is no
+    /// such transaction or it is another user's or another client's; then nothing is counted or
+    /// changed.
     async fn verify_code(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         candidate: &CodeHash,
     ) -> Result<Option<Verified>, StoreError>;
 

@@ -6,7 +6,7 @@
 
 use super::clock::Timestamp;
 use super::code::CodeHash;
-use super::transaction::{Evidence, Reason, Status, Transaction};
+use super::transaction::{Evidence, Owner, Reason, Status, Transaction};
 
 /// A fixed-window limit: at most `limit` hits per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +68,11 @@ fn expire_if_due(tx: &mut Transaction, now: Timestamp) -> bool {
     }
 }
 
-/// Whether `tx` is `user_id`'s. Checked before any attempt is counted: a guess at another user's
-/// transaction must neither count nor tell that it exists.
-pub fn belongs_to(tx: &Transaction, user_id: &str) -> bool {
-    tx.user_id.as_deref() == Some(user_id)
+/// Whether `owner` may act on `tx` (its user, through the client that started it). Checked
+/// before any attempt is counted: a guess at another user's or another client's transaction must
+/// neither count nor tell that it exists.
+pub fn belongs_to(tx: &Transaction, owner: Owner<'_>) -> bool {
+    tx.is_owned_by(owner)
 }
 
 /// Counts one attempt with a submitted code. `candidate` is the submitted code's hash; it is

@@ -211,6 +211,37 @@ pub struct Details {
     /// on the phone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u8>,
+    /// The API client that started the transaction; `None` when the gateway's own proxy did.
+    /// Only that starter may read, verify or resend it (`Owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// Who may act on a transaction: its user, through whoever started it (the API client, or the
+/// proxy when `client_id` is `None`). Another client's or another user's transaction answers as
+/// unknown, so clients cannot learn which transactions exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub user_id: &'a str,
+    pub client_id: Option<&'a str>,
+}
+
+impl<'a> Owner<'a> {
+    /// The user, acting through the gateway's own proxy.
+    pub fn through_proxy(user_id: &'a str) -> Self {
+        Self {
+            user_id,
+            client_id: None,
+        }
+    }
+
+    /// The user, acting through the API client `client_id`.
+    pub fn through_client(user_id: &'a str, client_id: &'a str) -> Self {
+        Self {
+            user_id,
+            client_id: Some(client_id),
+        }
+    }
 }
 
 /// What the answer of a push or OTP transaction proved, for the result API
@@ -245,6 +276,16 @@ impl Transaction {
         } else {
             self.status
         }
+    }
+
+    /// Whether the transaction was started by `client_id` (`None`: by the proxy).
+    pub fn started_by(&self, client_id: Option<&str>) -> bool {
+        self.details.client_id.as_deref() == client_id
+    }
+
+    /// Whether `owner` may act on it: its user, through the client that started it.
+    pub fn is_owned_by(&self, owner: Owner<'_>) -> bool {
+        self.user_id.as_deref() == Some(owner.user_id) && self.started_by(owner.client_id)
     }
 
     /// What is left of the lifetime, as the API's `time_to_live`.

@@ -46,6 +46,8 @@ pub struct TransactionSummary {
     pub device_id: Option<String>,
     pub application: Option<String>,
     pub callback_uri: Option<String>,
+    /// The API client that started it; `null` when the proxy did.
+    pub client_id: Option<String>,
     /// Masked as in the audit log (`+31*******78`).
     pub phone: Option<String>,
     /// Which authenticator signed a push or OTP answer (`pin`, `biometric`, ...).
@@ -71,6 +73,7 @@ impl TransactionSummary {
             device_id: tx.details.device_id.clone(),
             application: tx.details.application.clone(),
             callback_uri: tx.details.callback_uri.clone(),
+            client_id: tx.details.client_id.clone(),
             phone: tx.details.phone_number.as_deref().map(mask_phone),
             authenticator: tx
                 .evidence
@@ -386,6 +389,7 @@ mod tests {
                 application: Some("bank-app".into()),
                 signing_data: Some(SIGNING.into()),
                 number: Some(42),
+                client_id: Some("portal".into()),
             },
         }
     }

@@ -62,6 +62,8 @@ pub struct OtpStart {
     pub message: Option<String>,
     pub callback_uri: Option<String>,
     pub language: Option<String>,
+    /// The API client starting it; `None` for the gateway's proxy.
+    pub client_id: Option<String>,
 }
 
 /// Where the secret of a new code comes from.
@@ -164,6 +166,7 @@ impl OtpService {
                 callback_uri: request.callback_uri,
                 message,
                 language: request.language,
+                client_id: request.client_id,
                 ..Details::default()
             },
         };

@@ -20,7 +20,9 @@ use crate::domain::device_crypto::{self, SealedPayload};
 use crate::domain::ports::StoreError;
 use crate::domain::push::{PushError, PushMessage, PushSender};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
-use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
+use crate::domain::transaction::{
+    Details, Evidence, Owner, Reason, Status, Transaction, TransactionId,
+};
 use crate::service::callbacks::CallbackService;
 use crate::service::devices::{DeviceError, DeviceService};
 use crate::service::transactions::{EngineError, TransactionEngine};
@@ -96,6 +98,8 @@ pub struct PushStart {
     pub signing_data: Option<String>,
     pub callback_uri: Option<String>,
     pub language: Option<String>,
+    /// The API client starting it; `None` for the gateway's proxy.
+    pub client_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -246,6 +250,7 @@ impl PushService {
                 .signing_data
                 .filter(|_| auth_type.transaction_signing),
             number,
+            client_id: request.client_id,
             ..Details::default()
         };
         let started = self
@@ -305,8 +310,12 @@ impl PushService {
     /// Sends the push of a pending transaction again (the portal's resend), counted against
     /// the type's `max_resends` in the same atomic store step that checks it. A provider
     /// failure leaves the transaction pending.
-    pub async fn resend(&self, id: &TransactionId, user_id: &str) -> Result<(), PushServiceError> {
-        let tx = self.engine.get_owned(id, user_id).await?;
+    pub async fn resend(
+        &self,
+        id: &TransactionId,
+        owner: Owner<'_>,
+    ) -> Result<(), PushServiceError> {
+        let tx = self.engine.get_owned(id, owner).await?;
         if !tx.method.is_push() {
             return Err(PushServiceError::UnknownTransaction);
         }
@@ -334,7 +343,7 @@ impl PushService {
             event: "PUSH_AUTH_RESEND_SUCCEEDED",
             transaction_id: Some(&tx.id.to_string()),
             auth_type: Some(&tx.auth_type),
-            user_id: Some(user_id),
+            user_id: Some(owner.user_id),
             ..AuditEvent::default()
         }
         .emit();

@@ -14,7 +14,7 @@ use crate::domain::code::SecretKey;
 use crate::domain::ports::{RateLimitStore, SendError, SmsMessage, SmsSender, StoreError};
 use crate::domain::regulation::{Finish, ResendOutcome, VerifyOutcome, WindowLimit};
 use crate::domain::sms::render_body;
-use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+use crate::domain::transaction::{Details, Owner, Reason, Status, Transaction, TransactionId};
 use crate::telemetry::audit::{AuditEvent, mask_phone};
 use crate::telemetry::metrics;
 
@@ -54,6 +54,8 @@ pub struct SmsStart {
     pub phone_number: String,
     pub message: Option<String>,
     pub language: Option<String>,
+    /// The API client starting it; `None` for the gateway's proxy.
+    pub client_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -177,6 +179,7 @@ impl SmsService {
             language: request.language.clone(),
             phone_number: Some(request.phone_number.clone()),
             sender_id: auth_type.sender_id.clone(),
+            client_id: request.client_id.clone(),
             ..Details::default()
         };
         let started = self
@@ -229,10 +232,11 @@ impl SmsService {
     pub async fn verify(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         typed: &str,
     ) -> Result<VerifyOutcome, SmsError> {
-        let verified = self.engine.verify(id, user_id, typed).await?;
+        let user_id = owner.user_id;
+        let verified = self.engine.verify(id, owner, typed).await?;
         let outcome = verified.outcome;
         let finished = match outcome {
             VerifyOutcome::Approved { .. } => Some(("SMS_AUTH_AUTHENTICATED", Status::Approved)),
@@ -281,9 +285,10 @@ impl SmsService {
     pub async fn resend(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
     ) -> Result<Result<(), ResendOutcome>, SmsError> {
-        let tx = self.engine.get_owned(id, user_id).await?;
+        let user_id = owner.user_id;
+        let tx = self.engine.get_owned(id, owner).await?;
         let phone = tx
             .details
             .phone_number

@@ -27,7 +27,7 @@ use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, Orig
 use crate::domain::policy::StepUp;
 use crate::domain::ports::{HeldRequestStore, SendError, StoreError};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
-use crate::domain::transaction::{Status, Transaction, TransactionId};
+use crate::domain::transaction::{Owner, Status, Transaction, TransactionId};
 
 /// How often a waiting request looks at the transaction again.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -406,6 +406,7 @@ impl StepUpService {
                         phone_number,
                         message: template,
                         language: None,
+                        client_id: None,
                     },
                 )
                 .await?;
@@ -468,7 +469,10 @@ impl StepUpService {
         id: &TransactionId,
         requester: &Requester,
     ) -> Result<Transaction, StepUpError> {
-        Ok(self.engine.get_owned(id, &requester.user_id).await?)
+        Ok(self
+            .engine
+            .get_owned(id, Owner::through_proxy(&requester.user_id))
+            .await?)
     }
 
     /// Waits up to `max_wait` for the transaction to leave `pending`, and returns it as it
@@ -498,11 +502,17 @@ impl StepUpService {
         requester: &Requester,
         code: &str,
     ) -> Result<VerifyOutcome, StepUpError> {
-        let tx = self.engine.get_owned(id, &requester.user_id).await?;
+        let tx = self
+            .engine
+            .get_owned(id, Owner::through_proxy(&requester.user_id))
+            .await?;
         if tx.method != Method::Sms {
             return Ok(VerifyOutcome::NoCode);
         }
-        Ok(self.sms.verify(id, &requester.user_id, code).await?)
+        Ok(self
+            .sms
+            .verify(id, Owner::through_proxy(&requester.user_id), code)
+            .await?)
     }
 
     pub async fn resend(
@@ -510,7 +520,10 @@ impl StepUpService {
         id: &TransactionId,
         requester: &Requester,
     ) -> Result<Result<(), ResendOutcome>, StepUpError> {
-        Ok(self.sms.resend(id, &requester.user_id).await?)
+        Ok(self
+            .sms
+            .resend(id, Owner::through_proxy(&requester.user_id))
+            .await?)
     }
 
     /// Hands out the held request of an approved transaction, once: of two concurrent calls

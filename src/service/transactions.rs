@@ -10,7 +10,7 @@ use crate::domain::clock::SharedClock;
 use crate::domain::code::{CodeHasher, OneTimeCode};
 use crate::domain::ports::{StoreError, TransactionStore, Verified};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
-use crate::domain::transaction::{Details, Status, Transaction, TransactionId};
+use crate::domain::transaction::{Details, Owner, Status, Transaction, TransactionId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -101,31 +101,31 @@ impl TransactionEngine {
         }))
     }
 
-    /// The transaction if it exists and belongs to `user_id`; otherwise the one generic answer.
+    /// The transaction if it exists and `owner` may act on it; otherwise the one generic answer.
     pub async fn get_owned(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
     ) -> Result<Transaction, EngineError> {
         match self.get(id).await? {
-            Some(tx) if tx.user_id.as_deref() == Some(user_id) => Ok(tx),
+            Some(tx) if tx.is_owned_by(owner) => Ok(tx),
             _ => Err(EngineError::UnknownTransaction),
         }
     }
 
     /// Checks what the user typed and counts the attempt, in one atomic store step that first
-    /// checks the transaction is `user_id`'s (another user's answers as unknown and costs no
-    /// attempt). Input that is not six digits counts as a wrong code, so malformed guesses are
+    /// checks `owner` may act on the transaction (another user's or another client's answers as
+    /// unknown and costs no attempt). Input that is not six digits counts as a wrong code, so malformed guesses are
     /// not free. The result carries the transaction's type and method for metrics.
     pub async fn verify(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         typed: &str,
     ) -> Result<Verified, EngineError> {
         let candidate = self.hasher.hash_input(id, typed);
         self.store
-            .verify_code(id, user_id, &candidate)
+            .verify_code(id, owner, &candidate)
             .await?
             .ok_or(EngineError::UnknownTransaction)
     }
@@ -216,7 +216,7 @@ mod tests {
         let id = started.transaction.id;
         assert_eq!(
             engine
-                .verify(&id, "ann", code.expose())
+                .verify(&id, Owner::through_proxy("ann"), code.expose())
                 .await
                 .unwrap()
                 .outcome,
@@ -224,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             engine
-                .verify(&id, "ann", code.expose())
+                .verify(&id, Owner::through_proxy("ann"), code.expose())
                 .await
                 .unwrap()
                 .outcome,
@@ -245,17 +245,23 @@ mod tests {
             .unwrap();
         let id = started.transaction.id;
         assert!(matches!(
-            engine.verify(&id, "bob", "000000").await,
+            engine
+                .verify(&id, Owner::through_proxy("bob"), "000000")
+                .await,
             Err(EngineError::UnknownTransaction)
         ));
         assert!(matches!(
-            engine.get_owned(&id, "bob").await,
+            engine.get_owned(&id, Owner::through_proxy("bob")).await,
             Err(EngineError::UnknownTransaction)
         ));
         assert_eq!(engine.get(&id).await.unwrap().unwrap().attempts, 0);
         assert!(matches!(
             engine
-                .verify(&TransactionId::random(), "ann", "000000")
+                .verify(
+                    &TransactionId::random(),
+                    Owner::through_proxy("ann"),
+                    "000000"
+                )
                 .await,
             Err(EngineError::UnknownTransaction)
         ));
@@ -270,14 +276,22 @@ mod tests {
             .unwrap();
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "abc").await.unwrap().outcome,
+            engine
+                .verify(&id, Owner::through_proxy("ann"), "abc")
+                .await
+                .unwrap()
+                .outcome,
             VerifyOutcome::WrongCode {
                 attempts: 1,
                 remaining: Some(1)
             }
         );
         assert_eq!(
-            engine.verify(&id, "ann", "").await.unwrap().outcome,
+            engine
+                .verify(&id, Owner::through_proxy("ann"), "")
+                .await
+                .unwrap()
+                .outcome,
             VerifyOutcome::Exhausted { attempts: 2 }
         );
         let tx = engine.get(&id).await.unwrap().unwrap();
@@ -295,7 +309,10 @@ mod tests {
             .await
             .unwrap();
         let (id, first) = (started.transaction.id, started.code.unwrap());
-        let tx = engine.get_owned(&id, "ann").await.unwrap();
+        let tx = engine
+            .get_owned(&id, Owner::through_proxy("ann"))
+            .await
+            .unwrap();
         let ResendResult::Resent(resent) = engine.resend(tx.clone()).await.unwrap() else {
             panic!("first resend is allowed")
         };
@@ -307,7 +324,7 @@ mod tests {
         if first != resent.code {
             assert!(matches!(
                 engine
-                    .verify(&id, "ann", first.expose())
+                    .verify(&id, Owner::through_proxy("ann"), first.expose())
                     .await
                     .unwrap()
                     .outcome,
@@ -316,7 +333,7 @@ mod tests {
         }
         assert!(matches!(
             engine
-                .verify(&id, "ann", resent.code.expose())
+                .verify(&id, Owner::through_proxy("ann"), resent.code.expose())
                 .await
                 .unwrap()
                 .outcome,
@@ -339,7 +356,11 @@ mod tests {
         );
         assert_eq!(
             engine
-                .verify(&id, "ann", started.code.unwrap().expose())
+                .verify(
+                    &id,
+                    Owner::through_proxy("ann"),
+                    started.code.unwrap().expose()
+                )
                 .await
                 .unwrap()
                 .outcome,
@@ -361,7 +382,11 @@ mod tests {
         assert!(started.code.is_none());
         let id = started.transaction.id;
         assert_eq!(
-            engine.verify(&id, "ann", "123456").await.unwrap().outcome,
+            engine
+                .verify(&id, Owner::through_proxy("ann"), "123456")
+                .await
+                .unwrap()
+                .outcome,
             VerifyOutcome::NoCode
         );
         let deny = Finish {

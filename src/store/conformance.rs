@@ -26,7 +26,9 @@ use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, Orig
 use crate::domain::otp::{OtpAnswer, OtpCode, OtpHasher, RedeemOutcome};
 use crate::domain::ports::{HeldRequestStore, RateLimitStore, StoreError, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
-use crate::domain::transaction::{Details, Evidence, Reason, Status, Transaction, TransactionId};
+use crate::domain::transaction::{
+    Details, Evidence, Owner, Reason, Status, Transaction, TransactionId,
+};
 
 /// The Redis server the tests use.
 pub(crate) fn test_redis_url() -> String {
@@ -36,7 +38,12 @@ pub(crate) fn test_redis_url() -> String {
 const RETENTION: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(300);
 /// The user the sample transactions belong to.
-const OWNER: &str = "user-1";
+const OWNER_ID: &str = "user-1";
+/// The owner of the transactions the harness makes: `OWNER_ID` through the proxy.
+const OWNER: Owner<'static> = Owner {
+    user_id: OWNER_ID,
+    client_id: None,
+};
 
 /// One backend under test.
 pub(super) struct Harness {
@@ -285,6 +292,7 @@ pub(super) async fn round_trip_keeps_every_field(h: &Harness) {
             application: Some("bank-app".into()),
             signing_data: Some("{\"amount\":\"100.00\"}".into()),
             number: Some(47),
+            client_id: Some("portal".into()),
         },
     };
     h.tx.insert(&full).await.unwrap();
@@ -637,12 +645,24 @@ pub(super) async fn verify_answers_only_the_owner_and_names_the_transaction(h: &
     let tx = h.inserted(h.sms(3, 0)).await;
     let right = h.code(&tx.id, "111111");
     assert_eq!(
-        h.tx.verify_code(&tx.id, "someone-else", &right)
+        h.tx.verify_code(&tx.id, Owner::through_proxy("someone-else"), &right)
             .await
             .unwrap(),
         None
     );
-    assert_eq!(h.tx.verify_code(&tx.id, "", &right).await.unwrap(), None);
+    assert_eq!(
+        h.tx.verify_code(&tx.id, Owner::through_proxy(""), &right)
+            .await
+            .unwrap(),
+        None
+    );
+    // The right user through an API client that did not start it is a stranger too.
+    assert_eq!(
+        h.tx.verify_code(&tx.id, Owner::through_client(OWNER_ID, "portal"), &right)
+            .await
+            .unwrap(),
+        None
+    );
     let stored = h.stored(&tx.id).await;
     assert_eq!(
         (stored.attempts, stored.status),
@@ -665,13 +685,39 @@ pub(super) async fn verify_answers_only_the_owner_and_names_the_transaction(h: &
     h.clock.advance(TTL); // past the lifetime, within the retention
     let guess = h.code(&late.id, "111111");
     assert_eq!(
-        h.tx.verify_code(&late.id, "someone-else", &guess)
+        h.tx.verify_code(&late.id, Owner::through_proxy("someone-else"), &guess)
             .await
             .unwrap(),
         None
     );
     assert_eq!(h.stored(&late.id).await.status, Status::Pending);
     assert_eq!(h.verify(&late.id, "111111").await, VerifyOutcome::Expired);
+
+    // An API client's transaction answers to that client only: not to the proxy, not to
+    // another client, even with the right user and the right code.
+    let mut started_by_portal = h.sms(3, 0);
+    started_by_portal.details.client_id = Some("portal".into());
+    let portal_tx = h.inserted(started_by_portal).await;
+    let right = h.code(&portal_tx.id, "111111");
+    for stranger in [OWNER, Owner::through_client(OWNER_ID, "other-portal")] {
+        assert_eq!(
+            h.tx.verify_code(&portal_tx.id, stranger, &right)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(h.stored(&portal_tx.id).await.attempts, 0);
+    let verified =
+        h.tx.verify_code(
+            &portal_tx.id,
+            Owner::through_client(OWNER_ID, "portal"),
+            &right,
+        )
+        .await
+        .unwrap()
+        .map(|verified| verified.outcome);
+    assert_eq!(verified, Some(VerifyOutcome::Approved { attempts: 1 }));
 }
 
 pub(super) async fn verify_without_a_code_counts_nothing(h: &Harness) {
@@ -1212,14 +1258,14 @@ pub(super) async fn otp_redeem_touches_only_unbound_or_own_otp_transactions(h: &
     ));
 
     // Not an OTP transaction: missing, untouched, even with a hash that would match.
-    let (otp_shaped, code) = h.otp(Some(OWNER), 3);
+    let (otp_shaped, code) = h.otp(Some(OWNER_ID), 3);
     let sms = h
         .inserted(Transaction {
             method: Method::Sms,
             ..otp_shaped
         })
         .await;
-    assert_eq!(h.redeem(&sms.id, &code, OWNER, true).await, None);
+    assert_eq!(h.redeem(&sms.id, &code, OWNER_ID, true).await, None);
     assert_eq!(h.stored(&sms.id).await, sms);
 
     // No transaction at all.

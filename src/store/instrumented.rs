@@ -23,7 +23,7 @@ use crate::domain::ports::{
     HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore,
 };
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
-use crate::domain::transaction::{Transaction, TransactionId};
+use crate::domain::transaction::{Owner, Transaction, TransactionId};
 use crate::telemetry::metrics;
 
 /// Wraps a store (memory, Redis or anything else implementing the ports) with latency metrics.
@@ -118,14 +118,11 @@ impl<S: TransactionStore> TransactionStore for Instrumented<S> {
     async fn verify_code(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         candidate: &CodeHash,
     ) -> Result<Option<Verified>, StoreError> {
-        self.timed(
-            "verify_code",
-            self.inner.verify_code(id, user_id, candidate),
-        )
-        .await
+        self.timed("verify_code", self.inner.verify_code(id, owner, candidate))
+            .await
     }
 
     async fn resend(

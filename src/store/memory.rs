@@ -29,7 +29,7 @@ use crate::domain::ports::{
     Verified,
 };
 use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
-use crate::domain::transaction::{Transaction, TransactionId};
+use crate::domain::transaction::{Owner, Transaction, TransactionId};
 
 mod admin;
 
@@ -225,11 +225,11 @@ impl TransactionStore for MemoryStore {
     async fn verify_code(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         candidate: &CodeHash,
     ) -> Result<Option<Verified>, StoreError> {
         let verified = self.with_live(id, |tx, now| {
-            regulation::belongs_to(tx, user_id).then(|| Verified {
+            regulation::belongs_to(tx, owner).then(|| Verified {
                 // Only SMS codes are typed back: an OTP's hash is no code to guess at here.
                 outcome: if tx.method == Method::Sms {
                     regulation::verify(tx, candidate, now)

@@ -59,7 +59,7 @@ use crate::domain::ports::{
     HeldRequestStore, RateDecision, RateLimitStore, StoreError, TransactionStore, Verified,
 };
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
-use crate::domain::transaction::{Details, Reason, Status, Transaction, TransactionId};
+use crate::domain::transaction::{Details, Owner, Reason, Status, Transaction, TransactionId};
 
 mod admin;
 
@@ -528,7 +528,7 @@ impl TransactionStore for RedisStore {
     async fn verify_code(
         &self,
         id: &TransactionId,
-        user_id: &str,
+        owner: Owner<'_>,
         candidate: &CodeHash,
     ) -> Result<Option<Verified>, StoreError> {
         let candidate = candidate.to_hex();
@@ -537,7 +537,7 @@ impl TransactionStore for RedisStore {
                 "verify_code",
                 &self.scripts.verify,
                 id,
-                &[&candidate, user_id],
+                &[&candidate, owner.user_id, owner.client_id.unwrap_or("")],
             )
             .await?;
         let outcome = match kind {
@@ -1337,7 +1337,9 @@ mod tests {
             .unwrap();
         let get = store.get(&id).await;
         let candidate = CodeHash::from_hex(&"00".repeat(32)).unwrap();
-        let verify = store.verify_code(&id, "user-1", &candidate).await;
+        let verify = store
+            .verify_code(&id, Owner::through_proxy("user-1"), &candidate)
+            .await;
         let _: () = ::redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut connection)

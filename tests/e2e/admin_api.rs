@@ -209,6 +209,7 @@ async fn ops_can_see_what_happened(builder: GateBuilder) {
     assert_eq!(ann["user_id"], ANN.0);
     assert_eq!(ann["attempts"], 1);
     assert_eq!(ann["phone"], "+31*******78");
+    assert_eq!(ann["client_id"], "portal", "{ann}");
     let mut fields: Vec<&str> = ann
         .as_object()
         .unwrap()
@@ -223,6 +224,7 @@ async fn ops_can_see_what_happened(builder: GateBuilder) {
             "attempts",
             "authenticator",
             "callback_uri",
+            "client_id",
             "created_at",
             "device_id",
             "expires_at",

@@ -40,6 +40,7 @@ fn world(store: Store, extra: &str) -> World {
     let yaml = format!(
         "api_clients:
   - {{ client_id: {CLIENT_ID}, client_secret: \"{CLIENT_SECRET}\", apis: [mobile_authentication, end_user] }}
+  - {{ client_id: other-portal, client_secret: \"other-portal-secret-0123456789\", apis: [mobile_authentication] }}
 auth_types:
   - name: qr_login
     method: otp
@@ -217,6 +218,51 @@ async fn portal_otp_login_on_memory() {
 #[tokio::test]
 async fn portal_otp_login_on_redis() {
     portal_otp_login(Store::Redis).await;
+}
+
+/// The result of a transaction is the starting client's alone: another client of the gateway
+/// (valid credentials, the right transaction id) gets the unknown-transaction answer, before and
+/// after the phone answers, and learns neither the user nor the outcome.
+async fn results_answer_only_the_starting_client(store: Store) {
+    let world = world(store, "");
+    let init = world.init("qr_login").await;
+    let tx = init["transaction_id"].as_str().unwrap().to_owned();
+    let as_other = || async {
+        let response = client()
+            .get(
+                world
+                    .gate
+                    .url(&format!("/oauth/api/v4/authenticate/transaction/{tx}")),
+            )
+            .basic_auth("other-portal", Some("other-portal-secret-0123456789"))
+            .send()
+            .await
+            .expect("result request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    };
+    let (status, body) = as_other().await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("3004"), "{body}");
+    let phone = world.phone("ann").await;
+    let (exit, _, err) = phone.run(&["otp", init["otp"].as_str().unwrap()]);
+    assert_eq!(exit, 0, "{err}");
+    let (status, body) = as_other().await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("ann"), "{body}");
+    let owner_view = world.result(&tx).await;
+    assert_eq!(owner_view["is_authenticated"], true, "{owner_view}");
+    assert_eq!(owner_view["user_id"], "ann");
+}
+
+#[tokio::test]
+async fn results_answer_only_the_starting_client_on_memory() {
+    results_answer_only_the_starting_client(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn results_answer_only_the_starting_client_on_redis() {
+    results_answer_only_the_starting_client(Store::Redis).await;
 }
 
 async fn otp_refusals(store: Store) {

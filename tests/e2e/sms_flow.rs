@@ -12,12 +12,16 @@ use crate::harness::{Gate, GateBuilder, client, redis_url};
 
 const CLIENT_ID: &str = "portal";
 const CLIENT_SECRET: &str = "portal-secret-0123456789";
+/// A second portal of the same gateway: it may not touch the first one's transactions.
+const OTHER_ID: &str = "other-portal";
+const OTHER_SECRET: &str = "other-portal-secret-0123456789";
 
 fn config(twilio: &FakeTwilio, extra_types: &str, limits: &str) -> String {
     format!(
         "api_clients:
   - {{ client_id: {CLIENT_ID}, client_secret: \"{CLIENT_SECRET}\", apis: [mobile_authentication] }}
   - {{ client_id: enduser-only, client_secret: \"enduser-secret-0123456789\", apis: [end_user] }}
+  - {{ client_id: {OTHER_ID}, client_secret: \"{OTHER_SECRET}\", apis: [mobile_authentication] }}
 auth_types:
   - name: sms_code
     method: sms
@@ -565,6 +569,53 @@ async fn provider_trouble_and_abuse(store: Store) {
     assert_eq!(status, 429, "resends are counted against the same limit");
 }
 
+/// A transaction answers only to the API client that started it: another client of the same
+/// gateway, with the right user, the right code and valid credentials, gets the unknown-transaction
+/// answer for verify and resend, and costs the owner no attempt and no SMS.
+async fn another_clients_transaction_is_unknown(store: Store) {
+    let twilio = FakeTwilio::start().await;
+    let gate = gate(&store, config(&twilio, "", GENEROUS));
+    let portal = Portal {
+        gate: &gate,
+        version: "v4",
+    };
+    let tx = portal.start_sms("ann", "+31612340001").await;
+    let code = last_code(&twilio, "+31612340001");
+    for attempt in 0..4 {
+        let (status, body, _) = portal
+            .post_as(
+                "/authenticate/user/ann/sms",
+                &[("transaction_id", &tx), ("sms_code", &code)],
+                OTHER_ID,
+                OTHER_SECRET,
+            )
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (404, "3004"),
+            "verify #{attempt} by another client: {body}"
+        );
+    }
+    let (status, body, _) = portal
+        .post_as(
+            "/authenticate/user/ann/sms/resend",
+            &[("transaction_id", &tx)],
+            OTHER_ID,
+            OTHER_SECRET,
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (404, "3004"), "{body}");
+    assert_eq!(
+        twilio.messages().len(),
+        1,
+        "another client's resend sends nothing"
+    );
+
+    // The owner still has every attempt: the right code on the first try.
+    let (status, body) = portal.verify("ann", &tx, &code).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -580,7 +631,8 @@ on_both_stores!(
     the_documented_flow,
     limits_and_expiry,
     requests_and_credentials,
-    provider_trouble_and_abuse
+    provider_trouble_and_abuse,
+    another_clients_transaction_is_unknown
 );
 
 #[tokio::test]
