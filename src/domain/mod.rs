@@ -16,6 +16,7 @@ pub mod context;
 pub mod device;
 pub mod device_crypto;
 pub mod grant;
+pub mod guard;
 pub mod held;
 pub mod otp;
 pub mod policy;

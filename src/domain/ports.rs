@@ -12,6 +12,7 @@ use super::device::{
     Device, DeviceId, PinCheck, PinFailure, PushEnrollmentMode, PushRegistration,
     PushRegistrationOutcome,
 };
+use super::guard::{AccountState, GuardOp, GuardRules, GuardVerdict};
 use super::held::{HeldRequest, HeldTicket};
 use super::otp::{OtpAnswer, RedeemOutcome};
 use super::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
@@ -317,4 +318,32 @@ pub trait AdminStore: Send + Sync {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// A user with a lock or a report block in force, as the admin API lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardedUser {
+    pub user_id: String,
+    pub state: AccountState,
+}
+
+/// The account guard's per-user state (`domain::guard`), shared by every instance of the
+/// gateway: each step is one atomic store call (one Lua script on Redis), so concurrent
+/// failures count exactly and concurrent pushes cannot slip past the cap.
+#[async_trait]
+pub trait AccountGuardStore: Send + Sync {
+    /// Applies `op` to the user's state at the store's clock (`guard::apply`) and keeps the
+    /// state as long as it matters (`guard::keep_until`). `user_key` is the user's opaque,
+    /// already hashed store key; `user_id` is kept beside the state so admins can list it.
+    async fn guard(
+        &self,
+        user_key: &str,
+        user_id: &str,
+        op: GuardOp,
+        rules: &GuardRules,
+    ) -> Result<GuardVerdict, StoreError>;
+
+    /// Users whose account is locked or whose push is blocked by a report, at the store's
+    /// clock, soonest to open first.
+    async fn guarded_users(&self) -> Result<Vec<GuardedUser>, StoreError>;
 }

@@ -29,6 +29,7 @@ macro_rules! run_suite {
 pub mod admin;
 pub mod callbacks;
 pub mod devices;
+pub mod guard;
 pub mod instrumented;
 pub mod memory;
 pub mod redis;

@@ -1,0 +1,310 @@
+//! The account guard store conformance suite: one set of test bodies written against
+//! `Arc<dyn AccountGuardStore>` and a manual clock, run on every backend (`on_memory`,
+//! `on_redis`). Both must give the outcomes of `domain::guard`, and concurrency must not buy
+//! extra failures or pushes.
+//!
+//! The Redis run uses `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) with a fresh
+//! key prefix per test and deletes that prefix's keys afterwards, even when the test fails.
+//!
+//! May import: domain, the store adapters under test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+use super::memory::MemoryGuardStore;
+use super::redis::RedisGuardStore;
+use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
+use crate::domain::guard::{Block, GuardOp, GuardRules, GuardVerdict};
+use crate::domain::ports::AccountGuardStore;
+use crate::store::conformance::test_redis_url;
+use crate::store::redis::{RedisSettings, RedisStore};
+
+const RULES: GuardRules = GuardRules {
+    max_failures: 5,
+    lock_for: Duration::from_secs(600),
+    forget_after: Duration::from_secs(3600),
+    max_pushes: 3,
+    push_backoff: Duration::from_secs(30),
+    max_push_backoff: Duration::from_secs(120),
+    report_block: Duration::from_secs(900),
+};
+
+pub(super) struct Harness {
+    store: Arc<dyn AccountGuardStore>,
+    clock: Arc<ManualClock>,
+    redis: Option<(::redis::Client, String)>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let Some((client, prefix)) = &self.redis else {
+            return;
+        };
+        let Ok(mut connection) = client.get_connection() else {
+            return;
+        };
+        if let Ok(keys) = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query::<Vec<String>>(&mut connection)
+            && !keys.is_empty()
+        {
+            let _ = ::redis::cmd("DEL").arg(&keys).query::<i64>(&mut connection);
+        }
+    }
+}
+
+pub(super) async fn memory_harness() -> Harness {
+    let clock = Arc::new(ManualClock::starting_now());
+    let shared: SharedClock = clock.clone();
+    Harness {
+        store: Arc::new(MemoryGuardStore::new(shared)),
+        clock,
+        redis: None,
+    }
+}
+
+pub(super) async fn redis_harness() -> Harness {
+    let clock = Arc::new(ManualClock::starting_now());
+    let shared: SharedClock = clock.clone();
+    let url = test_redis_url();
+    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
+    let settings = RedisSettings {
+        url: url.clone(),
+        key_prefix: prefix.clone(),
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(5),
+    };
+    let store =
+        Arc::new(RedisStore::new(settings, shared.clone(), Duration::from_secs(60)).unwrap());
+    Harness {
+        store: Arc::new(RedisGuardStore::new(store, shared)),
+        clock,
+        redis: Some((::redis::Client::open(url).unwrap(), prefix)),
+    }
+}
+
+impl Harness {
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    async fn step(&self, user: &str, op: GuardOp) -> GuardVerdict {
+        self.store
+            .guard(&format!("key-of-{user}"), user, op, &RULES)
+            .await
+            .unwrap()
+    }
+
+    async fn listed(&self) -> Vec<String> {
+        self.store
+            .guarded_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|user| user.user_id)
+            .collect()
+    }
+}
+
+pub(super) async fn failures_lock_until_time_or_an_unlock(h: &Harness) {
+    for n in 1..=4 {
+        assert_eq!(
+            h.step("ann", GuardOp::Failure).await,
+            GuardVerdict::Counted { failures: n }
+        );
+    }
+    let until = h.now().plus(RULES.lock_for);
+    assert_eq!(
+        h.step("ann", GuardOp::Failure).await,
+        GuardVerdict::LockedNow { until }
+    );
+    let locked = GuardVerdict::Blocked(Block::Locked { until });
+    assert_eq!(h.step("ann", GuardOp::Check).await, locked);
+    assert_eq!(h.step("ann", GuardOp::AdmitPush).await, locked);
+    assert_eq!(h.step("ann", GuardOp::Failure).await, locked);
+    assert_eq!(h.step("bob", GuardOp::Check).await, GuardVerdict::Clear);
+    assert_eq!(h.listed().await, ["ann"]);
+    let listed = h.store.guarded_users().await.unwrap();
+    assert_eq!(listed[0].state.locked_until, Some(until));
+
+    h.clock.advance(RULES.lock_for);
+    assert_eq!(h.step("ann", GuardOp::Check).await, GuardVerdict::Clear);
+    assert!(h.listed().await.is_empty());
+
+    for _ in 0..5 {
+        h.step("ann", GuardOp::Failure).await;
+    }
+    assert!(matches!(
+        h.step("ann", GuardOp::Check).await,
+        GuardVerdict::Blocked(_)
+    ));
+    assert_eq!(h.step("ann", GuardOp::Unlock).await, GuardVerdict::Clear);
+    assert_eq!(h.step("ann", GuardOp::Check).await, GuardVerdict::Clear);
+    assert!(h.listed().await.is_empty());
+}
+
+pub(super) async fn a_success_or_a_quiet_period_resets_the_count(h: &Harness) {
+    for _ in 0..4 {
+        h.step("ann", GuardOp::Failure).await;
+    }
+    assert_eq!(h.step("ann", GuardOp::Success).await, GuardVerdict::Clear);
+    assert_eq!(
+        h.step("ann", GuardOp::Failure).await,
+        GuardVerdict::Counted { failures: 1 }
+    );
+    h.clock.advance(RULES.forget_after);
+    assert_eq!(
+        h.step("ann", GuardOp::Failure).await,
+        GuardVerdict::Counted { failures: 1 }
+    );
+}
+
+pub(super) async fn pushes_beyond_the_cap_back_off_and_a_report_blocks_push(h: &Harness) {
+    for _ in 0..3 {
+        assert_eq!(h.step("ann", GuardOp::AdmitPush).await, GuardVerdict::Clear);
+    }
+    let until = h.now().plus(RULES.push_backoff);
+    assert_eq!(
+        h.step("ann", GuardOp::AdmitPush).await,
+        GuardVerdict::Blocked(Block::PushFatigue { until })
+    );
+    h.clock.advance(RULES.push_backoff);
+    assert_eq!(h.step("ann", GuardOp::AdmitPush).await, GuardVerdict::Clear);
+    assert_eq!(
+        h.step("ann", GuardOp::AdmitPush).await,
+        GuardVerdict::Blocked(Block::PushFatigue {
+            until: h.now().plus(RULES.push_backoff * 2)
+        })
+    );
+    assert!(h.listed().await.is_empty(), "fatigue is no lock");
+    h.step("ann", GuardOp::Success).await;
+    assert_eq!(h.step("ann", GuardOp::AdmitPush).await, GuardVerdict::Clear);
+
+    let until = h.now().plus(RULES.report_block);
+    assert_eq!(
+        h.step("ann", GuardOp::Report).await,
+        GuardVerdict::Reported { until }
+    );
+    assert_eq!(
+        h.step("ann", GuardOp::AdmitPush).await,
+        GuardVerdict::Blocked(Block::PushReported { until })
+    );
+    assert_eq!(h.step("ann", GuardOp::Check).await, GuardVerdict::Clear);
+    assert_eq!(h.listed().await, ["ann"]);
+    h.clock.advance(RULES.report_block);
+    assert_eq!(h.step("ann", GuardOp::AdmitPush).await, GuardVerdict::Clear);
+    assert!(h.listed().await.is_empty());
+}
+
+pub(super) async fn the_list_is_soonest_to_open_first(h: &Harness) {
+    for _ in 0..5 {
+        h.step("late", GuardOp::Failure).await;
+    }
+    h.clock.advance(Duration::from_secs(1));
+    h.step("reported", GuardOp::Report).await;
+    h.clock.advance(Duration::from_secs(1));
+    for _ in 0..5 {
+        h.step("early", GuardOp::Failure).await;
+    }
+    // late: +600 s from t0; early: +602 s; reported: +901 s.
+    assert_eq!(h.listed().await, ["late", "early", "reported"]);
+}
+
+pub(super) async fn keys_hold_no_user_id(h: &Harness) {
+    let Some((client, prefix)) = &h.redis else {
+        return;
+    };
+    for _ in 0..5 {
+        h.store
+            .guard("0f1e2d3c", "ann@example.com", GuardOp::Failure, &RULES)
+            .await
+            .unwrap();
+    }
+    let mut connection = client.get_connection().unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|key| !key.contains("ann")), "{keys:?}");
+}
+
+pub(super) async fn concurrent_failures_lock_exactly_once(h: &Harness) {
+    let barrier = Arc::new(Barrier::new(50));
+    let mut tasks = JoinSet::new();
+    for _ in 0..50 {
+        let store = h.store.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store
+                .guard("key-of-ann", "ann", GuardOp::Failure, &RULES)
+                .await
+                .unwrap()
+        });
+    }
+    let mut counted = 0;
+    let mut locked_now = 0;
+    let mut blocked = 0;
+    while let Some(verdict) = tasks.join_next().await {
+        match verdict.unwrap() {
+            GuardVerdict::Counted { .. } => counted += 1,
+            GuardVerdict::LockedNow { .. } => locked_now += 1,
+            GuardVerdict::Blocked(Block::Locked { .. }) => blocked += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((counted, locked_now, blocked), (4, 1, 45));
+}
+
+pub(super) async fn concurrent_pushes_stop_at_the_cap(h: &Harness) {
+    let barrier = Arc::new(Barrier::new(40));
+    let mut tasks = JoinSet::new();
+    for _ in 0..40 {
+        let store = h.store.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store
+                .guard("key-of-ann", "ann", GuardOp::AdmitPush, &RULES)
+                .await
+                .unwrap()
+        });
+    }
+    let mut sent = 0;
+    while let Some(verdict) = tasks.join_next().await {
+        if verdict.unwrap() == GuardVerdict::Clear {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 3);
+}
+
+macro_rules! guard_conformance_suite {
+    ($harness:path) => {
+        run_suite!($harness;
+            single: [
+                failures_lock_until_time_or_an_unlock,
+                a_success_or_a_quiet_period_resets_the_count,
+                pushes_beyond_the_cap_back_off_and_a_report_blocks_push,
+                the_list_is_soonest_to_open_first,
+                keys_hold_no_user_id,
+            ];
+            concurrent: [
+                concurrent_failures_lock_exactly_once,
+                concurrent_pushes_stop_at_the_cap,
+            ]
+        );
+    };
+}
+
+mod on_memory {
+    guard_conformance_suite!(super::memory_harness);
+}
+
+mod on_redis {
+    guard_conformance_suite!(super::redis_harness);
+}

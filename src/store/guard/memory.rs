@@ -1,0 +1,100 @@
+//! The embedded account guard: one `HashMap` behind a std `Mutex`, so each step is one critical
+//! section (never held across an `.await`). Entries are dropped once they stop mattering
+//! (`guard::keep_until`).
+//!
+//! May import: domain.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use async_trait::async_trait;
+
+use crate::domain::clock::SharedClock;
+use crate::domain::guard::{self, AccountState, GuardOp, GuardRules, GuardVerdict};
+use crate::domain::ports::{AccountGuardStore, GuardedUser, StoreError};
+
+struct Entry {
+    user_id: String,
+    state: AccountState,
+    /// When the entry may be forgotten (`guard::keep_until` after its last change).
+    keep_until: crate::domain::clock::Timestamp,
+}
+
+/// The embedded guard store. Cheap to share behind an `Arc`.
+pub struct MemoryGuardStore {
+    clock: SharedClock,
+    users: Mutex<HashMap<String, Entry>>,
+}
+
+impl fmt::Debug for MemoryGuardStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryGuardStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryGuardStore {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl AccountGuardStore for MemoryGuardStore {
+    async fn guard(
+        &self,
+        user_key: &str,
+        user_id: &str,
+        op: GuardOp,
+        rules: &GuardRules,
+    ) -> Result<GuardVerdict, StoreError> {
+        let now = self.clock.now();
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = users
+            .get(user_key)
+            .filter(|entry| now < entry.keep_until)
+            .map(|entry| entry.state)
+            .unwrap_or_default();
+        let verdict = guard::apply(&mut state, op, rules, now);
+        match guard::keep_until(&state, rules).filter(|until| now < *until) {
+            Some(keep_until) => {
+                users.insert(
+                    user_key.to_owned(),
+                    Entry {
+                        user_id: user_id.to_owned(),
+                        state,
+                        keep_until,
+                    },
+                );
+            }
+            None => {
+                users.remove(user_key);
+            }
+        }
+        Ok(verdict)
+    }
+
+    async fn guarded_users(&self) -> Result<Vec<GuardedUser>, StoreError> {
+        let now = self.clock.now();
+        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guarded: Vec<(crate::domain::clock::Timestamp, GuardedUser)> = users
+            .values()
+            .filter_map(|entry| {
+                guard::current_block(&entry.state, now).map(|_| {
+                    (
+                        guard::blocked_until(&entry.state, now).unwrap_or(now),
+                        GuardedUser {
+                            user_id: entry.user_id.clone(),
+                            state: entry.state,
+                        },
+                    )
+                })
+            })
+            .collect();
+        guarded.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.user_id.cmp(&b.1.user_id)));
+        Ok(guarded.into_iter().map(|(_, user)| user).collect())
+    }
+}
