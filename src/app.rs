@@ -27,7 +27,7 @@ use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
 use crate::domain::callback::CallbackQueue;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
-use crate::domain::ports::AdminStore;
+use crate::domain::ports::{AccountGuardStore, AdminStore};
 use crate::domain::ports::{
     DeviceStore, HeldRequestStore, RateLimitStore, StoreError, TransactionStore,
 };
@@ -38,6 +38,7 @@ use crate::service::availability::AvailabilityService;
 use crate::service::callbacks::{CallbackService, CallbackWorkerOptions};
 use crate::service::devices::{DeviceService, EnrollmentRules};
 use crate::service::end_user::EndUserDevices;
+use crate::service::guard::AccountGuard;
 use crate::service::health::Readiness;
 use crate::service::otp::OtpService;
 use crate::service::push::PushService;
@@ -48,6 +49,7 @@ use crate::store::callbacks::memory::MemoryCallbackQueue;
 use crate::store::callbacks::redis::RedisCallbackQueue;
 use crate::store::devices::memory::MemoryDeviceStore;
 use crate::store::devices::redis::RedisDeviceStore;
+use crate::store::guard::{MemoryGuardStore, RedisGuardStore};
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -94,6 +96,7 @@ struct Stores {
     devices: Arc<dyn DeviceStore>,
     callbacks: Arc<dyn CallbackQueue>,
     admin: Arc<dyn AdminStore>,
+    guard: Arc<dyn AccountGuardStore>,
 }
 
 fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
@@ -110,9 +113,10 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
                 admin: store.clone(),
                 held: store,
                 devices: Arc::new(Instrumented::with_backend(
-                    MemoryDeviceStore::new(clock),
+                    MemoryDeviceStore::new(clock.clone()),
                     "memory",
                 )),
+                guard: Arc::new(MemoryGuardStore::new(clock)),
                 callbacks: Arc::new(MemoryCallbackQueue::new()),
             }
         }
@@ -130,9 +134,10 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
                 admin: store.clone(),
                 held: store,
                 devices: Arc::new(Instrumented::with_backend(
-                    RedisDeviceStore::new(shared.clone(), clock),
+                    RedisDeviceStore::new(shared.clone(), clock.clone()),
                     "redis",
                 )),
+                guard: Arc::new(RedisGuardStore::new(shared.clone(), clock)),
                 callbacks: Arc::new(RedisCallbackQueue::new(shared)),
             }
         }
@@ -293,6 +298,7 @@ fn add_admin_services(
     socket: TcpListener,
     settings: &Settings,
     admin: AdminService,
+    guard: AccountGuard,
     policies: PolicyHandle,
 ) {
     match audit::install_sink(AUDIT_QUEUE) {
@@ -312,6 +318,7 @@ fn add_admin_services(
     let state = Arc::new(AdminState {
         clients: settings.api_clients.clone(),
         admin,
+        guard,
         policies,
         config_source: settings.source.clone(),
         env: Arc::new(ProcessEnv),
@@ -353,11 +360,18 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         clock.clone(),
     );
     let readiness = Readiness::new(stores.transactions.clone(), READINESS_TIMEOUT);
+    let guard = AccountGuard::new(
+        stores.guard.clone(),
+        clock.clone(),
+        settings.account_guard,
+        &settings.secret_key,
+    );
     let engine = TransactionEngine::new(
         stores.transactions.clone(),
         clock.clone(),
         CodeHasher::new(&settings.secret_key),
-    );
+    )
+    .with_guard(guard.clone());
     let sms_sender =
         notify::sms::build_with_proxy(&settings.sms, settings.outgoing_proxy.as_ref())?;
     check_sms_gateway(&settings)?;
@@ -504,7 +518,14 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         telemetry::http::router(),
     ));
     match admin_socket {
-        Some(socket) => add_admin_services(&mut server, socket, &settings, admin, policies.clone()),
+        Some(socket) => add_admin_services(
+            &mut server,
+            socket,
+            &settings,
+            admin,
+            guard,
+            policies.clone(),
+        ),
         None => tracing::info!("admin API off: no api client has apis: [admin]"),
     }
 

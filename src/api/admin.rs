@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::client_auth::authenticate;
@@ -29,6 +29,7 @@ use crate::domain::device::DeviceId;
 use crate::domain::ports::StoreError;
 use crate::domain::transaction::{Status, TransactionId};
 use crate::service::admin::{AdminService, RecentFilter};
+use crate::service::guard::AccountGuard;
 use crate::telemetry::audit::AuditEvent;
 use crate::telemetry::metrics;
 
@@ -44,6 +45,8 @@ const MAX_LIMIT: usize = 1000;
 pub struct AdminState {
     pub clients: Vec<ApiClient>,
     pub admin: AdminService,
+    /// Account locks and push blocks (`/admin/v1/locks`).
+    pub guard: AccountGuard,
     /// The policies the proxy reads, and where the config they came from lives.
     pub policies: PolicyHandle,
     pub config_source: PathBuf,
@@ -106,6 +109,8 @@ pub fn router(state: Shared) -> Router {
         .route("/devices/{device_id}", get(device))
         .route("/events", get(events))
         .route("/reload", post(reload))
+        .route("/locks", get(locks))
+        .route("/locks/{user_id}", delete(unlock))
         .with_state(state);
     Router::new()
         .nest("/admin/v1", routes)
@@ -274,6 +279,44 @@ async fn events(
 }
 
 /// Reloads the config's policies now, as SIGHUP does, and says how it went.
+/// Users whose account is locked (consecutive failures) or whose push is blocked by a "this
+/// wasn't me" report, soonest to open first.
+async fn locks(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    admit(&state, &headers, peer)?;
+    let users = state.guard.guarded_users().await?;
+    let locks: Vec<serde_json::Value> = users
+        .iter()
+        .map(|user| {
+            json!({
+                "user_id": user.user_id,
+                "locked_until": user.state.locked_until.map(|at| at.millis()),
+                "push_blocked_until": user.state.push_blocked_until.map(|at| at.millis()),
+            })
+        })
+        .collect();
+    Ok(ok(&json!({ "locks": locks })))
+}
+
+/// Lifts the user's lock and push block and clears the counts (204 whether or not there was
+/// one).
+async fn unlock(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AdminError> {
+    let client_id = admit(&state, &headers, peer)?.client_id.clone();
+    if user_id.is_empty() || user_id.len() > 255 {
+        return Err(AdminError::InvalidRequest("user_id".into()));
+    }
+    state.guard.unlock(&user_id, &client_id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn reload(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

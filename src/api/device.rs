@@ -77,6 +77,9 @@ pub enum DeviceApiError {
     InvalidOtp { remaining: Option<u32> },
     #[error("the device was disconnected after too many wrong PINs")]
     Disconnected,
+    /// The user's account is locked by the account guard: nothing is approved until it opens.
+    #[error("the account is locked after too many failed authentications")]
+    AccountLocked(crate::service::guard::Refused),
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
@@ -100,6 +103,10 @@ impl IntoResponse for DeviceApiError {
             DeviceApiError::InvalidPin { .. } => (StatusCode::UNAUTHORIZED, "invalid_pin"),
             DeviceApiError::InvalidOtp { .. } => (StatusCode::UNAUTHORIZED, "invalid_otp"),
             DeviceApiError::Disconnected => (StatusCode::FORBIDDEN, "device_disconnected"),
+            DeviceApiError::AccountLocked(refused) if !refused.is_lock_of_account() => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
+            DeviceApiError::AccountLocked(_) => (StatusCode::TOO_MANY_REQUESTS, "account_locked"),
             DeviceApiError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "device API: store unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
@@ -115,7 +122,17 @@ impl IntoResponse for DeviceApiError {
         {
             body["remaining_attempts"] = json!(remaining);
         }
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if let DeviceApiError::AccountLocked(refused) = self {
+            let after = refused.retry_after;
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        response
     }
 }
 
@@ -146,6 +163,7 @@ impl From<PushServiceError> for DeviceApiError {
             PushServiceError::WrongPin { remaining } => DeviceApiError::InvalidPin { remaining },
             PushServiceError::Disconnected => DeviceApiError::Disconnected,
             PushServiceError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
+            PushServiceError::Blocked(refused) => DeviceApiError::AccountLocked(refused),
             other => DeviceApiError::InvalidRequest(other.to_string()),
         }
     }
@@ -351,6 +369,9 @@ struct AnswerBody {
     authenticator_signature: Option<String>,
     #[serde(default)]
     signing_signature: Option<String>,
+    /// With `deny`: "this wasn't me".
+    #[serde(default)]
+    report: bool,
 }
 
 async fn answer(
@@ -376,6 +397,7 @@ async fn answer(
             &id,
             Answer {
                 approve,
+                report: body.report,
                 number: body.number,
                 authenticator: body.authenticator.unwrap_or(Authenticator::Device),
                 authenticator_signature: body.authenticator_signature,

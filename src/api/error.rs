@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::domain::canonical::Unreadable;
+use crate::domain::guard::Block;
 
 /// Failures an API handler can end in.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,10 @@ pub enum ApiError {
     TypeNotFound,
     #[error("resend limit reached")]
     ResendLimit,
+    /// The account guard refused: locked after consecutive failures (3007), or push held back
+    /// for the user (1006), until `retry_after`.
+    #[error("refused by the account guard: {}", .0.block.as_str())]
+    Guarded(crate::service::guard::Refused),
     #[error("rate limited by {limit}")]
     RateLimited {
         limit: &'static str,
@@ -181,6 +186,31 @@ impl IntoResponse for ApiError {
                     "Too many requests; retry later.",
                 );
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            ApiError::Guarded(refused) => {
+                let mut response = match refused.block {
+                    Block::Locked { .. } => numeric(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "3007",
+                        "Account locked after too many failed authentications",
+                    ),
+                    Block::PushReported { .. } | Block::PushFatigue { .. } => numeric(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "1006",
+                        "Push authentication temporarily held back for this user",
+                    ),
+                    Block::Busy { .. } => oauth(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_requests",
+                        "Too many requests; retry later.",
+                    ),
+                };
+                let after = refused.retry_after;
+                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
                 if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }

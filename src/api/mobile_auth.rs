@@ -161,6 +161,7 @@ impl From<SmsError> for ApiError {
             }
             SmsError::SendFailed(cause) => ApiError::SmsNotSent(cause.to_string()),
             SmsError::Engine(EngineError::UnknownTransaction) => ApiError::InvalidTransaction,
+            SmsError::Engine(EngineError::Blocked(refused)) => ApiError::Guarded(refused),
             SmsError::Engine(EngineError::Store(error)) => store_error(error),
         }
     }
@@ -202,10 +203,19 @@ async fn init(
     // (a push type needs a device that can answer it and a push that goes out).
     let chain = state.auth_types.fallback_chain(type_name);
     let mut push_failure = None;
+    let mut push_held_back = None;
     for auth_type in chain {
         if auth_type.method.is_push() {
             match start_push(&state, version, auth_type, form, client_id).await {
                 Ok(response) => return Ok(response),
+                // A locked account starts nothing; push held back for the user falls back.
+                Err(PushServiceError::Blocked(refused)) if refused.is_lock() => {
+                    return Err(ApiError::Guarded(refused));
+                }
+                Err(PushServiceError::Blocked(refused)) => {
+                    push_held_back = Some(refused);
+                    continue;
+                }
                 Err(PushServiceError::NoDevice | PushServiceError::Disabled) => continue,
                 Err(PushServiceError::SendFailed(error)) => {
                     push_failure = Some(error.to_string());
@@ -227,9 +237,10 @@ async fn init(
             return start_otp(&state, auth_type, form, client_id).await;
         }
     }
-    Err(match push_failure {
-        Some(cause) => ApiError::PushNotSent(cause),
-        None => ApiError::NoAuthenticationPossibilities,
+    Err(match (push_held_back, push_failure) {
+        (Some(refused), _) => ApiError::Guarded(refused),
+        (None, Some(cause)) => ApiError::PushNotSent(cause),
+        (None, None) => ApiError::NoAuthenticationPossibilities,
     })
 }
 
@@ -456,6 +467,9 @@ async fn result(
         body["signature"] = json!(signature);
         body["user_public_key"] = json!(evidence.user_public_key);
         body["signature_verified"] = json!(evidence.signature_verified);
+    }
+    if evidence.reported == Some(true) {
+        body["reported"] = json!(true);
     }
     if tx.status.is_terminal() && !authenticated {
         let reason = tx

@@ -35,6 +35,9 @@ pub struct ConfigFile {
     pub callbacks: Callbacks,
     /// Limits on cost and abuse (SMS pumping), counted atomically in the store.
     pub rate_limits: RateLimits,
+    /// Account-wide limits across transactions and methods: the consecutive-failure lock, the
+    /// push cap, and the "this wasn't me" block.
+    pub account_guard: AccountGuard,
     /// The gateway that delivers SMS codes.
     pub sms: Sms,
     /// The sidecar proxy: default decision and where more policy files are.
@@ -308,6 +311,40 @@ impl Default for RateLimits {
                 limit: 5,
                 window_seconds: 900,
             },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct AccountGuard {
+    /// Consecutive failed authentications (wrong SMS codes, PINs, numbers), across
+    /// transactions and methods, that lock the account; 0 switches the lock off.
+    pub max_failures: u32,
+    /// How long a lock lasts (an admin can lift it sooner).
+    pub lock_seconds: u64,
+    /// A failure count with no new failure for this long starts again from zero.
+    pub forget_after_seconds: u64,
+    /// Pushes since the last success after which further pushes wait; 0 switches it off.
+    pub max_pushes: u32,
+    /// The wait after the first push beyond `max_pushes`; it doubles per further push.
+    pub push_backoff_seconds: u64,
+    pub max_push_backoff_seconds: u64,
+    /// How long a "this wasn't me" report blocks push step-ups for the user.
+    pub report_block_seconds: u64,
+}
+
+impl Default for AccountGuard {
+    fn default() -> Self {
+        let rules = crate::domain::guard::GuardRules::default();
+        Self {
+            max_failures: rules.max_failures,
+            lock_seconds: rules.lock_for.as_secs(),
+            forget_after_seconds: rules.forget_after.as_secs(),
+            max_pushes: rules.max_pushes,
+            push_backoff_seconds: rules.push_backoff.as_secs(),
+            max_push_backoff_seconds: rules.max_push_backoff.as_secs(),
+            report_block_seconds: rules.report_block.as_secs(),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Settings {
     pub auth_types: AuthTypes,
     pub callbacks: CallbackSettings,
     pub rate_limits: RateLimits,
+    /// `account_guard`: the consecutive-failure lock, push cap and report block.
+    pub account_guard: crate::domain::guard::GuardRules,
     pub sms: SmsSettings,
     /// Inline policies first, then those of `proxy.policy_files`.
     pub policies: PolicySet,

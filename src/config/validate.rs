@@ -24,6 +24,7 @@ use crate::domain::auth_type::{
     AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method,
 };
 use crate::domain::code::SecretKey;
+use crate::domain::guard::GuardRules;
 use crate::domain::policy::{
     Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
 };
@@ -94,6 +95,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
         .any(|auth_type| auth_type.method.starts_with("push") || auth_type.method == "otp");
     let callbacks = callbacks(&file.callbacks, uses_callbacks, &mut problems);
     let rate_limits = rate_limits(&file.rate_limits, &mut problems);
+    let account_guard = account_guard(&file.account_guard, &mut problems);
     let sms = sms(&file.sms, &mut problems);
     let default_decision = default_action(&file.proxy, &mut problems);
     let base = source.parent().unwrap_or_else(|| Path::new("."));
@@ -153,6 +155,7 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             auth_types,
             callbacks,
             rate_limits,
+            account_guard,
             sms,
             policies: PolicySet {
                 policies: inline_policies,
@@ -974,6 +977,44 @@ fn rate_limits(raw: &schema::RateLimits, problems: &mut Problems) -> RateLimits 
         sms_per_user: one("sms_per_user", &raw.sms_per_user),
         sms_per_phone: one("sms_per_phone", &raw.sms_per_phone),
     }
+}
+
+/// Every duration of `account_guard`: from a second to 30 days.
+const GUARD_SECONDS: std::ops::RangeInclusive<u64> = 1..=30 * 86_400;
+
+fn account_guard(raw: &schema::AccountGuard, problems: &mut Problems) -> GuardRules {
+    let mut seconds = |name: &str, value: u64| {
+        if !GUARD_SECONDS.contains(&value) {
+            problems.add(
+                format!("account_guard.{name}"),
+                format!(
+                    "{value} is out of range (expected {} to {})",
+                    GUARD_SECONDS.start(),
+                    GUARD_SECONDS.end()
+                ),
+            );
+        }
+        Duration::from_secs(value)
+    };
+    let rules = GuardRules {
+        max_failures: raw.max_failures,
+        lock_for: seconds("lock_seconds", raw.lock_seconds),
+        forget_after: seconds("forget_after_seconds", raw.forget_after_seconds),
+        max_pushes: raw.max_pushes,
+        push_backoff: seconds("push_backoff_seconds", raw.push_backoff_seconds),
+        max_push_backoff: seconds("max_push_backoff_seconds", raw.max_push_backoff_seconds),
+        report_block: seconds("report_block_seconds", raw.report_block_seconds),
+    };
+    if rules.max_push_backoff < rules.push_backoff {
+        problems.add(
+            "account_guard.max_push_backoff_seconds",
+            format!(
+                "{} is below push_backoff_seconds ({})",
+                raw.max_push_backoff_seconds, raw.push_backoff_seconds
+            ),
+        );
+    }
+    rules
 }
 
 const SMS_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;

@@ -110,6 +110,10 @@ enum DeviceCommand {
     Deny {
         /// The transaction id.
         transaction: Uuid,
+        /// "This wasn't me": the user did not ask for this; push step-ups are blocked for the
+        /// user for a while, and the portal is told.
+        #[arg(long)]
+        report: bool,
     },
     /// Submit a scanned OTP code (the code, or the deep link its QR code carries) and approve
     /// the sign-in it stands for (or deny it with --deny); prints the server's answer.
@@ -336,7 +340,10 @@ pub async fn execute(args: DeviceArgs) -> Result<Value, DeviceError> {
             let choice = AnswerAuthenticator::from_flags(pin, biometric, custom_authenticator);
             open()?.approve(transaction, &choice, number).await
         }
-        DeviceCommand::Deny { transaction } => open()?.deny(transaction).await,
+        DeviceCommand::Deny {
+            transaction,
+            report,
+        } => open()?.deny(transaction, report).await,
         DeviceCommand::Otp { code, deny } => {
             // Checked before anything is sent: a scan that is no code names no transaction.
             let code = OtpCode::parse_scanned(code.expose()).map_err(DeviceError::InvalidOtp)?;
@@ -572,6 +579,8 @@ struct SecurePayload {
 #[derive(Serialize)]
 struct AnswerRequest {
     decision: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    report: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     number: Option<u8>,
     authenticator: Authenticator,
@@ -714,6 +723,7 @@ impl Enrolled {
             device_crypto::sign(&key, statement.as_bytes())
         });
         let body = AnswerRequest {
+            report: false,
             decision: "approve",
             number,
             authenticator,
@@ -723,7 +733,7 @@ impl Enrolled {
         self.answer(transaction, &body).await
     }
 
-    async fn deny(&self, transaction: Uuid) -> Result<Value, DeviceError> {
+    async fn deny(&self, transaction: Uuid, report: bool) -> Result<Value, DeviceError> {
         // A phone shows the details before the user denies; a deny needs none of them, so
         // details fetched elsewhere do not stop it.
         match self.details(transaction).await {
@@ -732,6 +742,7 @@ impl Enrolled {
         }
         let body = AnswerRequest {
             decision: "deny",
+            report,
             number: None,
             authenticator: Authenticator::Device,
             authenticator_signature: None,

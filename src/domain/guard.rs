@@ -4,7 +4,10 @@
 //!   authentications (wrong SMS codes, wrong PINs, wrong numbers) are counted per user; a new
 //!   code or a new transaction does not reset the count, only a success does (or a quiet period,
 //!   `forget_after`). At `max_failures` the account is locked for `lock_for`: nothing starts and
-//!   nothing is checked until the lock runs out or an admin lifts it.
+//!   nothing is checked until the lock runs out or an admin lifts it. An attempt is counted
+//!   *before* it is checked (`BeginAttempt`) and settled after (`Failure`, `Success`, or
+//!   `Refund` when it turned out not to be an attempt), so answers arriving together cannot
+//!   check more than `max_failures` codes across all of the user's transactions.
 //! - **Push fatigue** (NIST SP 800-63B-4 §3.1.3.1): pushes since the last success are counted;
 //!   beyond `max_pushes` each further push waits a backoff that doubles per push.
 //! - **"This wasn't me"**: a phone's report blocks push step-ups for the user for
@@ -71,6 +74,9 @@ pub enum Block {
     PushReported { until: Timestamp },
     /// Too many pushes without a success: the next push waits until then.
     PushFatigue { until: Timestamp },
+    /// The attempts in flight already take what is left of the failure limit: this one is not
+    /// checked; retry once they have settled (a moment).
+    Busy { until: Timestamp },
 }
 
 impl Block {
@@ -78,7 +84,8 @@ impl Block {
         match self {
             Block::Locked { until }
             | Block::PushReported { until }
-            | Block::PushFatigue { until } => until,
+            | Block::PushFatigue { until }
+            | Block::Busy { until } => until,
         }
     }
 
@@ -88,6 +95,7 @@ impl Block {
             Block::Locked { .. } => "locked",
             Block::PushReported { .. } => "push_reported",
             Block::PushFatigue { .. } => "push_fatigue",
+            Block::Busy { .. } => "busy",
         }
     }
 }
@@ -99,10 +107,15 @@ pub enum GuardOp {
     Check,
     /// May a push go out? When it may, it is counted.
     AdmitPush,
-    /// A failed authentication.
+    /// An authentication attempt is about to be checked: counted now, refused when the
+    /// account is locked or the attempts in flight already take the limit.
+    BeginAttempt,
+    /// A begun attempt failed: at the limit the account is locked.
     Failure,
     /// A successful authentication: the failure and push counts start again.
     Success,
+    /// A begun attempt turned out not to be one (unknown or ended transaction): uncounted.
+    Refund,
     /// "This wasn't me": push is blocked for `report_block`.
     Report,
     /// An admin lifts every lock and block and clears the counts.
@@ -115,8 +128,10 @@ impl GuardOp {
         match self {
             GuardOp::Check => "check",
             GuardOp::AdmitPush => "admit_push",
+            GuardOp::BeginAttempt => "begin",
             GuardOp::Failure => "failure",
             GuardOp::Success => "success",
+            GuardOp::Refund => "refund",
             GuardOp::Report => "report",
             GuardOp::Unlock => "unlock",
         }
@@ -137,6 +152,9 @@ pub enum GuardVerdict {
     /// A report recorded: push blocked until then.
     Reported { until: Timestamp },
 }
+
+/// How soon an attempt refused as `Busy` may try again.
+pub const BUSY_RETRY: Duration = Duration::from_secs(1);
 
 fn active(until: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
     until.filter(|until| now < *until)
@@ -181,7 +199,7 @@ pub fn apply(
             state.last_push_at = Some(now);
             GuardVerdict::Clear
         }
-        GuardOp::Failure => {
+        GuardOp::BeginAttempt => {
             if let Some(block) = locked {
                 return GuardVerdict::Blocked(block);
             }
@@ -191,8 +209,20 @@ pub fn apply(
             {
                 state.failures = 0;
             }
+            if rules.max_failures > 0 && state.failures >= rules.max_failures {
+                // The attempts in flight take the limit; the lock follows if they fail.
+                return GuardVerdict::Blocked(Block::Busy {
+                    until: now.plus(BUSY_RETRY),
+                });
+            }
             state.failures = state.failures.saturating_add(1);
             state.last_failure_at = Some(now);
+            GuardVerdict::Clear
+        }
+        GuardOp::Failure => {
+            if let Some(block) = locked {
+                return GuardVerdict::Blocked(block);
+            }
             if rules.max_failures > 0 && state.failures >= rules.max_failures {
                 let until = now.plus(rules.lock_for);
                 state.locked_until = Some(until);
@@ -210,6 +240,10 @@ pub fn apply(
             state.last_failure_at = None;
             state.pushes = 0;
             state.last_push_at = None;
+            GuardVerdict::Clear
+        }
+        GuardOp::Refund => {
+            state.failures = state.failures.saturating_sub(1);
             GuardVerdict::Clear
         }
         GuardOp::Report => {
@@ -272,25 +306,33 @@ mod tests {
         Timestamp(seconds * 1000)
     }
 
+    /// One wrong answer: begun, then settled as a failure.
+    fn fail(state: &mut AccountState, rules: &GuardRules, now: Timestamp) -> GuardVerdict {
+        match apply(state, GuardOp::BeginAttempt, rules, now) {
+            GuardVerdict::Clear => apply(state, GuardOp::Failure, rules, now),
+            refused => refused,
+        }
+    }
+
     #[test]
     fn consecutive_failures_lock_and_only_time_or_unlock_open_it() {
         let mut state = AccountState::default();
         assert_eq!(
-            apply(&mut state, GuardOp::Failure, &RULES, at(1)),
+            fail(&mut state, &RULES, at(1)),
             GuardVerdict::Counted { failures: 1 }
         );
         assert_eq!(
-            apply(&mut state, GuardOp::Failure, &RULES, at(2)),
+            fail(&mut state, &RULES, at(2)),
             GuardVerdict::Counted { failures: 2 }
         );
         assert_eq!(
-            apply(&mut state, GuardOp::Failure, &RULES, at(3)),
+            fail(&mut state, &RULES, at(3)),
             GuardVerdict::LockedNow { until: at(603) }
         );
         let locked = GuardVerdict::Blocked(Block::Locked { until: at(603) });
         assert_eq!(apply(&mut state, GuardOp::Check, &RULES, at(4)), locked);
         assert_eq!(apply(&mut state, GuardOp::AdmitPush, &RULES, at(4)), locked);
-        assert_eq!(apply(&mut state, GuardOp::Failure, &RULES, at(5)), locked);
+        assert_eq!(fail(&mut state, &RULES, at(5)), locked);
         assert_eq!(
             apply(&mut state, GuardOp::Success, &RULES, at(6)),
             GuardVerdict::Clear
@@ -305,9 +347,9 @@ mod tests {
             GuardVerdict::Clear
         );
         let mut admin = state;
-        apply(&mut admin, GuardOp::Failure, &RULES, at(700));
-        apply(&mut admin, GuardOp::Failure, &RULES, at(701));
-        apply(&mut admin, GuardOp::Failure, &RULES, at(702));
+        fail(&mut admin, &RULES, at(700));
+        fail(&mut admin, &RULES, at(701));
+        fail(&mut admin, &RULES, at(702));
         assert_eq!(
             apply(&mut admin, GuardOp::Unlock, &RULES, at(703)),
             GuardVerdict::Clear
@@ -321,16 +363,16 @@ mod tests {
     #[test]
     fn a_success_resets_the_count_and_a_quiet_hour_forgets_it() {
         let mut state = AccountState::default();
-        apply(&mut state, GuardOp::Failure, &RULES, at(1));
-        apply(&mut state, GuardOp::Failure, &RULES, at(2));
+        fail(&mut state, &RULES, at(1));
+        fail(&mut state, &RULES, at(2));
         apply(&mut state, GuardOp::Success, &RULES, at(3));
         assert_eq!(
-            apply(&mut state, GuardOp::Failure, &RULES, at(4)),
+            fail(&mut state, &RULES, at(4)),
             GuardVerdict::Counted { failures: 1 }
         );
-        apply(&mut state, GuardOp::Failure, &RULES, at(5));
+        fail(&mut state, &RULES, at(5));
         assert_eq!(
-            apply(&mut state, GuardOp::Failure, &RULES, at(5 + 3600)),
+            fail(&mut state, &RULES, at(5 + 3600)),
             GuardVerdict::Counted { failures: 1 }
         );
     }
@@ -402,6 +444,43 @@ mod tests {
     }
 
     #[test]
+    fn attempts_in_flight_take_the_limit_and_a_refund_gives_one_back() {
+        let mut state = AccountState::default();
+        for _ in 0..3 {
+            assert_eq!(
+                apply(&mut state, GuardOp::BeginAttempt, &RULES, at(1)),
+                GuardVerdict::Clear
+            );
+        }
+        assert_eq!(
+            apply(&mut state, GuardOp::BeginAttempt, &RULES, at(1)),
+            GuardVerdict::Blocked(Block::Busy {
+                until: at(1).plus(BUSY_RETRY)
+            }),
+            "three in flight take a limit of three"
+        );
+        apply(&mut state, GuardOp::Refund, &RULES, at(2));
+        assert_eq!(
+            apply(&mut state, GuardOp::BeginAttempt, &RULES, at(2)),
+            GuardVerdict::Clear
+        );
+        // The last allowed attempt was right: no lock, the count starts again.
+        assert_eq!(
+            apply(&mut state, GuardOp::Success, &RULES, at(3)),
+            GuardVerdict::Clear
+        );
+        assert_eq!(
+            apply(&mut state, GuardOp::Failure, &RULES, at(3)),
+            GuardVerdict::Counted { failures: 0 },
+            "an attempt settled after a success counts nothing more"
+        );
+        assert_eq!(
+            apply(&mut state, GuardOp::Check, &RULES, at(3)),
+            GuardVerdict::Clear
+        );
+    }
+
+    #[test]
     fn rules_at_zero_are_off() {
         let off = GuardRules {
             max_failures: 0,
@@ -411,7 +490,7 @@ mod tests {
         let mut state = AccountState::default();
         for second in 0..50 {
             assert!(matches!(
-                apply(&mut state, GuardOp::Failure, &off, at(second)),
+                fail(&mut state, &off, at(second)),
                 GuardVerdict::Counted { .. }
             ));
             assert_eq!(
@@ -425,7 +504,7 @@ mod tests {
     fn the_state_is_kept_while_anything_in_it_matters() {
         let mut state = AccountState::default();
         assert_eq!(keep_until(&state, &RULES), None);
-        apply(&mut state, GuardOp::Failure, &RULES, at(10));
+        fail(&mut state, &RULES, at(10));
         assert_eq!(keep_until(&state, &RULES), Some(at(3610)));
         apply(&mut state, GuardOp::Report, &RULES, at(20));
         assert_eq!(keep_until(&state, &RULES), Some(at(3610)));

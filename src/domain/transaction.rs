@@ -265,6 +265,9 @@ pub struct Evidence {
     pub user_public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_verified: Option<bool>,
+    /// A denial the user marked "this wasn't me".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<bool>,
 }
 
 impl Transaction {

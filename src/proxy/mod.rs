@@ -42,9 +42,11 @@ use self::respond::{Refusal, Reply, send};
 use crate::config::reload::PolicyHandle;
 use crate::config::settings::UpstreamSettings;
 use crate::domain::canonical::RouterModel;
+use crate::domain::guard::Block;
 use crate::domain::held::{HeldTicket, OriginalRequest};
 use crate::domain::policy::{Decision, Mode, StepUp};
 use crate::domain::transaction::{Status, Transaction};
+use crate::service::guard::Refused;
 use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService};
 use crate::telemetry::metrics;
 
@@ -606,6 +608,14 @@ fn refusal_for(error: &StepUpError) -> Refusal {
         StepUpError::RateLimited { retry_after, .. } => Refusal::RateLimited(*retry_after),
         StepUpError::SendFailed(_) => Refusal::DeliveryFailed,
         StepUpError::UnknownTransaction => Refusal::UnknownTransaction,
+        StepUpError::Blocked(Refused {
+            block: Block::Busy { .. },
+            retry_after,
+        }) => Refusal::RateLimited(*retry_after),
+        StepUpError::Blocked(refused) if refused.is_lock() => {
+            Refusal::AccountLocked(refused.retry_after)
+        }
+        StepUpError::Blocked(refused) => Refusal::PushHeldBack(refused.retry_after),
         StepUpError::Store(_) => Refusal::Unavailable,
     }
 }

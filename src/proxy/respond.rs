@@ -33,6 +33,11 @@ pub enum Refusal {
     /// The policy's method cannot run for this user (no phone number, no enrolled app).
     StepUpUnavailable,
     RateLimited(Duration),
+    /// Too many failed confirmations in a row: the account guard's lock, until it opens.
+    AccountLocked(Duration),
+    /// Push is held back for the user (too many unanswered pushes, or "this wasn't me") and
+    /// nothing else could run.
+    PushHeldBack(Duration),
     /// The SMS gateway refused or failed.
     DeliveryFailed,
     /// The store is unreachable: protected routes fail closed.
@@ -64,6 +69,8 @@ impl Refusal {
             Refusal::TooLarge => (413, "payload_too_large", "Request too large", "The request is too large to be confirmed.".to_owned()),
             Refusal::StepUpUnavailable => (403, "step_up_unavailable", "Cannot confirm", "This request needs a confirmation that cannot be done for your account (no phone number or app).".to_owned()),
             Refusal::RateLimited(_) => (429, "too_many_requests", "Too many requests", "Too many codes were requested. Try again later.".to_owned()),
+            Refusal::AccountLocked(_) => (429, "account_locked", "Confirmations locked", "Too many confirmations failed in a row, so confirmations are locked for your account for a while. Try again later, or ask the helpdesk to unlock it.".to_owned()),
+            Refusal::PushHeldBack(_) => (429, "push_held_back", "Too many requests", "Too many confirmation requests were sent to your phone. Try again later.".to_owned()),
             Refusal::DeliveryFailed => (502, "delivery_failed", "Code not sent", "The confirmation code could not be sent. Try again in a moment.".to_owned()),
             Refusal::Unavailable => (503, "temporarily_unavailable", "Temporarily unavailable", "Confirmations are temporarily unavailable. Try again in a minute.".to_owned()),
             Refusal::Forbidden => (403, "forbidden", "Not allowed", "This form is not valid here; reload the page.".to_owned()),
@@ -149,8 +156,11 @@ impl Reply {
             )
         };
         match refusal {
-            Refusal::RateLimited(after) => {
-                reply.with_header("retry-after", after.as_secs().max(1).to_string())
+            Refusal::RateLimited(after)
+            | Refusal::AccountLocked(after)
+            | Refusal::PushHeldBack(after) => {
+                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                reply.with_header("retry-after", seconds.max(1).to_string())
             }
             Refusal::Unavailable => reply.with_header("retry-after", "5".to_owned()),
             _ => reply,

@@ -10,6 +10,7 @@ pub mod availability;
 pub mod callbacks;
 pub mod devices;
 pub mod end_user;
+pub mod guard;
 pub mod health;
 pub mod otp;
 pub mod push;

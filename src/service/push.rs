@@ -25,6 +25,7 @@ use crate::domain::transaction::{
 };
 use crate::service::callbacks::CallbackService;
 use crate::service::devices::{DeviceError, DeviceService};
+use crate::service::guard::Refused;
 use crate::service::transactions::{EngineError, TransactionEngine};
 use crate::telemetry::audit::AuditEvent;
 use crate::telemetry::metrics;
@@ -59,6 +60,9 @@ pub enum PushServiceError {
     WrongPin { remaining: Option<u32> },
     #[error("device disconnected after too many wrong PINs")]
     Disconnected,
+    /// The account guard refused: the account is locked, or push is held back for the user.
+    #[error("refused by the account guard: {}", .0.block.as_str())]
+    Blocked(Refused),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,6 +71,7 @@ impl From<EngineError> for PushServiceError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::UnknownTransaction => PushServiceError::UnknownTransaction,
+            EngineError::Blocked(refused) => PushServiceError::Blocked(refused),
             EngineError::Store(error) => PushServiceError::Store(error),
         }
     }
@@ -112,6 +117,9 @@ pub struct PushStarted {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub approve: bool,
+    /// With a denial: "this wasn't me" (the user did not ask for it). Blocks push step-ups
+    /// for the user for the configured time.
+    pub report: bool,
     pub number: Option<u8>,
     pub authenticator: Authenticator,
     pub authenticator_signature: Option<String>,
@@ -477,16 +485,83 @@ impl PushService {
     ) -> Result<Status, PushServiceError> {
         let tx = self.owned_pending(device, id).await?;
         if !answer.approve {
+            if answer.report
+                && let Some(guard) = self.engine.guard()
+            {
+                guard
+                    .report(&device.user_id, &tx.id, device.id.as_str())
+                    .await?;
+            }
+            // The portal's callback and result say so too (`reported`).
+            let evidence = answer.report.then(|| Evidence {
+                reported: Some(true),
+                ..Evidence::default()
+            });
             return self
-                .finish(&tx, Status::Denied, Some(Reason::NotAccepted), None)
+                .finish(&tx, Status::Denied, Some(Reason::NotAccepted), evidence)
                 .await;
         }
+        if answer.report {
+            return Err(PushServiceError::InvalidAnswer(
+                "report goes with a denial only".into(),
+            ));
+        }
+        // An approval is an authentication attempt of the user: counted by the account guard
+        // before it is checked (refused while the account is locked, whenever the push went
+        // out), then settled by what it came to.
+        self.engine.begin_attempt(&device.user_id, &tx.id).await?;
+        let (outcome, settle) = self.approve(device, &tx, &answer).await;
+        match settle {
+            Settle::Success => self.engine.record_success(&device.user_id).await,
+            Settle::Failure => {
+                self.engine
+                    .record_failure(&device.user_id, &tx.id, tx.method)
+                    .await;
+            }
+            Settle::Refund => self.engine.refund_attempt(&device.user_id).await,
+        }
+        outcome
+    }
+
+    /// Checks an approving answer (number, authenticator, signature, PIN) and finishes the
+    /// transaction; says how the account guard's attempt settles.
+    async fn approve(
+        &self,
+        device: &Device,
+        tx: &Transaction,
+        answer: &Answer,
+    ) -> (Result<Status, PushServiceError>, Settle) {
+        match self.check_approval(device, tx, answer).await {
+            Ok(Checked::WrongNumber) => (
+                self.finish(tx, Status::Denied, Some(Reason::InvalidAnswer), None)
+                    .await,
+                Settle::Failure,
+            ),
+            Ok(Checked::WrongPin) => (self.wrong_pin(device, tx).await, Settle::Failure),
+            Ok(Checked::Right(evidence)) => {
+                match self
+                    .finish(tx, Status::Approved, None, Some(*evidence))
+                    .await
+                {
+                    Ok(status) => (Ok(status), Settle::Success),
+                    Err(error) => (Err(error), Settle::Refund),
+                }
+            }
+            Err(error @ PushServiceError::InvalidSignature) => (Err(error), Settle::Failure),
+            Err(error) => (Err(error), Settle::Refund),
+        }
+    }
+
+    async fn check_approval(
+        &self,
+        device: &Device,
+        tx: &Transaction,
+        answer: &Answer,
+    ) -> Result<Checked, PushServiceError> {
         if let Some(expected) = tx.details.number
             && answer.number != Some(expected)
         {
-            return self
-                .finish(&tx, Status::Denied, Some(Reason::InvalidAnswer), None)
-                .await;
+            return Ok(Checked::WrongNumber);
         }
         if !accepted_authenticators(tx.method).contains(&answer.authenticator) {
             return Err(PushServiceError::InvalidAnswer(format!(
@@ -533,13 +608,16 @@ impl PushService {
                     used_attempts = Some(counted.max(1));
                 }
                 (true, _) => {}
-                (false, Authenticator::Pin) => return self.wrong_pin(device, &tx).await,
+                (false, Authenticator::Pin) => return Ok(Checked::WrongPin),
                 (false, _) => return Err(PushServiceError::InvalidSignature),
             }
         }
-        let evidence = self.evidence(&tx, key, &answer, used_attempts);
-        self.finish(&tx, Status::Approved, None, Some(evidence))
-            .await
+        Ok(Checked::Right(Box::new(self.evidence(
+            tx,
+            key,
+            answer,
+            used_attempts,
+        ))))
     }
 
     fn evidence(
@@ -667,6 +745,20 @@ impl PushService {
     pub fn auth_types(&self) -> &AuthTypes {
         &self.auth_types
     }
+}
+
+/// What checking an approving answer found.
+enum Checked {
+    WrongNumber,
+    WrongPin,
+    Right(Box<Evidence>),
+}
+
+/// How an approval settles its account-guard attempt.
+enum Settle {
+    Success,
+    Failure,
+    Refund,
 }
 
 fn owned_by(tx: &Transaction, device: &DeviceId) -> bool {

@@ -14,6 +14,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::guard::Refused;
 use super::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use super::push::{PushService, PushServiceError, PushStart, PushTarget};
 use super::sms::{SmsError, SmsService, SmsStart};
@@ -50,6 +51,10 @@ pub enum StepUpError {
     },
     #[error("the SMS could not be sent: {0}")]
     SendFailed(SendError),
+    /// The account guard refused: the account is locked (or push is held back and nothing
+    /// else could run).
+    #[error("refused by the account guard: {}", .0.block.as_str())]
+    Blocked(Refused),
     /// No such transaction, not this user's, not this client's, or no longer held: one answer
     /// for all, so nobody learns which transactions exist.
     #[error("unknown transaction")]
@@ -62,6 +67,7 @@ impl From<EngineError> for StepUpError {
     fn from(error: EngineError) -> Self {
         match error {
             EngineError::UnknownTransaction => StepUpError::UnknownTransaction,
+            EngineError::Blocked(refused) => StepUpError::Blocked(refused),
             EngineError::Store(error) => StepUpError::Store(error),
         }
     }
@@ -355,6 +361,13 @@ impl StepUpService {
                     HeldMode::Challenge => SecretSource::BindingToken(binding_token),
                     HeldMode::Hold => SecretSource::Hold,
                 };
+                // The OTP path has no engine start of its own: a locked account is refused here.
+                if let Some(guard) = self.engine.guard() {
+                    guard
+                        .check(&requester.user_id, None)
+                        .await
+                        .map_err(EngineError::from)?;
+                }
                 let request = OtpStart {
                     user_id: Some(requester.user_id.clone()),
                     message: message.clone(),
@@ -378,6 +391,14 @@ impl StepUpService {
                 match push.start(auth_type, &PushTarget::Any, request).await {
                     Ok(started) => return Ok((started.transaction, None)),
                     Err(PushServiceError::Store(error)) => return Err(error.into()),
+                    // A locked account starts nothing; push held back for the user falls back.
+                    Err(PushServiceError::Blocked(refused)) if refused.is_lock() => {
+                        return Err(StepUpError::Blocked(refused));
+                    }
+                    Err(PushServiceError::Blocked(refused)) => {
+                        last_failure = Some(StepUpError::Blocked(refused));
+                        continue;
+                    }
                     Err(error) => {
                         tracing::debug!(%error, auth_type = %auth_type.name, "push cannot start; trying the fallback");
                         last_failure = Some(StepUpError::NoUsableMethod(auth_type.name.clone()));

@@ -9,8 +9,9 @@ use crate::domain::auth_type::{AuthType, Method};
 use crate::domain::clock::SharedClock;
 use crate::domain::code::{CodeHasher, OneTimeCode};
 use crate::domain::ports::{StoreError, TransactionStore, Verified};
-use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome};
+use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Owner, Status, Transaction, TransactionId};
+use crate::service::guard::{AccountGuard, GuardError, Refused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -18,8 +19,20 @@ pub enum EngineError {
     /// cannot learn which transactions exist.
     #[error("unknown transaction")]
     UnknownTransaction,
+    /// The account guard refused: the account is locked, or (pushes) push is held back.
+    #[error("refused by the account guard: {}", .0.block.as_str())]
+    Blocked(Refused),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GuardError> for EngineError {
+    fn from(error: GuardError) -> Self {
+        match error {
+            GuardError::Blocked(refused) => EngineError::Blocked(refused),
+            GuardError::Store(error) => EngineError::Store(error),
+        }
+    }
 }
 
 /// A transaction just started. `code` is the plaintext to deliver (SMS only); it is not stored.
@@ -48,6 +61,8 @@ pub struct TransactionEngine {
     store: Arc<dyn TransactionStore>,
     clock: SharedClock,
     hasher: CodeHasher,
+    /// Account-wide limits across transactions; `None` runs without them (unit tests).
+    guard: Option<AccountGuard>,
 }
 
 impl TransactionEngine {
@@ -56,6 +71,52 @@ impl TransactionEngine {
             store,
             clock,
             hasher,
+            guard: None,
+        }
+    }
+
+    /// Applies the account guard to every start, check and answer.
+    pub fn with_guard(mut self, guard: AccountGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    pub fn guard(&self) -> Option<&AccountGuard> {
+        self.guard.as_ref()
+    }
+
+    /// Counts an authentication attempt of `user_id` before it is checked (the account guard;
+    /// refused while the account is locked). Settle it with `record_failure`,
+    /// `record_success` or `refund_attempt`.
+    pub async fn begin_attempt(
+        &self,
+        user_id: &str,
+        transaction: &TransactionId,
+    ) -> Result<(), EngineError> {
+        if let Some(guard) = &self.guard {
+            guard.begin_attempt(user_id, transaction).await?;
+        }
+        Ok(())
+    }
+
+    /// A begun attempt that turned out not to be one.
+    pub async fn refund_attempt(&self, user_id: &str) {
+        if let Some(guard) = &self.guard {
+            guard.refund(user_id).await;
+        }
+    }
+
+    /// A begun attempt of `user_id` failed (wrong code, PIN or number), for the account guard.
+    pub async fn record_failure(&self, user_id: &str, transaction: &TransactionId, method: Method) {
+        if let Some(guard) = &self.guard {
+            guard.failed(user_id, transaction, method.as_str()).await;
+        }
+    }
+
+    /// A successful authentication of `user_id`, for the account guard.
+    pub async fn record_success(&self, user_id: &str) {
+        if let Some(guard) = &self.guard {
+            guard.succeeded(user_id).await;
         }
     }
 
@@ -66,6 +127,15 @@ impl TransactionEngine {
         user_id: Option<String>,
         details: Details,
     ) -> Result<Started, EngineError> {
+        // A locked account starts nothing; a push also needs the push cap's consent (which
+        // counts it).
+        if let (Some(guard), Some(user_id)) = (&self.guard, user_id.as_deref()) {
+            if auth_type.method.is_push() {
+                guard.admit_push(user_id).await?;
+            } else {
+                guard.check(user_id, None).await?;
+            }
+        }
         let now = self.clock.now();
         let id = TransactionId::random();
         let code = (auth_type.method == Method::Sms).then(|| OneTimeCode::generate(&mut OsRng));
@@ -123,11 +193,30 @@ impl TransactionEngine {
         owner: Owner<'_>,
         typed: &str,
     ) -> Result<Verified, EngineError> {
+        self.begin_attempt(owner.user_id, id).await?;
         let candidate = self.hasher.hash_input(id, typed);
-        self.store
-            .verify_code(id, owner, &candidate)
-            .await?
-            .ok_or(EngineError::UnknownTransaction)
+        let verified = match self.store.verify_code(id, owner, &candidate).await {
+            Ok(Some(verified)) => verified,
+            Ok(None) => {
+                self.refund_attempt(owner.user_id).await;
+                return Err(EngineError::UnknownTransaction);
+            }
+            Err(error) => {
+                self.refund_attempt(owner.user_id).await;
+                return Err(error.into());
+            }
+        };
+        match verified.outcome {
+            VerifyOutcome::Approved { .. } => self.record_success(owner.user_id).await,
+            VerifyOutcome::WrongCode { .. } | VerifyOutcome::Exhausted { .. } => {
+                self.record_failure(owner.user_id, id, verified.method)
+                    .await;
+            }
+            VerifyOutcome::Expired | VerifyOutcome::NotPending(_) | VerifyOutcome::NoCode => {
+                self.refund_attempt(owner.user_id).await;
+            }
+        }
+        Ok(verified)
     }
 
     /// Counts a resend of `transaction` (already read and checked by the caller with
@@ -179,7 +268,6 @@ mod tests {
     use super::*;
     use crate::domain::clock::ManualClock;
     use crate::domain::code::SecretKey;
-    use crate::domain::regulation::VerifyOutcome;
     use crate::domain::transaction::Reason;
     use crate::store::memory::MemoryStore;
 

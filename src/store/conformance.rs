@@ -629,6 +629,7 @@ pub(super) async fn finish_links_the_user_and_keeps_it_otherwise(h: &Harness) {
             "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n".into(),
         ),
         signature_verified: Some(true),
+        reported: None,
     };
     let approve = Finish {
         evidence: Some(evidence.clone()),

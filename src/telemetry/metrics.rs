@@ -103,6 +103,23 @@ pub fn rate_limited(limit: &'static str) {
     LIMITED.with_label_values(&[limit]).inc();
 }
 
+// --- the account guard (failure locks, push fatigue, reports) ---------------------------------
+
+pub const ACCOUNT_GUARD: &str = "stepgate_account_guard_total";
+
+static GUARD_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        ACCOUNT_GUARD,
+        "Account guard events, by event: locked (consecutive failures reached the limit) | unlocked (by an admin) | reported (a phone said \"this wasn't me\") | refused_locked | refused_push_reported | refused_push_fatigue | refused_busy (a start or check refused: locked, push held back, or the attempts in flight take the failure limit).",
+        &["event"],
+    )
+});
+
+/// One account guard event (see `ACCOUNT_GUARD` for the names).
+pub fn account_guard(event: &'static str) {
+    GUARD_COUNTER.with_label_values(&[event]).inc();
+}
+
 // --- SMS gateways (recorded once per send by `notify::sms::Instrumented`) ----------------------
 
 pub const SMS_SENT: &str = "stepgate_sms_sent_total";
@@ -356,6 +373,17 @@ pub fn register_all() {
     LazyLock::force(&STARTED);
     LazyLock::force(&FINISHED);
     LazyLock::force(&LIMITED);
+    for event in [
+        "locked",
+        "unlocked",
+        "reported",
+        "refused_locked",
+        "refused_push_reported",
+        "refused_push_fatigue",
+        "refused_busy",
+    ] {
+        GUARD_COUNTER.with_label_values(&[event]).inc_by(0);
+    }
     LazyLock::force(&SMS_SENT_COUNTER);
     LazyLock::force(&SMS_SEND_LATENCY);
     LazyLock::force(&PROXY_REQUEST_COUNTER);

@@ -4,6 +4,7 @@
 // Test code may unwrap: a panic is the failure report (STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod account_guard;
 mod admin_api;
 mod availability;
 mod browser;

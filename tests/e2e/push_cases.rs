@@ -408,9 +408,12 @@ async fn a_burst_of_pin_answers_checks_no_more_than_the_limit(store: Store) {
         } else if err.contains("invalid_signature")
             || err.contains("HTTP 409 not_pending")
             || err.contains("HTTP 503 temporarily_unavailable")
+            || err.contains("HTTP 429 too_many_requests")
+            || err.contains("HTTP 429 account_locked")
         {
-            // The device is gone, the transaction ended, or the store was too busy to answer
-            // in time (fails closed): the same for every PIN.
+            // The device is gone, the transaction ended, the store was too busy to answer in
+            // time (fails closed), or the account guard already counts the user's remaining
+            // attempts in flight (or has locked the account): the same for every PIN.
             gone += 1;
         } else {
             panic!("an answer that tells a checked PIN apart: {err}");

@@ -21,6 +21,9 @@ pub const CLIENT_SECRET: &str = "portal-secret-0123456789";
 pub const MA_ONLY_CLIENT_ID: &str = "portal-ma-only";
 pub const MA_ONLY_CLIENT_SECRET: &str = "portal-ma-only-secret-0123";
 /// The `bank-app` version for Android (delivered through FCM) in `world_with_fcm`.
+/// The admin API's client (account locks and push blocks).
+pub const OPS_CLIENT_ID: &str = "ops";
+pub const OPS_CLIENT_SECRET: &str = "ops-secret-0123456789";
 pub const ANDROID_VERSION: &str = "2.0";
 pub const BUNDLE: &str = "com.example.bank";
 /// APNs device tokens are 32 bytes in hex.
@@ -78,6 +81,7 @@ fn build_world(store: Store, mode: &str, extra: &str, android: bool) -> World {
         "api_clients:
   - {{ client_id: {CLIENT_ID}, client_secret: \"{CLIENT_SECRET}\", apis: [mobile_authentication, end_user] }}
   - {{ client_id: {MA_ONLY_CLIENT_ID}, client_secret: \"{MA_ONLY_CLIENT_SECRET}\", apis: [mobile_authentication] }}
+  - {{ client_id: {OPS_CLIENT_ID}, client_secret: \"{OPS_CLIENT_SECRET}\", apis: [admin] }}
 auth_types:
   - name: login_pin
     method: push_with_pin

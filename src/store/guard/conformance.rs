@@ -98,6 +98,14 @@ impl Harness {
             .unwrap()
     }
 
+    /// One wrong answer: begun, then settled as a failure.
+    async fn fail(&self, user: &str) -> GuardVerdict {
+        match self.step(user, GuardOp::BeginAttempt).await {
+            GuardVerdict::Clear => self.step(user, GuardOp::Failure).await,
+            refused => refused,
+        }
+    }
+
     async fn listed(&self) -> Vec<String> {
         self.store
             .guarded_users()
@@ -111,20 +119,14 @@ impl Harness {
 
 pub(super) async fn failures_lock_until_time_or_an_unlock(h: &Harness) {
     for n in 1..=4 {
-        assert_eq!(
-            h.step("ann", GuardOp::Failure).await,
-            GuardVerdict::Counted { failures: n }
-        );
+        assert_eq!(h.fail("ann").await, GuardVerdict::Counted { failures: n });
     }
     let until = h.now().plus(RULES.lock_for);
-    assert_eq!(
-        h.step("ann", GuardOp::Failure).await,
-        GuardVerdict::LockedNow { until }
-    );
+    assert_eq!(h.fail("ann").await, GuardVerdict::LockedNow { until });
     let locked = GuardVerdict::Blocked(Block::Locked { until });
     assert_eq!(h.step("ann", GuardOp::Check).await, locked);
     assert_eq!(h.step("ann", GuardOp::AdmitPush).await, locked);
-    assert_eq!(h.step("ann", GuardOp::Failure).await, locked);
+    assert_eq!(h.fail("ann").await, locked);
     assert_eq!(h.step("bob", GuardOp::Check).await, GuardVerdict::Clear);
     assert_eq!(h.listed().await, ["ann"]);
     let listed = h.store.guarded_users().await.unwrap();
@@ -135,7 +137,7 @@ pub(super) async fn failures_lock_until_time_or_an_unlock(h: &Harness) {
     assert!(h.listed().await.is_empty());
 
     for _ in 0..5 {
-        h.step("ann", GuardOp::Failure).await;
+        h.fail("ann").await;
     }
     assert!(matches!(
         h.step("ann", GuardOp::Check).await,
@@ -148,17 +150,33 @@ pub(super) async fn failures_lock_until_time_or_an_unlock(h: &Harness) {
 
 pub(super) async fn a_success_or_a_quiet_period_resets_the_count(h: &Harness) {
     for _ in 0..4 {
-        h.step("ann", GuardOp::Failure).await;
+        h.fail("ann").await;
     }
     assert_eq!(h.step("ann", GuardOp::Success).await, GuardVerdict::Clear);
-    assert_eq!(
-        h.step("ann", GuardOp::Failure).await,
-        GuardVerdict::Counted { failures: 1 }
-    );
+    assert_eq!(h.fail("ann").await, GuardVerdict::Counted { failures: 1 });
     h.clock.advance(RULES.forget_after);
+    assert_eq!(h.fail("ann").await, GuardVerdict::Counted { failures: 1 });
+}
+
+pub(super) async fn a_refund_gives_back_a_begun_attempt(h: &Harness) {
+    for _ in 0..4 {
+        h.fail("ann").await;
+    }
     assert_eq!(
-        h.step("ann", GuardOp::Failure).await,
-        GuardVerdict::Counted { failures: 1 }
+        h.step("ann", GuardOp::BeginAttempt).await,
+        GuardVerdict::Clear
+    );
+    assert!(matches!(
+        h.step("ann", GuardOp::BeginAttempt).await,
+        GuardVerdict::Blocked(Block::Busy { .. })
+    ));
+    assert_eq!(h.step("ann", GuardOp::Refund).await, GuardVerdict::Clear);
+    assert_eq!(h.step("ann", GuardOp::Check).await, GuardVerdict::Clear);
+    assert_eq!(
+        h.fail("ann").await,
+        GuardVerdict::LockedNow {
+            until: h.now().plus(RULES.lock_for)
+        }
     );
 }
 
@@ -201,13 +219,13 @@ pub(super) async fn pushes_beyond_the_cap_back_off_and_a_report_blocks_push(h: &
 
 pub(super) async fn the_list_is_soonest_to_open_first(h: &Harness) {
     for _ in 0..5 {
-        h.step("late", GuardOp::Failure).await;
+        h.fail("late").await;
     }
     h.clock.advance(Duration::from_secs(1));
     h.step("reported", GuardOp::Report).await;
     h.clock.advance(Duration::from_secs(1));
     for _ in 0..5 {
-        h.step("early", GuardOp::Failure).await;
+        h.fail("early").await;
     }
     // late: +600 s from t0; early: +602 s; reported: +901 s.
     assert_eq!(h.listed().await, ["late", "early", "reported"]);
@@ -218,10 +236,12 @@ pub(super) async fn keys_hold_no_user_id(h: &Harness) {
         return;
     };
     for _ in 0..5 {
-        h.store
-            .guard("0f1e2d3c", "ann@example.com", GuardOp::Failure, &RULES)
-            .await
-            .unwrap();
+        for op in [GuardOp::BeginAttempt, GuardOp::Failure] {
+            h.store
+                .guard("0f1e2d3c", "ann@example.com", op, &RULES)
+                .await
+                .unwrap();
+        }
     }
     let mut connection = client.get_connection().unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS")
@@ -240,24 +260,42 @@ pub(super) async fn concurrent_failures_lock_exactly_once(h: &Harness) {
         let barrier = barrier.clone();
         tasks.spawn(async move {
             barrier.wait().await;
-            store
+            let begun = store
+                .guard("key-of-ann", "ann", GuardOp::BeginAttempt, &RULES)
+                .await
+                .unwrap();
+            if begun != GuardVerdict::Clear {
+                return (begun, None);
+            }
+            let settled = store
                 .guard("key-of-ann", "ann", GuardOp::Failure, &RULES)
                 .await
-                .unwrap()
+                .unwrap();
+            (begun, Some(settled))
         });
     }
-    let mut counted = 0;
+    let mut checked = 0;
+    let mut refused = 0;
     let mut locked_now = 0;
-    let mut blocked = 0;
-    while let Some(verdict) = tasks.join_next().await {
-        match verdict.unwrap() {
-            GuardVerdict::Counted { .. } => counted += 1,
-            GuardVerdict::LockedNow { .. } => locked_now += 1,
-            GuardVerdict::Blocked(Block::Locked { .. }) => blocked += 1,
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            (GuardVerdict::Clear, Some(settled)) => {
+                checked += 1;
+                if matches!(settled, GuardVerdict::LockedNow { .. }) {
+                    locked_now += 1;
+                }
+            }
+            (GuardVerdict::Blocked(Block::Locked { .. } | Block::Busy { .. }), None) => {
+                refused += 1
+            }
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!((counted, locked_now, blocked), (4, 1, 45));
+    assert_eq!((checked, refused, locked_now), (5, 45, 1));
+    assert!(matches!(
+        h.step("ann", GuardOp::Check).await,
+        GuardVerdict::Blocked(Block::Locked { .. })
+    ));
 }
 
 pub(super) async fn concurrent_pushes_stop_at_the_cap(h: &Harness) {
@@ -289,6 +327,7 @@ macro_rules! guard_conformance_suite {
             single: [
                 failures_lock_until_time_or_an_unlock,
                 a_success_or_a_quiet_period_resets_the_count,
+                a_refund_gives_back_a_begun_attempt,
                 pushes_beyond_the_cap_back_off_and_a_report_blocks_push,
                 the_list_is_soonest_to_open_first,
                 keys_hold_no_user_id,

@@ -116,6 +116,7 @@ fn verdict(kind: i64, value: i64, block: i64) -> Result<GuardVerdict, StoreError
         (1, 1) => GuardVerdict::Blocked(Block::Locked { until: at() }),
         (1, 2) => GuardVerdict::Blocked(Block::PushReported { until: at() }),
         (1, 3) => GuardVerdict::Blocked(Block::PushFatigue { until: at() }),
+        (1, 4) => GuardVerdict::Blocked(Block::Busy { until: at() }),
         (2, _) => GuardVerdict::Counted {
             failures: u32::try_from(value).map_err(|_| corrupt("negative failure count"))?,
         },
@@ -173,7 +174,8 @@ impl AccountGuardStore for RedisGuardStore {
             .arg(rules.max_pushes)
             .arg(millis(rules.push_backoff))
             .arg(millis(rules.max_push_backoff))
-            .arg(millis(rules.report_block));
+            .arg(millis(rules.report_block))
+            .arg(millis(guard::BUSY_RETRY));
         let (kind, value, block): (i64, i64, i64) = self
             .store
             .call("guard", |mut connection| async move {

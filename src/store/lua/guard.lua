@@ -6,13 +6,14 @@
 --          p pushes since the last success, lp last push at, pb push blocked until (epoch ms),
 --          u the user id (for the admin list)
 -- ARGV[1]  now, epoch ms from the gateway's (injectable) clock
--- ARGV[2]  the step: check | admit_push | failure | success | report | unlock
+-- ARGV[2]  the step: check | admit_push | begin | failure | success | refund | report | unlock
 -- ARGV[3]  the user id
+-- ARGV[11] how soon an attempt refused as busy may retry (ms)
 -- ARGV[4..10] max_failures, lock_for, forget_after, max_pushes, push_backoff, max_push_backoff,
 --          report_block (counts, and durations in ms)
 --
 -- Replies {kind, value, block}: Clear {0}, Blocked {1, until, block: 1 locked | 2 reported |
--- 3 fatigue}, Counted {2, failures}, LockedNow {3, until}, Reported {4, until}.
+-- 3 fatigue | 4 busy}, Counted {2, failures}, LockedNow {3, until}, Reported {4, until}.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local op = ARGV[2]
@@ -100,15 +101,25 @@ elseif op == 'admit_push' then
   s.lp = now
   save()
   return { 0, 0, 0 }
-elseif op == 'failure' then
+elseif op == 'begin' then
   if locked then
     return { 1, locked, 1 }
   end
   if s.lf and now >= s.lf + forget_after then
     s.f = 0
   end
+  if max_failures > 0 and s.f >= max_failures then
+    -- The attempts in flight take the limit; the lock follows if they fail.
+    return { 1, now + tonumber(ARGV[11]), 4 }
+  end
   s.f = s.f + 1
   s.lf = now
+  save()
+  return { 0, 0, 0 }
+elseif op == 'failure' then
+  if locked then
+    return { 1, locked, 1 }
+  end
   if max_failures > 0 and s.f >= max_failures then
     s.lu = now + lock_for
     s.f = 0
@@ -123,6 +134,10 @@ elseif op == 'success' then
   s.lf = nil
   s.p = 0
   s.lp = nil
+  save()
+  return { 0, 0, 0 }
+elseif op == 'refund' then
+  s.f = math.max(s.f - 1, 0)
   save()
   return { 0, 0, 0 }
 elseif op == 'report' then
