@@ -208,6 +208,11 @@ impl IntoResponse for ApiError {
                         "too_many_requests",
                         "Too many requests; retry later.",
                     ),
+                    Block::TooManyPending { .. } | Block::TooManyHeld { .. } => oauth(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_pending",
+                        "Too many authentications pending for this user; finish or wait for one.",
+                    ),
                 };
                 let after = refused.retry_after;
                 let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);

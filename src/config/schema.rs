@@ -332,6 +332,10 @@ pub struct AccountGuard {
     pub max_push_backoff_seconds: u64,
     /// How long a "this wasn't me" report blocks push step-ups for the user.
     pub report_block_seconds: u64,
+    /// Step-ups (SMS, push) one user may have pending at once; 0 = unbounded.
+    pub max_pending_step_ups: u32,
+    /// Requests the proxy may hold for one user at once; 0 = unbounded.
+    pub max_held_requests: u32,
 }
 
 impl Default for AccountGuard {
@@ -345,6 +349,8 @@ impl Default for AccountGuard {
             push_backoff_seconds: rules.push_backoff.as_secs(),
             max_push_backoff_seconds: rules.max_push_backoff.as_secs(),
             report_block_seconds: rules.report_block.as_secs(),
+            max_pending_step_ups: rules.max_pending_step_ups,
+            max_held_requests: rules.max_held_requests,
         }
     }
 }

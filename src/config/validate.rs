@@ -1004,6 +1004,8 @@ fn account_guard(raw: &schema::AccountGuard, problems: &mut Problems) -> GuardRu
         push_backoff: seconds("push_backoff_seconds", raw.push_backoff_seconds),
         max_push_backoff: seconds("max_push_backoff_seconds", raw.max_push_backoff_seconds),
         report_block: seconds("report_block_seconds", raw.report_block_seconds),
+        max_pending_step_ups: raw.max_pending_step_ups,
+        max_held_requests: raw.max_held_requests,
     };
     if rules.max_push_backoff < rules.push_backoff {
         problems.add(

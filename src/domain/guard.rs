@@ -33,6 +33,10 @@ pub struct GuardRules {
     pub push_backoff: Duration,
     pub max_push_backoff: Duration,
     pub report_block: Duration,
+    /// Step-ups (SMS, push) one user may have pending at once; 0 = unbounded.
+    pub max_pending_step_ups: u32,
+    /// Requests the proxy may hold for one user at once; 0 = unbounded.
+    pub max_held_requests: u32,
 }
 
 impl Default for GuardRules {
@@ -47,6 +51,8 @@ impl Default for GuardRules {
             push_backoff: Duration::from_secs(60),
             max_push_backoff: Duration::from_secs(3600),
             report_block: Duration::from_secs(24 * 3600),
+            max_pending_step_ups: 10,
+            max_held_requests: 5,
         }
     }
 }
@@ -77,6 +83,10 @@ pub enum Block {
     /// The attempts in flight already take what is left of the failure limit: this one is not
     /// checked; retry once they have settled (a moment).
     Busy { until: Timestamp },
+    /// The user has `max_pending_step_ups` step-ups pending: the soonest ends then.
+    TooManyPending { until: Timestamp },
+    /// The proxy holds `max_held_requests` requests of the user: the soonest is let go then.
+    TooManyHeld { until: Timestamp },
 }
 
 impl Block {
@@ -85,7 +95,9 @@ impl Block {
             Block::Locked { until }
             | Block::PushReported { until }
             | Block::PushFatigue { until }
-            | Block::Busy { until } => until,
+            | Block::Busy { until }
+            | Block::TooManyPending { until }
+            | Block::TooManyHeld { until } => until,
         }
     }
 
@@ -96,6 +108,8 @@ impl Block {
             Block::PushReported { .. } => "push_reported",
             Block::PushFatigue { .. } => "push_fatigue",
             Block::Busy { .. } => "busy",
+            Block::TooManyPending { .. } => "too_many_pending",
+            Block::TooManyHeld { .. } => "too_many_held",
         }
     }
 }
@@ -300,6 +314,8 @@ mod tests {
         push_backoff: Duration::from_secs(10),
         max_push_backoff: Duration::from_secs(40),
         report_block: Duration::from_secs(900),
+        max_pending_step_ups: 0,
+        max_held_requests: 0,
     };
 
     fn at(seconds: u64) -> Timestamp {

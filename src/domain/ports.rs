@@ -346,4 +346,54 @@ pub trait AccountGuardStore: Send + Sync {
     /// Users whose account is locked or whose push is blocked by a report, at the store's
     /// clock, soonest to open first.
     async fn guarded_users(&self) -> Result<Vec<GuardedUser>, StoreError>;
+
+    /// Adds `entry` (live until `live_until`) to the user's bounded list `list` when fewer
+    /// than `max` live entries are in it (0 = unbounded), in one atomic step that first drops
+    /// `remove` and the entries whose time has passed. `Full` lists the live entries, so the
+    /// caller can find ones that ended early and try again with them in `remove`.
+    async fn admit_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+        live_until: Timestamp,
+        max: u32,
+        remove: &[String],
+    ) -> Result<Admission, StoreError>;
+
+    /// Drops `entry` from the user's list (a reservation that was not used).
+    async fn remove_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// The per-user lists the account guard bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundedList {
+    /// Step-ups started and not known to have ended (transaction ids).
+    PendingStepUps,
+    /// Requests the proxy holds while their step-up runs.
+    HeldRequests,
+}
+
+impl BoundedList {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoundedList::PendingStepUps => "pending",
+            BoundedList::HeldRequests => "held",
+        }
+    }
+}
+
+/// What `admit_entry` came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// The list is full: its live entries, each with the time it stops counting, soonest first.
+    Full {
+        live: Vec<(String, Timestamp)>,
+    },
 }

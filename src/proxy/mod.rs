@@ -612,6 +612,10 @@ fn refusal_for(error: &StepUpError) -> Refusal {
             block: Block::Busy { .. },
             retry_after,
         }) => Refusal::RateLimited(*retry_after),
+        StepUpError::Blocked(Refused {
+            block: Block::TooManyPending { .. } | Block::TooManyHeld { .. },
+            retry_after,
+        }) => Refusal::TooManyPending(*retry_after),
         StepUpError::Blocked(refused) if refused.is_lock() => {
             Refusal::AccountLocked(refused.retry_after)
         }

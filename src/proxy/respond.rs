@@ -38,6 +38,8 @@ pub enum Refusal {
     /// Push is held back for the user (too many unanswered pushes, or "this wasn't me") and
     /// nothing else could run.
     PushHeldBack(Duration),
+    /// The user has as many step-ups pending, or requests held, as allowed.
+    TooManyPending(Duration),
     /// The SMS gateway refused or failed.
     DeliveryFailed,
     /// The store is unreachable: protected routes fail closed.
@@ -70,6 +72,7 @@ impl Refusal {
             Refusal::StepUpUnavailable => (403, "step_up_unavailable", "Cannot confirm", "This request needs a confirmation that cannot be done for your account (no phone number or app).".to_owned()),
             Refusal::RateLimited(_) => (429, "too_many_requests", "Too many requests", "Too many codes were requested. Try again later.".to_owned()),
             Refusal::AccountLocked(_) => (429, "account_locked", "Confirmations locked", "Too many confirmations failed in a row, so confirmations are locked for your account for a while. Try again later, or ask the helpdesk to unlock it.".to_owned()),
+            Refusal::TooManyPending(_) => (429, "too_many_pending", "Too many confirmations waiting", "You have too many confirmations waiting. Finish one, or try again when one has expired.".to_owned()),
             Refusal::PushHeldBack(_) => (429, "push_held_back", "Too many requests", "Too many confirmation requests were sent to your phone. Try again later.".to_owned()),
             Refusal::DeliveryFailed => (502, "delivery_failed", "Code not sent", "The confirmation code could not be sent. Try again in a moment.".to_owned()),
             Refusal::Unavailable => (503, "temporarily_unavailable", "Temporarily unavailable", "Confirmations are temporarily unavailable. Try again in a minute.".to_owned()),
@@ -158,7 +161,8 @@ impl Reply {
         match refusal {
             Refusal::RateLimited(after)
             | Refusal::AccountLocked(after)
-            | Refusal::PushHeldBack(after) => {
+            | Refusal::PushHeldBack(after)
+            | Refusal::TooManyPending(after) => {
                 let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
                 reply.with_header("retry-after", seconds.max(1).to_string())
             }

@@ -5,6 +5,8 @@
 //!
 //! May import: domain, telemetry.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +14,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::domain::clock::SharedClock;
+use crate::domain::clock::Timestamp;
 use crate::domain::code::SecretKey;
 use crate::domain::guard::{Block, GuardOp, GuardRules, GuardVerdict};
-use crate::domain::ports::{AccountGuardStore, GuardedUser, StoreError};
+use crate::domain::ports::{AccountGuardStore, Admission, BoundedList, GuardedUser, StoreError};
 use crate::domain::transaction::TransactionId;
 use crate::telemetry::audit::AuditEvent;
 use crate::telemetry::metrics;
@@ -35,7 +38,13 @@ impl Refused {
     /// Nothing may start for the user: the account is locked, or the attempts in flight take
     /// what is left of the failure limit (as opposed to push alone being held back).
     pub fn is_lock(&self) -> bool {
-        matches!(self.block, Block::Locked { .. } | Block::Busy { .. })
+        matches!(
+            self.block,
+            Block::Locked { .. }
+                | Block::Busy { .. }
+                | Block::TooManyPending { .. }
+                | Block::TooManyHeld { .. }
+        )
     }
 }
 
@@ -47,6 +56,11 @@ pub enum GuardError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Asks whether a listed entry of a bounded list still counts (its step-up is still pending,
+/// its request still held). Owned and `'static`, so the guard's futures stay `Send`.
+pub type StillCounts =
+    Box<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The guard shared by the SMS, push and OTP paths. Cheap to clone.
 #[derive(Clone)]
@@ -101,6 +115,8 @@ impl AccountGuard {
             Block::PushReported { .. } => "refused_push_reported",
             Block::PushFatigue { .. } => "refused_push_fatigue",
             Block::Busy { .. } => "refused_busy",
+            Block::TooManyPending { .. } => "refused_too_many_pending",
+            Block::TooManyHeld { .. } => "refused_too_many_held",
         });
         AuditEvent {
             event: "ACCOUNT_GUARD_REFUSED",
@@ -224,6 +240,87 @@ impl AccountGuard {
         }
         .emit();
         Ok(())
+    }
+
+    /// Adds `entry` (live until `live_until`) to the user's bounded `list`, refusing when the
+    /// list is full (`TooManyPending` / `TooManyHeld`, until the soonest entry ends). When full,
+    /// each listed entry is asked `still_counts` once, and those that ended early make room.
+    pub async fn admit(
+        &self,
+        user_id: &str,
+        list: BoundedList,
+        entry: &str,
+        live_until: Timestamp,
+        still_counts: StillCounts,
+    ) -> Result<(), GuardError> {
+        let max = match list {
+            BoundedList::PendingStepUps => self.rules.max_pending_step_ups,
+            BoundedList::HeldRequests => self.rules.max_held_requests,
+        };
+        let key = self.user_key(user_id);
+        let mut ended = Vec::new();
+        loop {
+            let live = match self
+                .store
+                .admit_entry(&key, list, entry, live_until, max, &ended)
+                .await?
+            {
+                Admission::Admitted => return Ok(()),
+                Admission::Full { live } => live,
+            };
+            let retried = !ended.is_empty();
+            if !retried {
+                for (other, _) in &live {
+                    if !still_counts(other.clone()).await {
+                        ended.push(other.clone());
+                    }
+                }
+            }
+            if retried || ended.is_empty() {
+                let until = live.first().map_or(self.clock.now(), |(_, until)| *until);
+                let block = match list {
+                    BoundedList::PendingStepUps => Block::TooManyPending { until },
+                    BoundedList::HeldRequests => Block::TooManyHeld { until },
+                };
+                return Err(self.refused(user_id, block, None));
+            }
+        }
+    }
+
+    /// Replaces `old` by `new` (live until `live_until`) in the user's list: a reservation
+    /// becoming the thing it reserved room for.
+    pub async fn replace(
+        &self,
+        user_id: &str,
+        list: BoundedList,
+        old: &str,
+        new: &str,
+        live_until: Timestamp,
+    ) -> Result<(), StoreError> {
+        // Unbounded for this one step: `old` made the room, and was just dropped.
+        self.store
+            .admit_entry(
+                &self.user_key(user_id),
+                list,
+                new,
+                live_until,
+                0,
+                &[old.to_owned()],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Drops `entry` from the user's list (a reservation that was not used). Logged, not
+    /// raised: an entry left behind stops counting when its time passes.
+    pub async fn release(&self, user_id: &str, list: BoundedList, entry: &str) {
+        if let Err(error) = self
+            .store
+            .remove_entry(&self.user_key(user_id), list, entry)
+            .await
+        {
+            tracing::warn!(%error, "account guard: entry not released");
+        }
     }
 
     /// Users locked or with push blocked, soonest to open first.

@@ -14,7 +14,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::guard::Refused;
+use super::guard::{Refused, StillCounts};
 use super::otp::{OtpError, OtpService, OtpStart, SecretSource};
 use super::push::{PushService, PushServiceError, PushStart, PushTarget};
 use super::sms::{SmsError, SmsService, SmsStart};
@@ -26,7 +26,7 @@ use crate::domain::code::SecretKey;
 use crate::domain::grant::{Grant, GrantKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
 use crate::domain::policy::StepUp;
-use crate::domain::ports::{HeldRequestStore, SendError, StoreError};
+use crate::domain::ports::{BoundedList, HeldRequestStore, SendError, StoreError};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Owner, Status, Transaction, TransactionId};
 
@@ -307,9 +307,42 @@ impl StepUpService {
     ) -> Result<Challenge, StepUpError> {
         let binding_token = random_token();
         let mode = HeldMode::from(step_up.mode);
-        let (transaction, otp) = self
+        // Room for one more held request of this user is reserved before anything is sent;
+        // the reservation becomes the transaction's entry once it is held.
+        let reservation = format!("r:{}", random_token());
+        if let Some(guard) = self.engine.guard() {
+            let longest = self
+                .auth_types
+                .fallback_chain(&step_up.auth_type)
+                .into_iter()
+                .map(|auth_type| auth_type.ttl)
+                .max()
+                .unwrap_or_default();
+            guard
+                .admit(
+                    &requester.user_id,
+                    BoundedList::HeldRequests,
+                    &reservation,
+                    self.clock.now().plus(longest + HOLD_GRACE),
+                    self.held_check(),
+                )
+                .await
+                .map_err(EngineError::from)?;
+        }
+        let started = self
             .start_first_usable(step_up, requester, &message, mode, &binding_token)
-            .await?;
+            .await;
+        let (transaction, otp) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                if let Some(guard) = self.engine.guard() {
+                    guard
+                        .release(&requester.user_id, BoundedList::HeldRequests, &reservation)
+                        .await;
+                }
+                return Err(error);
+            }
+        };
         let held = HeldRequest {
             ticket: HeldTicket {
                 policy: policy.to_owned(),
@@ -327,12 +360,45 @@ impl StepUpService {
         self.held
             .hold(&transaction.id, &held, ttl, user_key.as_deref())
             .await?;
+        if let Some(guard) = self.engine.guard()
+            && let Err(error) = guard
+                .replace(
+                    &requester.user_id,
+                    BoundedList::HeldRequests,
+                    &reservation,
+                    &transaction.id.to_string(),
+                    transaction.expires_at.plus(HOLD_GRACE),
+                )
+                .await
+        {
+            // The reservation keeps counting until its time passes: fails toward the bound.
+            tracing::warn!(%error, "held-request entry not recorded");
+        }
         let csrf_token = self.csrf_token(&transaction.id, &binding_token);
         Ok(Challenge {
             transaction,
             binding_token,
             csrf_token,
             otp,
+        })
+    }
+
+    /// The held bound's check of a listed entry: a reservation counts (its step-up is being
+    /// started), a transaction id counts while its request is held. A store fault counts:
+    /// fail closed.
+    fn held_check(&self) -> StillCounts {
+        let held = self.held.clone();
+        Box::new(move |entry: String| {
+            let held = held.clone();
+            Box::pin(async move {
+                if entry.starts_with("r:") {
+                    return true;
+                }
+                let Ok(id) = entry.parse::<TransactionId>() else {
+                    return false;
+                };
+                !matches!(held.ticket(&id).await, Ok(None))
+            })
         })
     }
 

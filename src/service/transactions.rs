@@ -8,10 +8,10 @@ use rand_core::OsRng;
 use crate::domain::auth_type::{AuthType, Method};
 use crate::domain::clock::SharedClock;
 use crate::domain::code::{CodeHasher, OneTimeCode};
-use crate::domain::ports::{StoreError, TransactionStore, Verified};
+use crate::domain::ports::{BoundedList, StoreError, TransactionStore, Verified};
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Owner, Status, Transaction, TransactionId};
-use crate::service::guard::{AccountGuard, GuardError, Refused};
+use crate::service::guard::{AccountGuard, GuardError, Refused, StillCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -127,17 +127,26 @@ impl TransactionEngine {
         user_id: Option<String>,
         details: Details,
     ) -> Result<Started, EngineError> {
+        let now = self.clock.now();
+        let id = TransactionId::random();
         // A locked account starts nothing; a push also needs the push cap's consent (which
-        // counts it).
+        // counts it); and the user's pending step-ups are bounded.
         if let (Some(guard), Some(user_id)) = (&self.guard, user_id.as_deref()) {
             if auth_type.method.is_push() {
                 guard.admit_push(user_id).await?;
             } else {
                 guard.check(user_id, None).await?;
             }
+            guard
+                .admit(
+                    user_id,
+                    BoundedList::PendingStepUps,
+                    &id.to_string(),
+                    now.plus(auth_type.ttl),
+                    self.pending_check(),
+                )
+                .await?;
         }
-        let now = self.clock.now();
-        let id = TransactionId::random();
         let code = (auth_type.method == Method::Sms).then(|| OneTimeCode::generate(&mut OsRng));
         let transaction = Transaction {
             evidence: None,
@@ -157,8 +166,37 @@ impl TransactionEngine {
             reason: None,
             details,
         };
-        self.store.insert(&transaction).await?;
+        if let Err(error) = self.store.insert(&transaction).await {
+            if let (Some(guard), Some(user_id)) = (&self.guard, transaction.user_id.as_deref()) {
+                guard
+                    .release(user_id, BoundedList::PendingStepUps, &id.to_string())
+                    .await;
+            }
+            return Err(error.into());
+        }
         Ok(Started { transaction, code })
+    }
+
+    /// The pending bound's check of a listed entry (see `still_pending`).
+    fn pending_check(&self) -> StillCounts {
+        let engine = self.clone();
+        Box::new(move |id: String| {
+            let engine = engine.clone();
+            Box::pin(async move { engine.still_pending(&id).await })
+        })
+    }
+
+    /// Whether the transaction named `id` is still pending (a listed entry of the pending
+    /// bound that ended early frees its room). A store fault counts as pending: fail closed.
+    async fn still_pending(&self, id: &str) -> bool {
+        let Ok(id) = id.parse::<TransactionId>() else {
+            return false;
+        };
+        match self.get(&id).await {
+            Ok(Some(tx)) => tx.status == Status::Pending,
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// Reads a transaction as a client should see it (a pending one past its expiry reads as

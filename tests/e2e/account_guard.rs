@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use crate::fakes::upstream::RecordingUpstream;
 use crate::harness::{Gate, GateBuilder, client, redis_url};
 use crate::push_flow::{self, ANN_TOKEN, OPS_CLIENT_ID, OPS_CLIENT_SECRET};
 
@@ -24,6 +25,11 @@ enum Store {
 }
 
 fn gate(store: Store) -> Gate {
+    gate_with(store, 10)
+}
+
+/// `gate` with `account_guard.max_pending_step_ups: max_pending`.
+fn gate_with(store: Store, max_pending: u32) -> Gate {
     let yaml = format!(
         "api_clients:
   - {{ client_id: {portal}, client_secret: \"{portal_secret}\", apis: [mobile_authentication] }}
@@ -34,7 +40,7 @@ sms: {{ gateway: file, file: {{ path: outbox.jsonl }} }}
 rate_limits:
   sms_per_user: {{ limit: 100, window_seconds: 60 }}
   sms_per_phone: {{ limit: 100, window_seconds: 60 }}
-account_guard: {{ max_failures: 5, lock_seconds: 600 }}
+account_guard: {{ max_failures: 5, lock_seconds: 600, max_pending_step_ups: {max_pending} }}
 ",
         portal = PORTAL.0,
         portal_secret = PORTAL.1,
@@ -278,6 +284,8 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    pending_step_ups_are_bounded_per_user,
+    held_requests_are_bounded_per_user,
     sms_failures_lock_the_account_across_transactions,
     a_burst_of_wrong_codes_checks_exactly_the_limit,
     this_wasnt_me_blocks_push_and_tells_the_portal,
@@ -431,4 +439,127 @@ async fn pushes_beyond_the_cap_wait(store: Store) {
     assert_eq!(answer["status"], "approved");
     let (status, body) = w.post("/oauth/api/v4/authenticate/user", &form).await;
     assert_eq!(status, 200, "after a success: {body}");
+}
+
+/// With `max_pending_step_ups: 3`: twenty inits for one user at once start exactly three (the
+/// rest answer 429 `too_many_pending` with Retry-After and send nothing); another user is not
+/// affected; once one of the three is approved, there is room again.
+async fn pending_step_ups_are_bounded_per_user(store: Store) {
+    let gate = gate_with(store, 3);
+    let url = gate.url("/oauth/api/v4/authenticate/user");
+    let mut burst = JoinSet::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        burst.spawn(async move {
+            let response = client()
+                .post(url)
+                .basic_auth(PORTAL.0, Some(PORTAL.1))
+                .form(&[
+                    ("type", "sms_code"),
+                    ("user_id", "ann"),
+                    ("phone_number", "+31612345678"),
+                ])
+                .send()
+                .await
+                .expect("init");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, retry_after, body)
+        });
+    }
+    let mut started = Vec::new();
+    let mut refused = 0;
+    while let Some(answer) = burst.join_next().await {
+        match answer.unwrap() {
+            (200, _, body) => started.push(body["transaction_id"].as_str().unwrap().to_owned()),
+            (429, true, body) if body["error"] == "too_many_pending" => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((started.len(), refused), (3, 17));
+    assert_eq!(sms_count(&gate), 3, "refused inits send nothing");
+    started_for(&gate, "bob").await;
+
+    // Approving one of Ann's makes room for one more.
+    let text = std::fs::read_to_string(gate.dir().join("outbox.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let code: String = first["body"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(6)
+        .collect();
+    let mut approved = false;
+    for tx in &started {
+        let (status, _, _) = verify(&gate, "ann", tx, &code).await;
+        if status == 200 {
+            approved = true;
+            break;
+        }
+    }
+    assert!(approved, "the first code approves its transaction");
+    started_for(&gate, "ann").await;
+    let (status, body, _) = start_sms(&gate, "ann").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many_pending"))
+    );
+}
+
+async fn started_for(gate: &Gate, user: &str) -> String {
+    started(gate, user).await
+}
+
+/// With `max_held_requests: 2`: ten protected requests of one user at once are held at most
+/// twice (two SMS, two challenges); the others answer 429 `too_many_pending` before any code is
+/// sent; nothing reaches the app; another user is not affected.
+async fn held_requests_are_bounded_per_user(store: Store) {
+    let upstream = RecordingUpstream::start();
+    let yaml = crate::proxy::proxy_yaml(
+        &upstream,
+        0,
+        "challenge",
+        "account_guard: { max_held_requests: 2 }\n",
+    );
+    let builder = match store {
+        Store::Memory => GateBuilder::memory(),
+        Store::Redis => GateBuilder::redis(redis_url()),
+    };
+    let gate = builder.yaml(&yaml).start();
+    gate.wait_for_proxy();
+    let transfer = |user: &'static str| {
+        let url = gate.proxy_url("/transfer");
+        async move {
+            client()
+                .post(url)
+                .header("x-user-id", user)
+                .header("x-user-phone", "+31612345678")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("accept", "application/json")
+                .body("amount=10&iban=NL91ABNA0417164300")
+                .send()
+                .await
+                .expect("transfer")
+                .status()
+                .as_u16()
+        }
+    };
+    let answers = futures::future::join_all((0..10).map(|_| transfer("alice"))).await;
+    let held = answers.iter().filter(|status| **status == 401).count();
+    let refused = answers.iter().filter(|status| **status == 429).count();
+    assert_eq!((held, refused), (2, 8), "{answers:?}");
+    assert_eq!(sms_count(&gate), 2, "refused requests send no code");
+    assert_eq!(
+        transfer("bob").await,
+        401,
+        "another user has room of their own"
+    );
+    assert!(upstream.seen_on("/transfer").is_empty());
+    let metrics = gate.metrics_text().await;
+    assert!(
+        metrics.contains("stepgate_account_guard_total{event=\"refused_too_many_held\"} 8"),
+        "{metrics}"
+    );
 }

@@ -18,7 +18,7 @@ use super::memory::MemoryGuardStore;
 use super::redis::RedisGuardStore;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::guard::{Block, GuardOp, GuardRules, GuardVerdict};
-use crate::domain::ports::AccountGuardStore;
+use crate::domain::ports::{AccountGuardStore, Admission, BoundedList};
 use crate::store::conformance::test_redis_url;
 use crate::store::redis::{RedisSettings, RedisStore};
 
@@ -30,6 +30,8 @@ const RULES: GuardRules = GuardRules {
     push_backoff: Duration::from_secs(30),
     max_push_backoff: Duration::from_secs(120),
     report_block: Duration::from_secs(900),
+    max_pending_step_ups: 0,
+    max_held_requests: 0,
 };
 
 pub(super) struct Harness {
@@ -321,6 +323,128 @@ pub(super) async fn concurrent_pushes_stop_at_the_cap(h: &Harness) {
     assert_eq!(sent, 3);
 }
 
+pub(super) async fn bounded_lists_admit_up_to_the_bound(h: &Harness) {
+    let admit = |entry: &'static str, seconds: u64, remove: Vec<String>| {
+        let until = h.now().plus(Duration::from_secs(seconds));
+        async move {
+            h.store
+                .admit_entry(
+                    "key-of-ann",
+                    BoundedList::HeldRequests,
+                    entry,
+                    until,
+                    2,
+                    &remove,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let t0 = h.now();
+    assert_eq!(admit("a", 60, vec![]).await, Admission::Admitted);
+    assert_eq!(admit("b", 30, vec![]).await, Admission::Admitted);
+    assert_eq!(
+        admit("c", 60, vec![]).await,
+        Admission::Full {
+            live: vec![
+                ("b".into(), t0.plus(Duration::from_secs(30))),
+                ("a".into(), t0.plus(Duration::from_secs(60))),
+            ]
+        }
+    );
+    // Another list and another user have room of their own.
+    assert_eq!(
+        h.store
+            .admit_entry(
+                "key-of-ann",
+                BoundedList::PendingStepUps,
+                "c",
+                t0.plus(Duration::from_secs(9)),
+                2,
+                &[]
+            )
+            .await
+            .unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        h.store
+            .admit_entry(
+                "key-of-bob",
+                BoundedList::HeldRequests,
+                "c",
+                t0.plus(Duration::from_secs(9)),
+                2,
+                &[]
+            )
+            .await
+            .unwrap(),
+        Admission::Admitted
+    );
+    // An entry found ended makes room; so does time, and a removal.
+    assert_eq!(admit("c", 60, vec!["a".into()]).await, Admission::Admitted);
+    h.clock.advance(Duration::from_secs(30));
+    assert_eq!(admit("d", 60, vec![]).await, Admission::Admitted);
+    h.store
+        .remove_entry("key-of-ann", BoundedList::HeldRequests, "d")
+        .await
+        .unwrap();
+    assert_eq!(admit("e", 60, vec![]).await, Admission::Admitted);
+    assert!(matches!(
+        admit("f", 60, vec![]).await,
+        Admission::Full { .. }
+    ));
+    // Zero is unbounded.
+    for n in 0..10 {
+        let entry = format!("free-{n}");
+        assert_eq!(
+            h.store
+                .admit_entry(
+                    "key-of-cy",
+                    BoundedList::HeldRequests,
+                    &entry,
+                    h.now().plus(Duration::from_secs(5)),
+                    0,
+                    &[]
+                )
+                .await
+                .unwrap(),
+            Admission::Admitted
+        );
+    }
+}
+
+pub(super) async fn concurrent_admissions_stop_at_the_bound(h: &Harness) {
+    let barrier = Arc::new(Barrier::new(40));
+    let mut tasks = JoinSet::new();
+    let until = h.now().plus(Duration::from_secs(60));
+    for n in 0..40 {
+        let store = h.store.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            store
+                .admit_entry(
+                    "key-of-ann",
+                    BoundedList::PendingStepUps,
+                    &format!("tx-{n}"),
+                    until,
+                    3,
+                    &[],
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let mut admitted = 0;
+    while let Some(admission) = tasks.join_next().await {
+        if admission.unwrap() == Admission::Admitted {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3);
+}
+
 macro_rules! guard_conformance_suite {
     ($harness:path) => {
         run_suite!($harness;
@@ -331,10 +455,12 @@ macro_rules! guard_conformance_suite {
                 pushes_beyond_the_cap_back_off_and_a_report_blocks_push,
                 the_list_is_soonest_to_open_first,
                 keys_hold_no_user_id,
+                bounded_lists_admit_up_to_the_bound,
             ];
             concurrent: [
                 concurrent_failures_lock_exactly_once,
                 concurrent_pushes_stop_at_the_cap,
+                concurrent_admissions_stop_at_the_bound,
             ]
         );
     };

@@ -11,20 +11,23 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 
 use crate::domain::clock::SharedClock;
+use crate::domain::clock::Timestamp;
 use crate::domain::guard::{self, AccountState, GuardOp, GuardRules, GuardVerdict};
-use crate::domain::ports::{AccountGuardStore, GuardedUser, StoreError};
+use crate::domain::ports::{AccountGuardStore, Admission, BoundedList, GuardedUser, StoreError};
 
 struct Entry {
     user_id: String,
     state: AccountState,
     /// When the entry may be forgotten (`guard::keep_until` after its last change).
-    keep_until: crate::domain::clock::Timestamp,
+    keep_until: Timestamp,
 }
 
 /// The embedded guard store. Cheap to share behind an `Arc`.
 pub struct MemoryGuardStore {
     clock: SharedClock,
     users: Mutex<HashMap<String, Entry>>,
+    /// (user key, list) -> entry -> live until.
+    lists: Mutex<HashMap<(String, BoundedList), HashMap<String, Timestamp>>>,
 }
 
 impl fmt::Debug for MemoryGuardStore {
@@ -38,6 +41,7 @@ impl MemoryGuardStore {
         Self {
             clock,
             users: Mutex::new(HashMap::new()),
+            lists: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -80,7 +84,7 @@ impl AccountGuardStore for MemoryGuardStore {
     async fn guarded_users(&self) -> Result<Vec<GuardedUser>, StoreError> {
         let now = self.clock.now();
         let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut guarded: Vec<(crate::domain::clock::Timestamp, GuardedUser)> = users
+        let mut guarded: Vec<(Timestamp, GuardedUser)> = users
             .values()
             .filter_map(|entry| {
                 guard::current_block(&entry.state, now).map(|_| {
@@ -96,5 +100,49 @@ impl AccountGuardStore for MemoryGuardStore {
             .collect();
         guarded.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.user_id.cmp(&b.1.user_id)));
         Ok(guarded.into_iter().map(|(_, user)| user).collect())
+    }
+
+    async fn admit_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+        live_until: Timestamp,
+        max: u32,
+        remove: &[String],
+    ) -> Result<Admission, StoreError> {
+        let now = self.clock.now();
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = lists.entry((user_key.to_owned(), list)).or_default();
+        for gone in remove {
+            entries.remove(gone);
+        }
+        entries.retain(|_, until| now < *until);
+        if max > 0 && entries.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+            let mut live: Vec<(String, Timestamp)> = entries
+                .iter()
+                .map(|(entry, until)| (entry.clone(), *until))
+                .collect();
+            live.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+            return Ok(Admission::Full { live });
+        }
+        entries.insert(entry.to_owned(), live_until);
+        Ok(Admission::Admitted)
+    }
+
+    async fn remove_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+    ) -> Result<(), StoreError> {
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = lists.get_mut(&(user_key.to_owned(), list)) {
+            entries.remove(entry);
+            if entries.is_empty() {
+                lists.remove(&(user_key.to_owned(), list));
+            }
+        }
+        Ok(())
     }
 }

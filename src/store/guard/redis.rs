@@ -19,14 +19,20 @@ use async_trait::async_trait;
 
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::guard::{self, AccountState, Block, GuardOp, GuardRules, GuardVerdict};
-use crate::domain::ports::{AccountGuardStore, GuardedUser, StoreError};
+use crate::domain::ports::{AccountGuardStore, Admission, BoundedList, GuardedUser, StoreError};
 use crate::store::redis::RedisStore;
 
 const GUARD_LUA: &str = include_str!("../lua/guard.lua");
+const ADMIT_LUA: &str = include_str!("../lua/guard_admit.lua");
 
 /// The per-user hash's key.
 pub(crate) fn user_key(prefix: &str, user_key: &str) -> String {
     format!("{prefix}guard:{{{user_key}}}")
+}
+
+/// A user's bounded list: the same hash tag as the user's hash, so one slot per user.
+pub(crate) fn list_key(prefix: &str, user_key: &str, list: BoundedList) -> String {
+    format!("{prefix}guard:{{{user_key}}}:{}", list.as_str())
 }
 
 /// The blocked users' index.
@@ -48,6 +54,7 @@ pub struct RedisGuardStore {
     clock: SharedClock,
     prefix: String,
     script: Script,
+    admit: Script,
 }
 
 impl fmt::Debug for RedisGuardStore {
@@ -65,6 +72,7 @@ impl RedisGuardStore {
             store,
             clock,
             script: Script::new(GUARD_LUA),
+            admit: Script::new(ADMIT_LUA),
         }
     }
 
@@ -226,6 +234,78 @@ impl AccountGuardStore for RedisGuardStore {
             }
         }
         Ok(guarded)
+    }
+
+    async fn admit_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+        live_until: Timestamp,
+        max: u32,
+        remove: &[String],
+    ) -> Result<Admission, StoreError> {
+        let mut invocation = self.admit.prepare_invoke();
+        invocation
+            .key(list_key(&self.prefix, user_key, list))
+            .arg(self.clock.now().millis())
+            .arg(entry)
+            .arg(live_until.millis())
+            .arg(max);
+        for gone in remove {
+            invocation.arg(gone);
+        }
+        let reply: Vec<::redis::Value> = self
+            .store
+            .call("guard_admit", |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let text = |value: &::redis::Value| -> Result<String, StoreError> {
+            ::redis::from_redis_value::<String>(value.clone())
+                .map_err(|err| corrupt(format!("admit reply: {err}")))
+        };
+        match reply.split_first() {
+            Some((first, rest)) if text(first)? == "0" => {
+                let live =
+                    rest.chunks(2)
+                        .map(|pair| match pair {
+                            [entry, until] => {
+                                Ok((
+                                    text(entry)?,
+                                    Timestamp(text(until)?.parse::<f64>().map_err(|_| {
+                                        corrupt("admit reply: a score is not a number")
+                                    })? as u64),
+                                ))
+                            }
+                            _ => Err(corrupt("admit reply has an odd length")),
+                        })
+                        .collect::<Result<_, _>>()?;
+                Ok(Admission::Full { live })
+            }
+            Some(_) => Ok(Admission::Admitted),
+            None => Err(corrupt("empty admit reply")),
+        }
+    }
+
+    async fn remove_entry(
+        &self,
+        user_key: &str,
+        list: BoundedList,
+        entry: &str,
+    ) -> Result<(), StoreError> {
+        let key = list_key(&self.prefix, user_key, list);
+        let entry = entry.to_owned();
+        self.store
+            .call("guard_remove", |mut connection| async move {
+                ::redis::cmd("ZREM")
+                    .arg(&key)
+                    .arg(&entry)
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(())
     }
 }
 
