@@ -110,7 +110,7 @@ pub const ACCOUNT_GUARD: &str = "stepgate_account_guard_total";
 static GUARD_COUNTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         ACCOUNT_GUARD,
-        "Account guard events, by event: locked (consecutive failures reached the limit) | unlocked (by an admin) | reported (a phone said \"this wasn't me\") | refused_locked | refused_push_reported | refused_push_fatigue | refused_busy (a start or check refused: locked, push held back, or the attempts in flight take the failure limit).",
+        "Account guard events, by event: locked (consecutive failures reached the limit) | unlocked (by an admin) | reported (a phone said \"this wasn't me\") | refused_locked | refused_push_reported | refused_push_fatigue | refused_busy | refused_too_many_pending | refused_too_many_held (a start or check refused: locked, push held back, the attempts in flight take the failure limit, or the user's pending step-ups or held requests are at their bound).",
         &["event"],
     )
 });
@@ -381,6 +381,8 @@ pub fn register_all() {
         "refused_push_reported",
         "refused_push_fatigue",
         "refused_busy",
+        "refused_too_many_pending",
+        "refused_too_many_held",
     ] {
         GUARD_COUNTER.with_label_values(&[event]).inc_by(0);
     }
