@@ -71,10 +71,7 @@ pub fn authenticate<'a>(
     if !client.apis.contains(&scope) {
         return Err(ApiError::InvalidClient("client not allowed for this API"));
     }
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-        v4 => v4,
-    };
+    let peer = crate::domain::address::unmapped(peer);
     if !client.allowed_networks.is_empty()
         && !client
             .allowed_networks

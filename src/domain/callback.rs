@@ -85,10 +85,7 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// (`is_internal`) and no network of `allowed` (`callbacks.allowed_networks`) holds it. An
 /// IPv4-mapped address is judged, and matched against `allowed`, as its IPv4 address.
 pub fn is_refused(ip: IpAddr, allowed: &[IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = super::address::unmapped(ip);
     is_internal(ip) && !allowed.iter().any(|net| net.contains(&ip))
 }
 

@@ -5,6 +5,7 @@
 //! Owns every rule that decides whether a step-up succeeds. Knows nothing of HTTP, pingora, Redis,
 //! YAML or the network, and may import nothing else from this crate.
 
+pub mod address;
 pub mod application;
 pub mod assertion;
 pub mod auth_type;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod code;
 pub mod context;
 pub mod device;
+pub mod destination;
 pub mod device_crypto;
 pub mod grant;
 pub mod guard;

@@ -18,7 +18,7 @@
 //!
 //! May import: domain, config, `notify` itself.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +70,7 @@ struct Reach {
 impl Reach {
     /// Why `addr` may not be called, if it may not.
     fn refusal(&self, addr: SocketAddr) -> Option<&'static str> {
-        let ip = match addr.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr.ip(), IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = crate::domain::address::unmapped(addr.ip());
         let own = self.own_listeners.iter().any(|listener| {
             listener.port() == addr.port()
                 && (listener.ip() == ip || listener.ip().is_unspecified() || ip.is_loopback())

@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
+use crate::domain::address;
 use crate::domain::canonical::{
     CanonicalRequest, RawRequest, RouterModel, Unreadable, canonicalize,
 };
@@ -38,36 +39,16 @@ const X_FORWARDED_PROTO_CASED: &str = "X-Forwarded-Proto";
 /// The client as stepgate sees it: the first address in the `X-Forwarded-For` chain, read from
 /// the right, that is not a trusted proxy; the socket peer when that is not trusted itself.
 pub fn client_ip(peer: Option<IpAddr>, req: &RequestHeader, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = peer?;
-    if !is_trusted(peer, trusted) {
-        return Some(peer);
-    }
-    let mut client = peer;
-    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return Some(client);
-        };
-        for hop in text.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => {
-                    client = ip;
-                    if !is_trusted(ip, trusted) {
-                        return Some(ip);
-                    }
-                }
-                Err(_) => return Some(client),
-            }
-        }
-    }
-    Some(client)
+    let forwarded = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|value| value.to_str().ok());
+    Some(address::client_behind(peer?, forwarded, trusted))
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    trusted.iter().any(|net| net.contains(&ip))
+    address::is_trusted(ip, trusted)
 }
 
 /// `https` or `http`: a trusted proxy's `X-Forwarded-Proto`, else how the client reached us.
