@@ -378,6 +378,10 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     let limits = SmsLimits {
         per_user: settings.rate_limits.sms_per_user,
         per_phone: settings.rate_limits.sms_per_phone,
+        global: settings.rate_limits.sms_global,
+        per_country: settings.rate_limits.sms_per_country,
+        per_client_ip: settings.rate_limits.sms_per_client_ip,
+        destinations: settings.sms_destinations.clone(),
     };
     let origin_host = settings.sms.origin_bound_host.clone();
     let sms = SmsService::new(
@@ -456,6 +460,7 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         callbacks: settings.callbacks.clone(),
         public_url: settings.public_url.clone(),
         secure_context: secure_context(&settings)?,
+        trusted_proxies: settings.api_trusted_proxies.clone(),
     });
     let availability = Arc::new(AvailabilityState {
         enabled: settings.features.mobile_authentication,

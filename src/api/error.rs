@@ -38,6 +38,9 @@ pub enum ApiError {
     MessageTooLong,
     #[error("phone number missing")]
     PhoneNumberMissing,
+    /// The SMS-pumping guard refuses the destination (3008).
+    #[error("phone number is not an allowed SMS destination: {0}")]
+    DestinationRefused(String),
     #[error("sms not sent: {0}")]
     SmsNotSent(String),
     #[error("push not sent: {0}")]
@@ -155,6 +158,11 @@ impl IntoResponse for ApiError {
             ApiError::PhoneNumberMissing => {
                 numeric(StatusCode::BAD_REQUEST, "3001", "Phone number missing")
             }
+            ApiError::DestinationRefused(_) => numeric(
+                StatusCode::BAD_REQUEST,
+                "3008",
+                "Phone number is not an allowed SMS destination",
+            ),
             ApiError::SmsNotSent(_) => numeric(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "3002",

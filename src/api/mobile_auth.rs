@@ -4,7 +4,7 @@
 //! form-encoded, answers JSON; every call first authenticates the API client.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -18,6 +18,7 @@ use serde_json::json;
 use super::client_auth::{authenticate, form_fields};
 use super::error::{ApiError, json_response};
 use crate::config::settings::{ApiClient, ApiScope, CallbackSettings};
+use crate::domain::address;
 use crate::domain::auth_type::{AuthTypes, Method};
 use crate::domain::callback;
 use crate::domain::device::PushEnrollmentMode;
@@ -45,6 +46,8 @@ pub struct MobileAuthState {
     /// Adds the sign-in's device and location to the secure message (v4 init with
     /// `ip_address`/`user_agent`); `None` while `features.geolocation` is off.
     pub secure_context: Option<Arc<dyn crate::domain::context::SecureMessageContext>>,
+    /// `api.trusted_proxies`: whose `X-Forwarded-For` names the end user.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 type Shared = Arc<MobileAuthState>;
@@ -101,6 +104,9 @@ struct Admitted {
     form: HashMap<String, String>,
     /// The authenticated API client: the only one that may act on the transactions it starts.
     client_id: String,
+    /// The end user's address, when a trusted proxy forwarded it (`api.trusted_proxies`); a
+    /// portal calling directly is no end user, so then `None`.
+    client_ip: Option<IpAddr>,
 }
 
 impl Admitted {
@@ -140,9 +146,17 @@ fn admit_for(
     if !state.enabled {
         return Err(ApiError::Disabled);
     }
+    let client_ip = address::is_trusted(peer.ip(), &state.trusted_proxies).then(|| {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|value| value.to_str().ok());
+        address::client_behind(peer.ip(), forwarded, &state.trusted_proxies)
+    });
     Ok(Admitted {
         form: parsed?,
         client_id: client.client_id.clone(),
+        client_ip,
     })
 }
 
@@ -160,6 +174,13 @@ impl From<SmsError> for ApiError {
                 ApiError::InvalidParameter("message missing and no default message".into())
             }
             SmsError::SendFailed(cause) => ApiError::SmsNotSent(cause.to_string()),
+            SmsError::DestinationRefused(refused) => {
+                ApiError::DestinationRefused(refused.to_string())
+            }
+            SmsError::ResendInProgress => ApiError::RateLimited {
+                limit: "resend_in_progress",
+                retry_after: std::time::Duration::from_secs(1),
+            },
             SmsError::Engine(EngineError::UnknownTransaction) => ApiError::InvalidTransaction,
             SmsError::Engine(EngineError::Blocked(refused)) => ApiError::Guarded(refused),
             SmsError::Engine(EngineError::Store(error)) => store_error(error),
@@ -231,7 +252,7 @@ async fn init(
             }
         }
         if auth_type.method == Method::Sms {
-            return start_sms(&state, auth_type, form, client_id).await;
+            return start_sms(&state, auth_type, form, client_id, admitted.client_ip).await;
         }
         if auth_type.method == Method::Otp {
             return start_otp(&state, auth_type, form, client_id).await;
@@ -346,6 +367,7 @@ async fn start_sms(
     auth_type: &crate::domain::auth_type::AuthType,
     form: &HashMap<String, String>,
     client_id: &str,
+    client_ip: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
     let user_id = form
         .get("user_id")
@@ -363,6 +385,7 @@ async fn start_sms(
             .get("language_code")
             .map(|code| code.to_ascii_lowercase()),
         client_id: Some(client_id.to_owned()),
+        client_ip,
     };
     let tx = state.sms.start(auth_type, request).await?;
     Ok(json_response(StatusCode::OK, &started_body(&tx)))
@@ -608,7 +631,11 @@ async fn resend_sms(
 ) -> Result<Response, ApiError> {
     let admitted = admit(&state, &headers, &body, peer)?;
     let id = transaction_id(&admitted.form)?;
-    match state.sms.resend(&id, admitted.owner(&user_id)).await? {
+    match state
+        .sms
+        .resend(&id, admitted.owner(&user_id), admitted.client_ip)
+        .await?
+    {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(ResendOutcome::Disabled | ResendOutcome::LimitReached) => Err(ApiError::ResendLimit),
         Err(

@@ -38,6 +38,8 @@ pub struct ConfigFile {
     /// Account-wide limits across transactions and methods: the consecutive-failure lock, the
     /// push cap, and the "this wasn't me" block.
     pub account_guard: AccountGuard,
+    /// Where SMS may go: the SMS-pumping guard's allow- and deny-lists of E.164 prefixes.
+    pub sms_guard: SmsGuard,
     /// The gateway that delivers SMS codes.
     pub sms: Sms,
     /// The sidecar proxy: default decision and where more policy files are.
@@ -192,6 +194,10 @@ pub struct Api {
     /// The lowest mobile authentication API version served (2 to 4); paths of older versions
     /// answer error 4001.
     pub minimum_version: u8,
+    /// Reverse proxies in front of the API listener whose `X-Forwarded-For` is believed (CIDRs):
+    /// the per-client-IP SMS quota counts the address they forward. Empty: the API's callers are
+    /// portals, and no per-client-IP quota applies to the API.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Api {
@@ -199,6 +205,7 @@ impl Default for Api {
         Self {
             max_message_length: 155,
             minimum_version: 3,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -298,6 +305,13 @@ pub struct RateLimits {
     pub sms_per_user: RateLimit,
     /// SMS sent (init and resend) per phone number.
     pub sms_per_phone: RateLimit,
+    /// SMS sent by the whole gateway (every instance), per window.
+    pub sms_global: RateLimit,
+    /// SMS sent per destination country calling code (`+31`, `+1`, `+358`).
+    pub sms_per_country: RateLimit,
+    /// SMS sent per client address: the proxy's client (behind `proxy.trusted_proxies`), and an
+    /// API caller's forwarded address behind `api.trusted_proxies`.
+    pub sms_per_client_ip: RateLimit,
 }
 
 impl Default for RateLimits {
@@ -311,6 +325,43 @@ impl Default for RateLimits {
                 limit: 5,
                 window_seconds: 900,
             },
+            sms_global: RateLimit {
+                limit: 0,
+                window_seconds: 60,
+            },
+            sms_per_country: RateLimit {
+                limit: 0,
+                window_seconds: 3600,
+            },
+            sms_per_client_ip: RateLimit {
+                limit: 20,
+                window_seconds: 900,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SmsGuard {
+    /// E.164 prefixes (`+31`, `+4475`) SMS may go to; empty: every destination not denied.
+    pub allowed_prefixes: Vec<String>,
+    /// E.164 prefixes SMS never go to. Default: the shipped list of premium-rate and
+    /// international-network ranges; set `[]` to drop it.
+    pub denied_prefixes: Vec<String>,
+    /// More denied prefixes, added to `denied_prefixes` (keeps the shipped list).
+    pub extra_denied_prefixes: Vec<String>,
+}
+
+impl Default for SmsGuard {
+    fn default() -> Self {
+        Self {
+            allowed_prefixes: Vec::new(),
+            denied_prefixes: crate::domain::destination::DEFAULT_DENIED_PREFIXES
+                .iter()
+                .map(|prefix| (*prefix).to_owned())
+                .collect(),
+            extra_denied_prefixes: Vec::new(),
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Settings {
     pub rate_limits: RateLimits,
     /// `account_guard`: the consecutive-failure lock, push cap and report block.
     pub account_guard: crate::domain::guard::GuardRules,
+    /// `sms_guard`: where SMS may go.
+    pub sms_destinations: crate::domain::destination::DestinationRules,
+    /// `api.trusted_proxies`: whose `X-Forwarded-For` the API believes.
+    pub api_trusted_proxies: Vec<ipnet::IpNet>,
     pub sms: SmsSettings,
     /// Inline policies first, then those of `proxy.policy_files`.
     pub policies: PolicySet,
@@ -185,6 +189,9 @@ pub use crate::domain::regulation::WindowLimit as Limit;
 pub struct RateLimits {
     pub sms_per_user: Option<Limit>,
     pub sms_per_phone: Option<Limit>,
+    pub sms_global: Option<Limit>,
+    pub sms_per_country: Option<Limit>,
+    pub sms_per_client_ip: Option<Limit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

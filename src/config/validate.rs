@@ -24,6 +24,7 @@ use crate::domain::auth_type::{
     AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method,
 };
 use crate::domain::code::SecretKey;
+use crate::domain::destination::{self, DestinationRules};
 use crate::domain::guard::GuardRules;
 use crate::domain::policy::{
     Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
@@ -96,6 +97,8 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
     let callbacks = callbacks(&file.callbacks, uses_callbacks, &mut problems);
     let rate_limits = rate_limits(&file.rate_limits, &mut problems);
     let account_guard = account_guard(&file.account_guard, &mut problems);
+    let sms_destinations = sms_guard(&file.sms_guard, &mut problems);
+    let api_trusted_proxies = api_trusted_proxies(&file.api.trusted_proxies, &mut problems);
     let sms = sms(&file.sms, &mut problems);
     let default_decision = default_action(&file.proxy, &mut problems);
     let base = source.parent().unwrap_or_else(|| Path::new("."));
@@ -156,6 +159,8 @@ pub fn compile(file: ConfigFile, source: &Path) -> Result<Settings, Vec<Problem>
             callbacks,
             rate_limits,
             account_guard,
+            sms_destinations,
+            api_trusted_proxies,
             sms,
             policies: PolicySet {
                 policies: inline_policies,
@@ -976,7 +981,51 @@ fn rate_limits(raw: &schema::RateLimits, problems: &mut Problems) -> RateLimits 
     RateLimits {
         sms_per_user: one("sms_per_user", &raw.sms_per_user),
         sms_per_phone: one("sms_per_phone", &raw.sms_per_phone),
+        sms_global: one("sms_global", &raw.sms_global),
+        sms_per_country: one("sms_per_country", &raw.sms_per_country),
+        sms_per_client_ip: one("sms_per_client_ip", &raw.sms_per_client_ip),
     }
+}
+
+fn sms_guard(raw: &schema::SmsGuard, problems: &mut Problems) -> DestinationRules {
+    let mut prefixes = |name: &str, list: &[String]| -> Vec<String> {
+        let mut valid = Vec::new();
+        for (i, text) in list.iter().enumerate() {
+            let prefix = text.trim();
+            if destination::is_prefix(prefix) {
+                valid.push(prefix.to_owned());
+            } else {
+                problems.add(
+                    format!("sms_guard.{name}[{i}]"),
+                    format!(
+                        "'{text}' is not an E.164 prefix (expected + and 1 to 15 digits, e.g. +31)"
+                    ),
+                );
+            }
+        }
+        valid
+    };
+    let allowed = prefixes("allowed_prefixes", &raw.allowed_prefixes);
+    let mut denied = prefixes("denied_prefixes", &raw.denied_prefixes);
+    denied.extend(prefixes(
+        "extra_denied_prefixes",
+        &raw.extra_denied_prefixes,
+    ));
+    DestinationRules { allowed, denied }
+}
+
+fn api_trusted_proxies(raw: &[String], problems: &mut Problems) -> Vec<IpNet> {
+    let mut trusted = Vec::new();
+    for (i, text) in raw.iter().enumerate() {
+        match parse_network(text.trim()) {
+            Ok(net) => trusted.push(net),
+            Err(_) => problems.add(
+                format!("api.trusted_proxies[{i}]"),
+                format!("'{text}' is not a network (expected a CIDR such as 10.0.0.0/8)"),
+            ),
+        }
+    }
+    trusted
 }
 
 /// Every duration of `account_guard`: from a second to 30 days.

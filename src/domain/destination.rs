@@ -17,7 +17,7 @@ pub const DEFAULT_DENIED_PREFIXES: &[&str] = &[
     "+991", // ITU trial service
     "+800", "+808", // international freephone and shared-cost numbers (take no SMS)
     // National premium-rate ranges.
-    "+1900", "+1976",                   // NANP premium
+    "+1900", "+1976", // NANP premium
     "+4470", "+4487", "+4490", "+4491", "+4498", // UK personal numbering, premium, adult
     "+3190", // NL 090x
     "+3290", // BE 090x
@@ -29,7 +29,7 @@ pub const DEFAULT_DENIED_PREFIXES: &[&str] = &[
     "+49900", "+49137", // DE premium, mass calling
     "+35315", // IE premium
     "+46900", "+46939", "+46944", // SE premium
-    "+4590", // DK premium
+    "+4590",  // DK premium
 ];
 
 /// Two-digit country calling codes (ITU-T E.164 assignments); the others are `1` and `7` (one
@@ -45,7 +45,10 @@ pub fn country_code(e164: &str) -> &str {
     let digits = e164.strip_prefix('+').unwrap_or(e164);
     let length = if digits.starts_with('1') || digits.starts_with('7') {
         1
-    } else if digits.get(..2).is_some_and(|two| TWO_DIGIT_CODES.contains(&two)) {
+    } else if digits
+        .get(..2)
+        .is_some_and(|two| TWO_DIGIT_CODES.contains(&two))
+    {
         2
     } else {
         3
@@ -96,7 +99,11 @@ impl DestinationRules {
     /// Whether an SMS may go to the normalized number `e164`. The deny-list wins over the
     /// allow-list, so an allowed country's premium range stays refused.
     pub fn check(&self, e164: &str) -> Result<(), DestinationRefused> {
-        if let Some(prefix) = self.denied.iter().find(|prefix| e164.starts_with(prefix.as_str())) {
+        if let Some(prefix) = self
+            .denied
+            .iter()
+            .find(|prefix| e164.starts_with(prefix.as_str()))
+        {
             return Err(DestinationRefused::Denied(prefix.clone()));
         }
         if !self.allowed.is_empty()
@@ -142,10 +149,24 @@ mod tests {
     #[test]
     fn premium_and_network_ranges_are_denied_by_default() {
         let rules = DestinationRules::shipped();
-        for number in ["+8816312345678", "+88239912345", "+31906123456", "+19005550100", "+447000123456"] {
-            assert!(matches!(rules.check(number), Err(DestinationRefused::Denied(_))), "{number}");
+        for number in [
+            "+8816312345678",
+            "+88239912345",
+            "+31906123456",
+            "+19005550100",
+            "+447000123456",
+        ] {
+            assert!(
+                matches!(rules.check(number), Err(DestinationRefused::Denied(_))),
+                "{number}"
+            );
         }
-        for number in ["+31612345678", "+447700900123", "+14155550100", "+4915112345678"] {
+        for number in [
+            "+31612345678",
+            "+447700900123",
+            "+14155550100",
+            "+4915112345678",
+        ] {
             assert_eq!(rules.check(number), Ok(()), "{number}");
         }
     }
@@ -176,6 +197,10 @@ mod tests {
         assert!(!is_prefix("+"));
         assert!(!is_prefix("+0"));
         assert!(!is_prefix("+3a"));
-        assert!(DEFAULT_DENIED_PREFIXES.iter().all(|prefix| is_prefix(prefix)));
+        assert!(
+            DEFAULT_DENIED_PREFIXES
+                .iter()
+                .all(|prefix| is_prefix(prefix))
+        );
     }
 }

@@ -114,6 +114,10 @@ pub trait RateLimitStore: Send + Sync {
         limit: u32,
         window: Duration,
     ) -> Result<RateDecision, StoreError>;
+
+    /// Gives back one hit on `key` in its current window (a send that never reached the
+    /// provider, or a hit refused by another limit); never below zero.
+    async fn refund(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// One text message to deliver.

@@ -271,7 +271,11 @@ impl StepGateProxy {
             return Err(self.login_reply(req, html));
         };
         match identity.resolve(req, ctx.peer_trusted).await {
-            Ok(requester) => Ok(requester),
+            Ok(mut requester) => {
+                requester.client_ip =
+                    facts::client_ip(ctx.peer_ip, req, &self.state.trusted_proxies);
+                Ok(requester)
+            }
             Err(IdentityError::Missing | IdentityError::Rejected(_)) => {
                 Err(self.login_reply(req, html))
             }
@@ -607,6 +611,7 @@ fn refusal_for(error: &StepUpError) -> Refusal {
         StepUpError::NoUsableMethod(_) | StepUpError::NoPhoneNumber => Refusal::StepUpUnavailable,
         StepUpError::RateLimited { retry_after, .. } => Refusal::RateLimited(*retry_after),
         StepUpError::SendFailed(_) => Refusal::DeliveryFailed,
+        StepUpError::DestinationRefused => Refusal::DestinationRefused,
         StepUpError::UnknownTransaction => Refusal::UnknownTransaction,
         StepUpError::Blocked(Refused {
             block: Block::Busy { .. },

@@ -40,6 +40,8 @@ pub enum Refusal {
     PushHeldBack(Duration),
     /// The user has as many step-ups pending, or requests held, as allowed.
     TooManyPending(Duration),
+    /// The SMS-pumping guard refuses the user's phone number as a destination.
+    DestinationRefused,
     /// The SMS gateway refused or failed.
     DeliveryFailed,
     /// The store is unreachable: protected routes fail closed.
@@ -74,6 +76,7 @@ impl Refusal {
             Refusal::AccountLocked(_) => (429, "account_locked", "Confirmations locked", "Too many confirmations failed in a row, so confirmations are locked for your account for a while. Try again later, or ask the helpdesk to unlock it.".to_owned()),
             Refusal::TooManyPending(_) => (429, "too_many_pending", "Too many confirmations waiting", "You have too many confirmations waiting. Finish one, or try again when one has expired.".to_owned()),
             Refusal::PushHeldBack(_) => (429, "push_held_back", "Too many requests", "Too many confirmation requests were sent to your phone. Try again later.".to_owned()),
+            Refusal::DestinationRefused => (403, "destination_refused", "Cannot send a code", "Confirmation codes cannot be sent to your phone number. Contact the helpdesk.".to_owned()),
             Refusal::DeliveryFailed => (502, "delivery_failed", "Code not sent", "The confirmation code could not be sent. Try again in a moment.".to_owned()),
             Refusal::Unavailable => (503, "temporarily_unavailable", "Temporarily unavailable", "Confirmations are temporarily unavailable. Try again in a minute.".to_owned()),
             Refusal::Forbidden => (403, "forbidden", "Not allowed", "This form is not valid here; reload the page.".to_owned()),

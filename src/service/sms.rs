@@ -2,6 +2,7 @@
 //! verify and resend, with metrics and audit events for each outcome. Codes leave this module
 //! only inside the message handed to the SMS gateway.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::transactions::{EngineError, ResendResult, TransactionEngine};
+use crate::domain::address;
 use crate::domain::auth_type::AuthType;
 use crate::domain::code::SecretKey;
+use crate::domain::destination::{DestinationRefused, DestinationRules, country_code};
 use crate::domain::ports::{RateLimitStore, SendError, SmsMessage, SmsSender, StoreError};
 use crate::domain::regulation::{Finish, ResendOutcome, VerifyOutcome, WindowLimit};
 use crate::domain::sms::render_body;
@@ -27,6 +30,13 @@ pub enum SmsError {
     },
     #[error("no message given and the type has no default message")]
     MissingMessage,
+    /// The SMS-pumping guard refuses the destination (denied range, or not an allowed country).
+    #[error("destination refused: {0}")]
+    DestinationRefused(DestinationRefused),
+    /// Another resend of the same transaction is being sent: one at a time, so the SMS that
+    /// arrives last always holds the code that works.
+    #[error("a resend of this transaction is in progress")]
+    ResendInProgress,
     #[error("the SMS could not be sent: {0}")]
     SendFailed(SendError),
     #[error(transparent)]
@@ -39,12 +49,26 @@ impl From<StoreError> for SmsError {
     }
 }
 
-/// Per-user and per-phone limits on SMS sent (init and resend alike: each one costs money).
-#[derive(Debug, Clone, Copy, Default)]
+/// The SMS-pumping guard: where SMS may go, and how many may go per user, phone number,
+/// country, client address and in all (init and resend alike: each one costs money). Only sends
+/// that reached the provider stay counted.
+#[derive(Debug, Clone, Default)]
 pub struct SmsLimits {
     pub per_user: Option<WindowLimit>,
     pub per_phone: Option<WindowLimit>,
+    pub global: Option<WindowLimit>,
+    pub per_country: Option<WindowLimit>,
+    pub per_client_ip: Option<WindowLimit>,
+    pub destinations: DestinationRules,
 }
+
+/// The quota hits one send took, given back when nothing reached the provider.
+#[must_use]
+struct Spent(Vec<String>);
+
+/// How long a resend holds its transaction's resend lock at most (the provider's timeout is
+/// below this; the lock is given back as soon as the send ends).
+const RESEND_LOCK: Duration = Duration::from_secs(70);
 
 /// What a portal asks for when it starts an SMS authentication.
 #[derive(Debug, Clone)]
@@ -56,6 +80,9 @@ pub struct SmsStart {
     pub language: Option<String>,
     /// The API client starting it; `None` for the gateway's proxy.
     pub client_id: Option<String>,
+    /// The end user's address, when known (the proxy's client, or an API caller's address
+    /// forwarded by a trusted proxy): the per-client-IP quota counts it.
+    pub client_ip: Option<IpAddr>,
 }
 
 #[derive(Clone)]
@@ -101,19 +128,61 @@ impl SmsService {
         )
     }
 
-    /// Counts one SMS against both limits; refuses when either is exceeded.
-    async fn admit(&self, user_id: &str, phone: &str) -> Result<(), SmsError> {
+    /// Checks the destination and counts one SMS against every quota; refuses (giving back
+    /// what it counted) when the destination is refused or any quota is exceeded.
+    async fn admit(
+        &self,
+        user_id: &str,
+        phone: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Spent, SmsError> {
+        if let Err(refused) = self.limits.destinations.check(phone) {
+            metrics::rate_limited(refused.as_str());
+            AuditEvent {
+                event: "SMS_DESTINATION_REFUSED",
+                user_id: Some(user_id),
+                phone: Some(mask_phone(phone)),
+                detail: Some(&refused.to_string()),
+                ..Default::default()
+            }
+            .emit();
+            return Err(SmsError::DestinationRefused(refused));
+        }
+        let country = country_code(phone);
+        let ip = client_ip.map(|ip| address::unmapped(ip).to_string());
         let checks = [
-            ("sms_per_user", "user", user_id, self.limits.per_user),
-            ("sms_per_phone", "phone", phone, self.limits.per_phone),
+            ("sms_global", "global", Some("all"), self.limits.global),
+            (
+                "sms_per_country",
+                "country",
+                Some(country),
+                self.limits.per_country,
+            ),
+            (
+                "sms_per_client_ip",
+                "ip",
+                ip.as_deref(),
+                self.limits.per_client_ip,
+            ),
+            ("sms_per_user", "user", Some(user_id), self.limits.per_user),
+            ("sms_per_phone", "phone", Some(phone), self.limits.per_phone),
         ];
+        let mut spent = Spent(Vec::new());
         for (name, scope, value, limit) in checks {
-            let Some(limit) = limit else { continue };
-            let decision = self
-                .limiter
-                .hit(&self.limit_key(scope, value), limit.limit, limit.window)
-                .await?;
+            let (Some(limit), Some(value)) = (limit, value) else {
+                continue;
+            };
+            let key = self.limit_key(scope, value);
+            let decision = match self.limiter.hit(&key, limit.limit, limit.window).await {
+                Ok(decision) => decision,
+                Err(error) => {
+                    self.refund(spent).await;
+                    return Err(error.into());
+                }
+            };
+            spent.0.push(key);
             if !decision.allowed {
+                self.refund(spent).await;
                 metrics::rate_limited(name);
                 AuditEvent {
                     event: "SMS_RATE_LIMITED",
@@ -129,7 +198,17 @@ impl SmsService {
                 });
             }
         }
-        Ok(())
+        Ok(spent)
+    }
+
+    /// Gives back the quota hits of a send that never reached the provider. Logged, not
+    /// raised: a hit left counted only makes a quota stricter.
+    async fn refund(&self, spent: Spent) {
+        for key in spent.0 {
+            if let Err(error) = self.limiter.refund(&key).await {
+                tracing::warn!(%error, "SMS quota hit not given back");
+            }
+        }
     }
 
     /// Sends with the type's sender id; when the gateway refuses that sender, once more with the
@@ -173,7 +252,9 @@ impl SmsService {
                     .map(str::to_owned)
             })
             .ok_or(SmsError::MissingMessage)?;
-        self.admit(&request.user_id, &request.phone_number).await?;
+        let spent = self
+            .admit(&request.user_id, &request.phone_number, request.client_ip)
+            .await?;
         let details = Details {
             message: Some(template.clone()),
             language: request.language.clone(),
@@ -182,10 +263,17 @@ impl SmsService {
             client_id: request.client_id.clone(),
             ..Details::default()
         };
-        let started = self
+        let started = match self
             .engine
             .start(auth_type, Some(request.user_id.clone()), details)
-            .await?;
+            .await
+        {
+            Ok(started) => started,
+            Err(error) => {
+                self.refund(spent).await;
+                return Err(error.into());
+            }
+        };
         let tx = started.transaction;
         let method = tx.method.as_str();
         metrics::transaction_started(&tx.auth_type, method);
@@ -214,6 +302,7 @@ impl SmsService {
         match sent {
             Ok(()) => Ok(tx),
             Err(error) => {
+                self.refund(spent).await;
                 let failed = Finish {
                     evidence: None,
                     status: Status::Failed,
@@ -286,8 +375,8 @@ impl SmsService {
         &self,
         id: &TransactionId,
         owner: Owner<'_>,
+        client_ip: Option<IpAddr>,
     ) -> Result<Result<(), ResendOutcome>, SmsError> {
-        let user_id = owner.user_id;
         let tx = self.engine.get_owned(id, owner).await?;
         let phone = tx
             .details
@@ -297,10 +386,40 @@ impl SmsService {
         if tx.status != Status::Pending {
             return Ok(Err(ResendOutcome::NotPending(tx.status)));
         }
-        self.admit(user_id, &phone).await?;
-        let resent = match self.engine.resend(tx.clone()).await? {
-            ResendResult::Resent(resent) => resent,
-            ResendResult::Refused(outcome) => return Ok(Err(outcome)),
+        // One resend of a transaction at a time: two at once could deliver the older code last.
+        let lock = self.limit_key("resend", &id.to_string());
+        if !self.limiter.hit(&lock, 1, RESEND_LOCK).await?.allowed {
+            self.limiter.refund(&lock).await?;
+            return Err(SmsError::ResendInProgress);
+        }
+        let outcome = self
+            .resend_locked(tx, &phone, owner.user_id, client_ip)
+            .await;
+        if let Err(error) = self.limiter.refund(&lock).await {
+            tracing::warn!(%error, "resend lock not given back; it runs out by itself");
+        }
+        outcome
+    }
+
+    async fn resend_locked(
+        &self,
+        tx: Transaction,
+        phone: &str,
+        user_id: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Result<(), ResendOutcome>, SmsError> {
+        let id = &tx.id.clone();
+        let spent = self.admit(user_id, phone, client_ip).await?;
+        let resent = match self.engine.resend(tx.clone()).await {
+            Ok(ResendResult::Resent(resent)) => resent,
+            Ok(ResendResult::Refused(outcome)) => {
+                self.refund(spent).await;
+                return Ok(Err(outcome));
+            }
+            Err(error) => {
+                self.refund(spent).await;
+                return Err(error.into());
+            }
         };
         let template = tx
             .details
@@ -309,11 +428,12 @@ impl SmsService {
             .unwrap_or_else(|| "{code}".to_owned());
         let body = render_body(&template, &resent.code, self.origin_host.as_deref());
         let sent = self
-            .deliver(&phone, tx.details.sender_id.as_deref(), body)
+            .deliver(phone, tx.details.sender_id.as_deref(), body)
             .await;
         let event = if sent.is_ok() {
             "SMS_RESEND_SUCCEEDED"
         } else {
+            self.refund(spent).await;
             "SMS_RESEND_FAILED"
         };
         self.audit_tx(event, id, user_id);

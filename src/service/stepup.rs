@@ -44,6 +44,9 @@ pub enum StepUpError {
     NoUsableMethod(String),
     #[error("the user has no phone number for SMS")]
     NoPhoneNumber,
+    /// The SMS-pumping guard refuses the user's phone number as a destination.
+    #[error("the phone number is not an allowed SMS destination")]
+    DestinationRefused,
     #[error("rate limit {limit} reached")]
     RateLimited {
         limit: &'static str,
@@ -90,6 +93,12 @@ impl From<SmsError> for StepUpError {
                 StepUpError::RateLimited { limit, retry_after }
             }
             SmsError::SendFailed(error) => StepUpError::SendFailed(error),
+            SmsError::DestinationRefused(_) => StepUpError::DestinationRefused,
+            // One resend at a time: the other is answered as a short rate limit.
+            SmsError::ResendInProgress => StepUpError::RateLimited {
+                limit: "resend_in_progress",
+                retry_after: Duration::from_secs(1),
+            },
             SmsError::Engine(error) => error.into(),
             // The proxy always passes a message or the type has a default; treat the
             // impossible as "this method cannot run".
@@ -103,6 +112,8 @@ impl From<SmsError> for StepUpError {
 pub struct Requester {
     pub user_id: String,
     pub phone_number: Option<String>,
+    /// The client's address (behind trusted proxies), for the per-client-IP SMS quota.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// A step-up just started: what the client needs to follow it.
@@ -494,6 +505,7 @@ impl StepUpService {
                         message: template,
                         language: None,
                         client_id: None,
+                        client_ip: requester.client_ip,
                     },
                 )
                 .await?;
@@ -609,7 +621,11 @@ impl StepUpService {
     ) -> Result<Result<(), ResendOutcome>, StepUpError> {
         Ok(self
             .sms
-            .resend(id, Owner::through_proxy(&requester.user_id))
+            .resend(
+                id,
+                Owner::through_proxy(&requester.user_id),
+                requester.client_ip,
+            )
             .await?)
     }
 

@@ -772,6 +772,23 @@ pub(super) async fn rate_limit_counts_per_window_and_resets(h: &Harness) {
     assert!(!none_allowed.allowed);
 }
 
+pub(super) async fn a_refund_gives_back_one_hit_and_never_goes_below_zero(h: &Harness) {
+    let window = Duration::from_secs(60);
+    for _ in 0..2 {
+        h.rl.hit("sms:ip:x", 2, window).await.unwrap();
+    }
+    assert!(!h.rl.hit("sms:ip:x", 2, window).await.unwrap().allowed);
+    h.rl.refund("sms:ip:x").await.unwrap();
+    h.rl.refund("sms:ip:x").await.unwrap();
+    let again = h.rl.hit("sms:ip:x", 2, window).await.unwrap();
+    assert_eq!((again.allowed, again.count), (true, 2));
+    for _ in 0..5 {
+        h.rl.refund("sms:ip:never-hit").await.unwrap();
+    }
+    let first = h.rl.hit("sms:ip:never-hit", 2, window).await.unwrap();
+    assert_eq!(first.count, 1, "refunds of an unknown key count nothing");
+}
+
 pub(super) async fn entries_are_evicted_after_expiry_plus_retention(h: &Harness) {
     let tx = h.inserted(h.sms(3, 1)).await;
     if let Some(redis) = &h.redis {
@@ -1331,6 +1348,7 @@ macro_rules! conformance_suite {
                 verify_without_a_code_counts_nothing,
                 verify_answers_only_the_owner_and_names_the_transaction,
                 rate_limit_counts_per_window_and_resets,
+                a_refund_gives_back_one_hit_and_never_goes_below_zero,
                 entries_are_evicted_after_expiry_plus_retention,
                 held_request_round_trips_byte_for_byte,
                 held_request_is_taken_once,

@@ -163,6 +163,11 @@ impl<S: RateLimitStore> RateLimitStore for Instrumented<S> {
         self.timed("rate_limit", self.inner.hit(key, limit, window))
             .await
     }
+
+    async fn refund(&self, key: &str) -> Result<(), StoreError> {
+        self.timed("rate_limit_refund", self.inner.refund(key))
+            .await
+    }
 }
 
 #[async_trait]
@@ -346,6 +351,10 @@ mod tests {
     #[async_trait]
     impl RateLimitStore for Stuck {
         async fn hit(&self, _: &str, _: u32, _: Duration) -> Result<RateDecision, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn refund(&self, _: &str) -> Result<(), StoreError> {
             std::future::pending().await
         }
     }

@@ -296,6 +296,17 @@ impl RateLimitStore for MemoryStore {
         state.windows.insert(key.to_owned(), fresh);
         Ok(decision)
     }
+
+    async fn refund(&self, key: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        if let Some(current) = state.windows.get_mut(key)
+            && now < current.ends
+        {
+            current.count = current.count.saturating_sub(1);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]

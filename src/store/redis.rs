@@ -69,6 +69,7 @@ const RESEND_LUA: &str = include_str!("lua/resend.lua");
 const FINISH_LUA: &str = include_str!("lua/finish.lua");
 const INSERT_LUA: &str = include_str!("lua/insert.lua");
 const HIT_LUA: &str = include_str!("lua/hit.lua");
+const REFUND_LUA: &str = include_str!("lua/refund.lua");
 const HELD_HOLD_LUA: &str = include_str!("lua/held_hold.lua");
 const HELD_TAKE_LUA: &str = include_str!("lua/held_take.lua");
 const OTP_REDEEM_LUA: &str = include_str!("lua/otp_redeem.lua");
@@ -114,6 +115,7 @@ struct Scripts {
     resend: Script,
     finish: Script,
     hit: Script,
+    refund: Script,
     held_hold: Script,
     held_take: Script,
     otp_redeem: Script,
@@ -128,6 +130,7 @@ impl Scripts {
             resend: with_common(RESEND_LUA),
             finish: with_common(FINISH_LUA),
             hit: Script::new(HIT_LUA),
+            refund: Script::new(REFUND_LUA),
             held_hold: Script::new(HELD_HOLD_LUA),
             held_take: Script::new(HELD_TAKE_LUA),
             otp_redeem: with_common(OTP_REDEEM_LUA),
@@ -708,6 +711,16 @@ impl RateLimitStore for RedisStore {
             count,
             retry_after: Duration::from_millis(u64::try_from(ttl).unwrap_or(0).max(1)),
         })
+    }
+
+    async fn refund(&self, key: &str) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.refund.prepare_invoke();
+        invocation.key(rl_key(&self.prefix, key));
+        self.call("rate_limit_refund", |mut connection| async move {
+            invocation.invoke_async::<i64>(&mut connection).await
+        })
+        .await?;
+        Ok(())
     }
 }
 

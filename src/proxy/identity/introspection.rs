@@ -251,6 +251,7 @@ mod tests {
         let expected = Requester {
             user_id: "carol".into(),
             phone_number: Some("+31612345678".into()),
+            client_ip: None,
         };
         assert_eq!(source.resolve(&good).await, Ok(expected.clone()));
         assert_eq!(source.resolve(&good).await, Ok(expected));
@@ -317,6 +318,7 @@ mod tests {
         let requester = Requester {
             user_id: "u".into(),
             phone_number: None,
+            client_ip: None,
         };
         for value in ["a", "b", "c", "d"] {
             source.remember(cache_key(&[("session", value)]), &requester);

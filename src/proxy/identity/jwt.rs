@@ -397,6 +397,7 @@ mod tests {
         let expected = Ok(Requester {
             user_id: "alice".into(),
             phone_number: Some("+31612345678".into()),
+            client_ip: None,
         });
         assert_eq!(with_cookie(&source, &good), expected);
         let bearer = request(&[("authorization", &format!("Bearer {good}"))]);

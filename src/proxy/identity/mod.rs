@@ -293,6 +293,7 @@ fn requester(user_id: String, phone: Option<&str>) -> Result<Requester, Identity
     Ok(Requester {
         user_id,
         phone_number: phone.and_then(normalize_phone_number),
+        client_ip: None,
     })
 }
 
@@ -339,7 +340,8 @@ mod tests {
             block(source.resolve(&req, true)),
             Ok(Requester {
                 user_id: "bob".into(),
-                phone_number: Some("+15005550006".into())
+                phone_number: Some("+15005550006".into()),
+                client_ip: None,
             })
         );
         assert_eq!(
