@@ -28,3 +28,4 @@ mod secure_context;
 mod serving;
 mod sms_flow;
 mod sms_gateways;
+mod sms_guard;
