@@ -354,6 +354,13 @@ async fn details(
     let details = state.push.details(&device, &transaction_id(&id)?).await?;
     let mut answer = transaction_summary(&details.transaction);
     answer["number_choices"] = json!(details.number_choices);
+    answer["number_matching"] = json!(details.transaction.details.number.map(|_| {
+        if details.transaction.details.number_typed {
+            "type"
+        } else {
+            "pick"
+        }
+    }));
     answer["encrypted"] = json!(details.sealed);
     Ok(json_response(StatusCode::OK, &answer))
 }

@@ -358,6 +358,11 @@ async fn start_push(
         json!({"name": started.device.name, "platform": started.device.platform.as_str()});
     if let Some(number) = tx.details.number {
         body["number"] = json!(number);
+        body["number_matching"] = json!(if tx.details.number_typed {
+            "type"
+        } else {
+            "pick"
+        });
     }
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -245,9 +245,23 @@ pub struct AuthType {
     pub transaction_signing: bool,
     /// Accepts an SMS default message without `{code}`; such an SMS then holds only the code.
     pub allow_message_without_code: bool,
-    /// Push types: show a two-digit number to the requester that the user must pick on the
-    /// phone (against push fatigue); a wrong pick denies.
-    pub number_matching: bool,
+    /// Push types: show a two-digit number to the requester that the user must type
+    /// (`type`, or `true`) or pick among three (`pick`) on the phone; a wrong number fails.
+    pub number_matching: NumberMatchingSetting,
+}
+
+/// `number_matching` as written: `false`/`true` or `off`/`pick`/`type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NumberMatchingSetting {
+    Flag(bool),
+    Mode(String),
+}
+
+impl Default for NumberMatchingSetting {
+    fn default() -> Self {
+        NumberMatchingSetting::Flag(false)
+    }
 }
 
 impl AuthType {

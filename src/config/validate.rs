@@ -21,7 +21,7 @@ use super::settings::{
     SmsSettings, TemplatePart, TwilioSettings,
 };
 use crate::domain::auth_type::{
-    AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method,
+    AuthType, AuthTypeError, AuthTypes, CODE_PLACEHOLDER, FALLBACK_LANGUAGE, Method, NumberMatching,
 };
 use crate::domain::code::SecretKey;
 use crate::domain::destination::{self, DestinationRules};
@@ -593,7 +593,23 @@ fn auth_type(
             "otp codes are shown, not sent, so they cannot be resent (expected 0 or nothing)",
         );
     }
-    if raw.number_matching && method.is_some_and(|m| !m.is_push()) {
+    let number_matching = match &raw.number_matching {
+        schema::NumberMatchingSetting::Flag(false) => NumberMatching::Off,
+        schema::NumberMatchingSetting::Flag(true) => NumberMatching::Type,
+        schema::NumberMatchingSetting::Mode(mode) => match mode.as_str() {
+            "off" => NumberMatching::Off,
+            "pick" => NumberMatching::Pick,
+            "type" => NumberMatching::Type,
+            other => {
+                problems.add(
+                    at("number_matching"),
+                    format!("unknown mode '{other}' (expected false, true, pick or type)"),
+                );
+                NumberMatching::Off
+            }
+        },
+    };
+    if number_matching.is_on() && method.is_some_and(|m| !m.is_push()) {
         problems.add(
             at("number_matching"),
             "only push types match numbers (expected false)",
@@ -650,7 +666,7 @@ fn auth_type(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
         transaction_signing: raw.transaction_signing,
-        number_matching: raw.number_matching,
+        number_matching,
     })
 }
 

@@ -563,6 +563,10 @@ struct DetailsAnswer {
     expires_at: Option<Timestamp>,
     #[serde(default)]
     number_choices: Option<Vec<u8>>,
+    /// `pick` (choose among `number_choices`), `type` (type the number the requester shows),
+    /// or absent (no number matching).
+    #[serde(default)]
+    number_matching: Option<String>,
     #[serde(default)]
     encrypted: Option<SealedPayload>,
 }
@@ -657,6 +661,7 @@ impl Enrolled {
             message: answer.message,
             expires_at: answer.expires_at,
             number_choices: answer.number_choices,
+            number_matching: answer.number_matching,
             secure_message: secure.secure_message,
             signing_data: secure.signing_data,
         };
@@ -707,6 +712,26 @@ impl Enrolled {
         // The key first: a missing key or PIN salt fails before the one-time fetch is spent.
         let key = answer_key(&self.dir, choice)?;
         let details = self.details(transaction).await?;
+        // What a phone's screen allows: a pick among the offered numbers, or a typed one.
+        match (details.number_matching.as_deref(), number) {
+            (Some(_), None) => {
+                return Err(DeviceError::InvalidAnswer(
+                    "this transaction uses number matching: pass --number with the number the requester shows".to_owned(),
+                ));
+            }
+            (Some("pick"), Some(picked))
+                if !details
+                    .number_choices
+                    .as_ref()
+                    .is_some_and(|choices| choices.contains(&picked)) =>
+            {
+                return Err(DeviceError::InvalidAnswer(format!(
+                    "{picked} is not among the numbers offered ({:?})",
+                    details.number_choices.as_deref().unwrap_or_default()
+                )));
+            }
+            _ => {}
+        }
         let signing_signature = match &details.signing_data {
             Some(data) => {
                 let bytes = URL_SAFE_NO_PAD.decode(data).map_err(|_| {
@@ -774,6 +799,7 @@ fn show_output(details: &TransactionDetails) -> Value {
         "secure_message": text(&details.secure_message),
         "signing_data": text(&details.signing_data),
         "number_choices": details.number_choices,
+        "number_matching": details.number_matching,
         "expires_at": details.expires_at,
     })
 }
@@ -891,6 +917,7 @@ mod tests {
             message: None,
             expires_at: None,
             number_choices: None,
+            number_matching: None,
             secure_message: Some(URL_SAFE_NO_PAD.encode("Pay 10 EUR")),
             signing_data: None,
         };

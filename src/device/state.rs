@@ -88,6 +88,9 @@ pub struct TransactionDetails {
     pub expires_at: Option<Timestamp>,
     #[serde(default)]
     pub number_choices: Option<Vec<u8>>,
+    /// `pick` or `type` under number matching.
+    #[serde(default)]
+    pub number_matching: Option<String>,
     #[serde(default)]
     pub secure_message: Option<String>,
     #[serde(default)]
@@ -365,6 +368,7 @@ mod tests {
             message: Some("Sign in?".to_owned()),
             expires_at: Some(Timestamp(1_700_000_000_000)),
             number_choices: Some(vec![12, 47, 83]),
+            number_matching: Some("pick".into()),
             secure_message: Some("aGk".to_owned()),
             signing_data: None,
         };

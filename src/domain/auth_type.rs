@@ -97,8 +97,36 @@ pub struct AuthType {
     /// Message templates keyed by lower-case language code.
     pub default_messages: BTreeMap<String, String>,
     pub transaction_signing: bool,
-    /// Push: the requester sees a two-digit number the user must pick on the phone.
-    pub number_matching: bool,
+    /// Push: the requester sees a two-digit number the user must type (or pick) on the phone.
+    pub number_matching: NumberMatching,
+}
+
+/// Number matching (push types): the requester is shown a two-digit number, and the phone's
+/// approval must carry it; a wrong number fails the transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberMatching {
+    #[default]
+    Off,
+    /// The phone offers three numbers and the user picks one.
+    Pick,
+    /// The user types the number (NIST SP 800-63B-4 and Microsoft's "type the number": a
+    /// choice of three can be guessed one time in three).
+    Type,
+}
+
+impl NumberMatching {
+    pub fn is_on(self) -> bool {
+        self != NumberMatching::Off
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberMatching::Off => "off",
+            NumberMatching::Pick => "pick",
+            NumberMatching::Type => "type",
+        }
+    }
 }
 
 impl AuthType {
@@ -254,7 +282,7 @@ mod tests {
                 ("nl".into(), "Uw code: {code}".into()),
             ]),
             transaction_signing: false,
-            number_matching: false,
+            number_matching: crate::domain::auth_type::NumberMatching::Off,
         }
     }
 

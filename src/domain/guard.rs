@@ -69,6 +69,10 @@ pub struct AccountState {
     pub last_push_at: Option<Timestamp>,
     /// Set by a "this wasn't me" report.
     pub push_blocked_until: Option<Timestamp>,
+    /// Attempts begun and not yet settled; they take their share of the failure limit.
+    pub in_flight: u32,
+    /// When attempts in flight are presumed lost (a gate that died between begin and settle).
+    pub in_flight_until: Option<Timestamp>,
 }
 
 /// Why a start is refused, and until when.
@@ -170,6 +174,10 @@ pub enum GuardVerdict {
 /// How soon an attempt refused as `Busy` may try again.
 pub const BUSY_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a begun attempt may stay unsettled before it no longer holds its share of the limit
+/// (longer than any check takes; only a gate dying mid-check leaves one behind).
+pub const IN_FLIGHT_TTL: Duration = Duration::from_secs(60);
+
 fn active(until: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
     until.filter(|until| now < *until)
 }
@@ -223,20 +231,34 @@ pub fn apply(
             {
                 state.failures = 0;
             }
-            if rules.max_failures > 0 && state.failures >= rules.max_failures {
+            if state.in_flight_until.is_some_and(|until| now >= until) {
+                state.in_flight = 0;
+            }
+            if rules.max_failures > 0
+                && state.failures.saturating_add(state.in_flight) >= rules.max_failures
+            {
                 // The attempts in flight take the limit; the lock follows if they fail.
                 return GuardVerdict::Blocked(Block::Busy {
                     until: now.plus(BUSY_RETRY),
                 });
             }
-            state.failures = state.failures.saturating_add(1);
-            state.last_failure_at = Some(now);
+            state.in_flight = state.in_flight.saturating_add(1);
+            state.in_flight_until = Some(now.plus(IN_FLIGHT_TTL));
             GuardVerdict::Clear
         }
         GuardOp::Failure => {
+            state.in_flight = state.in_flight.saturating_sub(1);
             if let Some(block) = locked {
                 return GuardVerdict::Blocked(block);
             }
+            if state
+                .last_failure_at
+                .is_some_and(|last| now >= last.plus(rules.forget_after))
+            {
+                state.failures = 0;
+            }
+            state.failures = state.failures.saturating_add(1);
+            state.last_failure_at = Some(now);
             if rules.max_failures > 0 && state.failures >= rules.max_failures {
                 let until = now.plus(rules.lock_for);
                 state.locked_until = Some(until);
@@ -250,6 +272,7 @@ pub fn apply(
             }
         }
         GuardOp::Success => {
+            state.in_flight = state.in_flight.saturating_sub(1);
             state.failures = 0;
             state.last_failure_at = None;
             state.pushes = 0;
@@ -257,7 +280,7 @@ pub fn apply(
             GuardVerdict::Clear
         }
         GuardOp::Refund => {
-            state.failures = state.failures.saturating_sub(1);
+            state.in_flight = state.in_flight.saturating_sub(1);
             GuardVerdict::Clear
         }
         GuardOp::Report => {
@@ -282,6 +305,7 @@ pub fn keep_until(state: &AccountState, rules: &GuardRules) -> Option<Timestamp>
             .last_push_at
             .map(|at| at.plus(push_wait(state.pushes, rules).max(rules.forget_after))),
         state.push_blocked_until,
+        state.in_flight_until.filter(|_| state.in_flight > 0),
     ]
     .into_iter()
     .flatten()
@@ -487,8 +511,8 @@ mod tests {
         );
         assert_eq!(
             apply(&mut state, GuardOp::Failure, &RULES, at(3)),
-            GuardVerdict::Counted { failures: 0 },
-            "an attempt settled after a success counts nothing more"
+            GuardVerdict::Counted { failures: 1 },
+            "an attempt that fails after a success starts the count again"
         );
         assert_eq!(
             apply(&mut state, GuardOp::Check, &RULES, at(3)),

@@ -211,6 +211,9 @@ pub struct Details {
     /// on the phone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u8>,
+    /// Number matching by typing: the phone is not offered choices, the user types `number`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub number_typed: bool,
     /// The API client that started the transaction; `None` when the gateway's own proxy did.
     /// Only that starter may read, verify or resend it (`Owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -677,6 +677,7 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
         "verify_uri": format!("{base}/verify"),
         "complete_uri": format!("{base}/complete"),
         "number": tx.details.number,
+        "number_matching": number_matching(tx),
     });
     // OTP: the code for the user's phone (to show as a QR code of the deep link).
     if let Some(otp) = &challenge.otp {
@@ -689,6 +690,18 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
             format!("StepUp transaction_id=\"{}\"", tx.id),
         )
         .with_header("set-cookie", cookie)
+}
+
+/// How the user answers `number` on the phone: `type`, `pick`, or `null` without number
+/// matching (for the challenge and status JSON).
+pub(crate) fn number_matching(tx: &Transaction) -> Option<&'static str> {
+    tx.details.number.map(|_| {
+        if tx.details.number_typed {
+            "type"
+        } else {
+            "pick"
+        }
+    })
 }
 
 /// Waiting longer than this in one status poll is cut short; clients poll again.

@@ -58,8 +58,10 @@ pub struct ChallengeView<'a> {
     /// it continues by itself; push/OTP pages have no complete form and say "you can close this
     /// tab" once approved.
     pub hold_mode: bool,
-    /// Push with number matching: the number the user must pick on the phone.
+    /// Push with number matching: the number the user must type (or pick) on the phone.
     pub number: Option<u8>,
+    /// The number is typed on the phone, not picked among three.
+    pub number_typed: bool,
 }
 
 /// The challenge page for one pending transaction.
@@ -95,8 +97,9 @@ pub fn challenge_page(view: &ChallengeView<'_>) -> String {
         }
         PageMethod::Push | PageMethod::Otp => {
             if let Some(number) = view.number {
+                let verb = if view.number_typed { "Type" } else { "Pick" };
                 body.push_str(&format!(
-                    "<p id=\"number\" class=\"number\">Pick <strong>{number}</strong> on your phone.</p>\n"
+                    "<p id=\"number\" class=\"number\">{verb} <strong>{number}</strong> on your phone.</p>\n"
                 ));
             }
             live_body(&mut body, view, &tx_path, &csrf_field);
@@ -535,6 +538,7 @@ mod tests {
             otp_link: None,
             hold_mode: false,
             number: None,
+            number_typed: false,
         }
     }
 
@@ -608,6 +612,8 @@ mod tests {
         let page = challenge_page(&v);
         assert!(page.contains("Pick <strong>47</strong> on your phone."));
         assert_common(&page);
+        v.number_typed = true;
+        assert!(challenge_page(&v).contains("Type <strong>47</strong> on your phone."));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::facts::{BINDING_COOKIE, BINDING_HEADER, cookie, header, wants_html};
 use super::pages::{self, ChallengeView, PageMethod};
 use super::respond::{Refusal, Reply, send};
-use super::{Ctx, MAX_STATUS_WAIT, PREFIX, StepGateProxy, time_to_live, tx_path};
+use super::{Ctx, MAX_STATUS_WAIT, PREFIX, StepGateProxy, number_matching, time_to_live, tx_path};
 use crate::domain::auth_type::Method;
 use crate::domain::held::{HeldMode, HeldTicket};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
@@ -177,18 +177,26 @@ impl Handler<'_> {
     }
 
     async fn pending(&self, session: &mut Session) -> pingora::Result<()> {
-        match self.proxy.state.stepup.latest_held(&self.requester).await {
+        let stepup = &self.proxy.state.stepup;
+        match stepup.latest_held(&self.requester).await {
             Ok(Some(id)) => {
                 let base = format!("{PREFIX}tx/{id}");
                 let reply = if self.html {
                     Reply::redirect(&base)
                 } else {
+                    // Number matching: the waiting request's number, for this other screen.
+                    let tx = match stepup.transaction(&id, &self.requester).await {
+                        Ok(tx) => tx,
+                        Err(error) => return self.fail(session, error).await,
+                    };
                     Reply::json(
                         200,
                         &json!({
                             "transaction_id": id.to_string(),
                             "status_uri": format!("{base}/status"),
                             "verify_uri": format!("{base}/verify"),
+                            "number": tx.details.number,
+                            "number_matching": number_matching(&tx),
                         }),
                     )
                 };
@@ -252,6 +260,7 @@ impl Handler<'_> {
             otp_link,
             hold_mode: ticket.mode == HeldMode::Hold,
             number: tx.details.number,
+            number_typed: tx.details.number_typed,
         };
         send(session, Reply::html(200, pages::challenge_page(&view))).await
     }
@@ -268,6 +277,7 @@ impl Handler<'_> {
             "verify_uri": format!("{base}/verify"),
             "complete_uri": format!("{base}/complete"),
             "number": tx.details.number,
+            "number_matching": number_matching(tx),
         })
     }
 

@@ -389,6 +389,7 @@ mod tests {
                 application: Some("bank-app".into()),
                 signing_data: Some(SIGNING.into()),
                 number: Some(42),
+                number_typed: true,
                 client_id: Some("portal".into()),
             },
         }

@@ -189,7 +189,7 @@ mod tests {
             fallback: fallback.map(str::to_owned),
             default_messages: BTreeMap::new(),
             transaction_signing: false,
-            number_matching: false,
+            number_matching: crate::domain::auth_type::NumberMatching::Off,
         }
     }
 

@@ -332,7 +332,7 @@ mod tests {
             fallback: None,
             default_messages: BTreeMap::from([("en".to_owned(), "Sign in".to_owned())]),
             transaction_signing: false,
-            number_matching: false,
+            number_matching: crate::domain::auth_type::NumberMatching::Off,
         }
     }
 

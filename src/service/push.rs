@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 
 use crate::domain::application::{AppVersion, accepted_authenticators};
-use crate::domain::auth_type::{AuthType, AuthTypes, Method};
+use crate::domain::auth_type::{AuthType, AuthTypes, Method, NumberMatching};
 use crate::domain::clock::SharedClock;
 use crate::domain::device::{
     Authenticator, Device, DeviceId, PinCheck, PinFailure, PublicKeyBytes, PushRegistration,
@@ -246,6 +246,7 @@ impl PushService {
             .ok_or(PushServiceError::MissingMessage)?;
         let number = auth_type
             .number_matching
+            .is_on()
             .then(|| two_digit_number(&mut OsRng));
         let details = Details {
             callback_uri: request.callback_uri,
@@ -258,6 +259,7 @@ impl PushService {
                 .signing_data
                 .filter(|_| auth_type.transaction_signing),
             number,
+            number_typed: auth_type.number_matching == NumberMatching::Type,
             client_id: request.client_id,
             ..Details::default()
         };
@@ -451,7 +453,12 @@ impl PushService {
         } else {
             None
         };
-        let number_choices = tx.details.number.map(|n| number_choices(n, &mut OsRng));
+        // Typed: the phone gets no choices (it must not hint at the number).
+        let number_choices = tx
+            .details
+            .number
+            .filter(|_| !tx.details.number_typed)
+            .map(|n| number_choices(n, &mut OsRng));
         Ok(TransactionDetails {
             transaction: tx,
             number_choices,
@@ -533,7 +540,7 @@ impl PushService {
     ) -> (Result<Status, PushServiceError>, Settle) {
         match self.check_approval(device, tx, answer).await {
             Ok(Checked::WrongNumber) => (
-                self.finish(tx, Status::Denied, Some(Reason::InvalidAnswer), None)
+                self.finish(tx, Status::Failed, Some(Reason::InvalidAnswer), None)
                     .await,
                 Settle::Failure,
             ),

@@ -320,7 +320,7 @@ mod tests {
             fallback: None,
             default_messages: BTreeMap::new(),
             transaction_signing: false,
-            number_matching: false,
+            number_matching: crate::domain::auth_type::NumberMatching::Off,
         }
     }
 

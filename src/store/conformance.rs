@@ -292,6 +292,7 @@ pub(super) async fn round_trip_keeps_every_field(h: &Harness) {
             application: Some("bank-app".into()),
             signing_data: Some("{\"amount\":\"100.00\"}".into()),
             number: Some(47),
+            number_typed: true,
             client_id: Some("portal".into()),
         },
     };

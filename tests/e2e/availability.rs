@@ -75,6 +75,7 @@ async fn availability_follows_devices_and_fallbacks(store: Store) {
             "login_finger",
             "login_pin",
             "login_push",
+            "login_typed",
             "short_push",
             "sms_code"
         ]
@@ -92,9 +93,9 @@ async fn availability_follows_devices_and_fallbacks(store: Store) {
                "sms_fallback_allowed": false, "apps_enrolled_for_push": [device]})
     );
     assert_eq!(ann["enabled"][1]["sms_fallback_allowed"], true);
-    assert_eq!(ann["enabled"][3]["apps_enrolled_for_push"], json!([device]));
+    assert_eq!(ann["enabled"][4]["apps_enrolled_for_push"], json!([device]));
     assert_eq!(
-        ann["enabled"][4],
+        ann["enabled"][5],
         json!({"type": "sms_code", "method": "SMS"})
     );
     let (_, ann_v3) = w.get(&enabled_v3("ann")).await;
@@ -115,7 +116,7 @@ async fn availability_follows_devices_and_fallbacks(store: Store) {
     assert_eq!(status, 200);
     assert_eq!(
         on_device,
-        json!({"enabled": ["login_finger", "login_pin", "login_push", "short_push", "sms_code"]})
+        json!({"enabled": ["login_finger", "login_pin", "login_push", "login_typed", "short_push", "sms_code"]})
     );
     for path in [
         format!("/oauth/api/v4/authenticate/user/ann/device/{bob_device}/enabled"),
@@ -345,6 +346,7 @@ async fn v2_and_v3_close_push_under_the_multiple_mode() {
             "login_finger",
             "login_pin",
             "login_push",
+            "login_typed",
             "short_push",
             "sms_code"
         ]

@@ -18,6 +18,7 @@ mod end_user_api;
 mod fakes;
 mod harness;
 mod identity;
+mod number_matching;
 mod otp_flow;
 mod proxy;
 mod push_cases;

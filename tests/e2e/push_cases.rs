@@ -881,9 +881,17 @@ async fn number_matching_denies_a_wrong_pick_and_approves_the_right_one() {
     assert!(choices.contains(&number), "{choices:?} lacks {number}");
     let wrong = choices.iter().find(|c| **c != number).unwrap().to_string();
 
+    assert_eq!(shown["number_matching"], "pick", "{shown}");
+    assert_eq!(init["number_matching"], "pick", "{init}");
+    let (exit, _, err) = phone.run(&["approve", &tx, "--number", "100"]);
+    assert_ne!(exit, 0, "the reference phone offers only the three choices");
+    assert!(err.contains("not among the numbers offered"), "{err}");
     let (exit, answer, err) = phone.run(&["approve", &tx, "--number", &wrong]);
     assert_eq!(exit, 0, "{err}");
-    assert_eq!(answer["status"], "denied");
+    assert_eq!(
+        answer["status"], "failed",
+        "a wrong number fails the transaction"
+    );
     let (_, result) = w.get(&result_v4(&tx)).await;
     assert_not_authenticated(&result, "invalid_answer");
 

@@ -92,8 +92,13 @@ auth_types:
   - name: login_push
     method: push
     ttl_seconds: 60
-    number_matching: true
+    number_matching: pick
     fallback: sms_code
+    default_messages: {{ en: \"Approve sign-in\" }}
+  - name: login_typed
+    method: push
+    ttl_seconds: 60
+    number_matching: true
     default_messages: {{ en: \"Approve sign-in\" }}
   - name: short_push
     method: push
@@ -535,10 +540,21 @@ proxy:
     let number = first["number"].as_u64().expect("a number to pick") as u8;
     assert!((10..=99).contains(&number));
     let tx = first["transaction_id"].as_str().unwrap();
-    let wrong = if number == 99 { 98 } else { number + 1 }.to_string();
+    let (_, shown, _) = phone.run(&["show", tx]);
+    let wrong = shown["number_choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .find(|n| *n != u64::from(number))
+        .unwrap()
+        .to_string();
     let (exit, answer, err) = phone.run(&["approve", tx, "--pin", "1234", "--number", &wrong]);
     assert_eq!(exit, 0, "{err}");
-    assert_eq!(answer["status"], "denied");
+    assert_eq!(
+        answer["status"], "failed",
+        "a wrong pick fails the transaction"
+    );
 
     let second = challenge().await;
     let tx = second["transaction_id"].as_str().unwrap();

@@ -134,7 +134,7 @@ fn verdict(kind: i64, value: i64, block: i64) -> Result<GuardVerdict, StoreError
     })
 }
 
-/// A user's hash as `HMGET f lf lu p lp pb u` returns it.
+/// A user's hash as `HMGET f lf lu p lp pb i iu u` returns it.
 fn decode(fields: &[Option<String>]) -> Result<(AccountState, Option<String>), StoreError> {
     let number = |index: usize| -> Result<Option<u64>, StoreError> {
         fields
@@ -157,8 +157,10 @@ fn decode(fields: &[Option<String>]) -> Result<(AccountState, Option<String>), S
         pushes: count(3)?,
         last_push_at: number(4)?.map(Timestamp),
         push_blocked_until: number(5)?.map(Timestamp),
+        in_flight: count(6)?,
+        in_flight_until: number(7)?.map(Timestamp),
     };
-    Ok((state, fields.get(6).cloned().flatten()))
+    Ok((state, fields.get(8).cloned().flatten()))
 }
 
 #[async_trait]
@@ -183,7 +185,8 @@ impl AccountGuardStore for RedisGuardStore {
             .arg(millis(rules.push_backoff))
             .arg(millis(rules.max_push_backoff))
             .arg(millis(rules.report_block))
-            .arg(millis(guard::BUSY_RETRY));
+            .arg(millis(guard::BUSY_RETRY))
+            .arg(millis(guard::IN_FLIGHT_TTL));
         let (kind, value, block): (i64, i64, i64) = self
             .store
             .call("guard", |mut connection| async move {
@@ -223,7 +226,7 @@ impl AccountGuardStore for RedisGuardStore {
                 .call("guard_read", |mut connection| async move {
                     ::redis::cmd("HMGET")
                         .arg(&key)
-                        .arg(&["f", "lf", "lu", "p", "lp", "pb", "u"])
+                        .arg(&["f", "lf", "lu", "p", "lp", "pb", "i", "iu", "u"])
                         .query_async(&mut connection)
                         .await
                 })

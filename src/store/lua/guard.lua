@@ -4,11 +4,12 @@
 --
 -- KEYS[1]  `{prefix}guard:{<user key>}`, a HASH: f failures, lf last failure at, lu locked until,
 --          p pushes since the last success, lp last push at, pb push blocked until (epoch ms),
---          u the user id (for the admin list)
+--          i attempts in flight, iu when they are presumed lost, u the user id (for the admin list)
 -- ARGV[1]  now, epoch ms from the gateway's (injectable) clock
 -- ARGV[2]  the step: check | admit_push | begin | failure | success | refund | report | unlock
 -- ARGV[3]  the user id
 -- ARGV[11] how soon an attempt refused as busy may retry (ms)
+-- ARGV[12] how long a begun attempt holds its share of the limit unsettled (ms)
 -- ARGV[4..10] max_failures, lock_for, forget_after, max_pushes, push_backoff, max_push_backoff,
 --          report_block (counts, and durations in ms)
 --
@@ -25,7 +26,7 @@ local push_backoff = tonumber(ARGV[8])
 local max_push_backoff = tonumber(ARGV[9])
 local report_block = tonumber(ARGV[10])
 
-local f = redis.call('HMGET', key, 'f', 'lf', 'lu', 'p', 'lp', 'pb')
+local f = redis.call('HMGET', key, 'f', 'lf', 'lu', 'p', 'lp', 'pb', 'i', 'iu')
 local s = {
   f = tonumber(f[1]) or 0,
   lf = tonumber(f[2]),
@@ -33,7 +34,10 @@ local s = {
   p = tonumber(f[4]) or 0,
   lp = tonumber(f[5]),
   pb = tonumber(f[6]),
+  i = tonumber(f[7]) or 0,
+  iu = tonumber(f[8]),
 }
+local in_flight_ttl = tonumber(ARGV[12])
 
 local function active(ends)
   if ends and now < ends then
@@ -60,13 +64,14 @@ local function save()
   later(s.lu)
   if s.lp then later(s.lp + math.max(push_wait(s.p), forget_after)) end
   later(s.pb)
+  if s.i > 0 then later(s.iu) end
   if not keep or keep <= now then
     redis.call('DEL', key)
     return
   end
   redis.call('DEL', key)
-  local fields = { 'f', s.f, 'p', s.p, 'u', ARGV[3] }
-  for _, name in ipairs({ 'lf', 'lu', 'lp', 'pb' }) do
+  local fields = { 'f', s.f, 'p', s.p, 'i', s.i, 'u', ARGV[3] }
+  for _, name in ipairs({ 'lf', 'lu', 'lp', 'pb', 'iu' }) do
     if s[name] then
       table.insert(fields, name)
       table.insert(fields, string.format('%d', s[name]))
@@ -108,18 +113,28 @@ elseif op == 'begin' then
   if s.lf and now >= s.lf + forget_after then
     s.f = 0
   end
-  if max_failures > 0 and s.f >= max_failures then
+  if s.iu and now >= s.iu then
+    s.i = 0
+  end
+  if max_failures > 0 and s.f + s.i >= max_failures then
     -- The attempts in flight take the limit; the lock follows if they fail.
     return { 1, now + tonumber(ARGV[11]), 4 }
   end
-  s.f = s.f + 1
-  s.lf = now
+  s.i = s.i + 1
+  s.iu = now + in_flight_ttl
   save()
   return { 0, 0, 0 }
 elseif op == 'failure' then
+  s.i = math.max(s.i - 1, 0)
   if locked then
+    save()
     return { 1, locked, 1 }
   end
+  if s.lf and now >= s.lf + forget_after then
+    s.f = 0
+  end
+  s.f = s.f + 1
+  s.lf = now
   if max_failures > 0 and s.f >= max_failures then
     s.lu = now + lock_for
     s.f = 0
@@ -130,6 +145,7 @@ elseif op == 'failure' then
   save()
   return { 2, s.f, 0 }
 elseif op == 'success' then
+  s.i = math.max(s.i - 1, 0)
   s.f = 0
   s.lf = nil
   s.p = 0
@@ -137,7 +153,7 @@ elseif op == 'success' then
   save()
   return { 0, 0, 0 }
 elseif op == 'refund' then
-  s.f = math.max(s.f - 1, 0)
+  s.i = math.max(s.i - 1, 0)
   save()
   return { 0, 0, 0 }
 elseif op == 'report' then
