@@ -72,6 +72,7 @@ fn policies() -> PolicySet {
                 name: "transfers".to_owned(),
                 matcher: transfers,
                 decision: Decision::StepUp(StepUp {
+                    bind: Vec::new(),
                     auth_type: "confirm_push".to_owned(),
                     freshness: Duration::from_secs(300),
                     mode: Mode::Challenge,

@@ -838,6 +838,10 @@ pub struct Require {
     pub auth_type: String,
     /// How long an approval stays valid for this policy; 0 = every request needs one.
     pub freshness_seconds: u64,
+    /// Dynamic linking: `[form.amount, form.iban]` (fields of the form or JSON body, `query.x`,
+    /// `header.x`), or `body` (the whole body). The approval and its grant are valid for a
+    /// request with exactly these values only.
+    pub bind: BindSetting,
 }
 
 impl Default for Require {
@@ -845,7 +849,22 @@ impl Default for Require {
         Self {
             auth_type: String::new(),
             freshness_seconds: 300,
+            bind: BindSetting::List(Vec::new()),
         }
+    }
+}
+
+/// `require.bind` as written: a list of fields, or one (`body`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BindSetting {
+    One(String),
+    List(Vec<String>),
+}
+
+impl Default for BindSetting {
+    fn default() -> Self {
+        BindSetting::List(Vec::new())
     }
 }
 

@@ -27,7 +27,7 @@ use crate::domain::code::SecretKey;
 use crate::domain::destination::{self, DestinationRules};
 use crate::domain::guard::GuardRules;
 use crate::domain::policy::{
-    Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
+    BoundField, Decision, HostPattern, Matcher, Mode, PathPattern, Policy, PolicySet, StepUp,
 };
 
 mod devices;
@@ -955,11 +955,43 @@ pub fn policies(
                         ),
                     );
                 }
+                let written: Vec<String> = match &require.bind {
+                    schema::BindSetting::One(one) => vec![one.clone()],
+                    schema::BindSetting::List(list) => list.clone(),
+                };
+                let mut bind = Vec::new();
+                for (i, text) in written.iter().enumerate() {
+                    let Some(field) = BoundField::parse(text.trim()) else {
+                        problems.add(
+                            at(&format!("require.bind[{i}]")),
+                            format!("'{text}' is not a request part (expected form.NAME, query.NAME, header.NAME or body)"),
+                        );
+                        continue;
+                    };
+                    // PSD2 dynamic linking: the user must see what the approval binds.
+                    if field != BoundField::Body {
+                        let placeholder = format!("{{{}}}", field.label());
+                        if !entry
+                            .message
+                            .as_deref()
+                            .is_some_and(|message| message.contains(&placeholder))
+                        {
+                            problems.add(
+                                at(&format!("require.bind[{i}]")),
+                                format!("the message does not show {placeholder} (expected the policy's message to show every bound value)"),
+                            );
+                        }
+                    }
+                    if !bind.contains(&field) {
+                        bind.push(field);
+                    }
+                }
                 Some(Decision::StepUp(StepUp {
                     auth_type: require.auth_type.clone(),
                     freshness: Duration::from_secs(require.freshness_seconds),
                     mode,
                     message: entry.message.clone(),
+                    bind,
                 }))
             }
         };

@@ -101,6 +101,8 @@ pub struct StepUpFacts<'a> {
     pub method: Option<Method>,
     pub auth_time: Timestamp,
     pub transaction_id: Option<&'a str>,
+    /// Dynamic linking: the digest of the request parts the approval is bound to.
+    pub bound: Option<&'a str>,
 }
 
 /// How the assertions of one gate are made.
@@ -127,6 +129,9 @@ struct Claims<'a> {
     auth_time: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     txn: Option<&'a str>,
+    /// The bound request parts' digest (`require.bind`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bind: Option<&'a str>,
 }
 
 impl AssertionSigner {
@@ -146,6 +151,7 @@ impl AssertionSigner {
             amr: amr(facts.method),
             auth_time: facts.auth_time.millis() / 1000,
             txn: facts.transaction_id,
+            bind: facts.bound,
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key.kid.clone());
@@ -194,6 +200,7 @@ BJ6AJeKKXiiDvgeuE2QXMbtfWAIbGFsxJUUXt4TX9iemrGF0/jHwBEd1
         let token = signer
             .sign(
                 &StepUpFacts {
+                    bound: None,
                     user_id: "ann",
                     policy: "transfers",
                     method: Some(Method::PushWithPin),

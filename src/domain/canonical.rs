@@ -785,6 +785,7 @@ mod tests {
             RequestFacts, StepUp,
         };
         let step_up = Decision::StepUp(StepUp {
+            bind: Vec::new(),
             auth_type: "sms".into(),
             freshness: std::time::Duration::ZERO,
             mode: Mode::Challenge,

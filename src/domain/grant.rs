@@ -34,6 +34,10 @@ pub struct Grant {
     pub method: Option<String>,
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub approved_at: Option<Timestamp>,
+    /// Dynamic linking: the digest of the request parts the approval was bound to; the grant
+    /// admits only requests with the same digest (`policy::binding_digest`).
+    #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<String>,
 }
 
 /// Signs and checks grants. Cheap to clone.
@@ -93,20 +97,23 @@ impl GrantKey {
 
     /// Whether any grant in `list` (tokens joined with `~`) admits `user_id` to `policy` at `now`.
     pub fn admits(&self, list: &str, user_id: &str, policy: &str, now: Timestamp) -> bool {
-        self.admitting(list, user_id, policy, now).is_some()
+        self.admitting(list, user_id, policy, None, now).is_some()
     }
 
-    /// The grant of `list` that admits `user_id` to `policy` at `now`, if one does.
+    /// The grant of `list` that admits `user_id` to `policy` at `now`, if one does. `bound`:
+    /// the request's binding digest when the policy binds (the grant must carry the same), or
+    /// `None` (the grant must carry none).
     pub fn admitting(
         &self,
         list: &str,
         user_id: &str,
         policy: &str,
+        bound: Option<&str>,
         now: Timestamp,
     ) -> Option<Grant> {
         list.split(SEPARATOR)
             .filter_map(|token| self.open(token.trim()))
-            .find(|grant| grant.admits(user_id, policy, now))
+            .find(|grant| grant.admits(user_id, policy, now) && grant.bound.as_deref() == bound)
     }
 
     /// `list` with `new_token` in front, without expired, foreign or same-policy grants, capped
@@ -145,6 +152,7 @@ mod tests {
 
     fn grant(policy: &str, expires: u64) -> Grant {
         Grant {
+            bound: None,
             user_id: "alice".into(),
             policy: policy.into(),
             expires_at: Timestamp(expires),

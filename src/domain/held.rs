@@ -81,6 +81,10 @@ pub struct HeldTicket {
     /// The policy's message as shown on the page (placeholders filled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Dynamic linking: the digest of the request parts the policy binds
+    /// (`policy::binding_digest`); grants from this approval carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<String>,
 }
 
 /// The original request, byte for byte as far as forwarding needs it.
@@ -160,6 +164,7 @@ mod tests {
     #[test]
     fn ticket_round_trips_without_exposing_the_digest_bytes_in_debug() {
         let ticket = HeldTicket {
+            bound: None,
             policy: "transfers".into(),
             user_id: "u1".into(),
             mode: HeldMode::Hold,

@@ -40,6 +40,84 @@ pub struct StepUp {
     pub mode: Mode,
     /// Shown to the user; `{form.x}`, `{query.x}` and `{header.x}` come from the held request.
     pub message: Option<String>,
+    /// Dynamic linking: the parts of the request the approval (and any grant from it) is bound
+    /// to. Empty: a grant admits any request to the policy while it is fresh.
+    pub bind: Vec<BoundField>,
+}
+
+/// One part of a request an approval is bound to (`require.bind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundField {
+    /// A form field or a top-level JSON member of the body.
+    Form(String),
+    Query(String),
+    Header(String),
+    /// The whole body, byte for byte (its SHA-256).
+    Body,
+}
+
+impl BoundField {
+    /// Reads `form.amount`, `query.x`, `header.x` or `body`.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text == "body" {
+            return Some(BoundField::Body);
+        }
+        let (source, name) = text.split_once('.')?;
+        if name.is_empty() || name.contains(['{', '}', ' ']) {
+            return None;
+        }
+        match source {
+            "form" => Some(BoundField::Form(name.to_owned())),
+            "query" => Some(BoundField::Query(name.to_owned())),
+            "header" => Some(BoundField::Header(name.to_ascii_lowercase())),
+            _ => None,
+        }
+    }
+
+    /// How the field is written in config and shown: `form.amount`, `body`.
+    pub fn label(&self) -> String {
+        match self {
+            BoundField::Form(name) => format!("form.{name}"),
+            BoundField::Query(name) => format!("query.{name}"),
+            BoundField::Header(name) => format!("header.{name}"),
+            BoundField::Body => "body".to_owned(),
+        }
+    }
+}
+
+/// What an approval is bound to: the digest (kept with the held request, its grants and its
+/// assertion) and the text the phone shows and signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub digest: String,
+    pub text: String,
+}
+
+impl Bound {
+    pub fn of(values: &[(String, String)]) -> Self {
+        Self {
+            digest: binding_digest(values),
+            text: binding_text(values),
+        }
+    }
+}
+
+/// The digest an approval is bound to: SHA-256 over the bound `(label, value)` pairs in the
+/// policy's order (as a JSON array, so no value can run into the next), base64url.
+pub fn binding_digest(values: &[(String, String)]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let canonical = serde_json::to_vec(values).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&canonical))
+}
+
+/// The bound values as the phone shows and signs them: one `label: value` line each.
+pub fn binding_text(values: &[(String, String)]) -> String {
+    values
+        .iter()
+        .map(|(label, value)| format!("{label}: {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -559,6 +637,7 @@ mod tests {
 
     fn step_up(auth_type: &str) -> Decision {
         Decision::StepUp(StepUp {
+            bind: Vec::new(),
             auth_type: auth_type.into(),
             freshness: Duration::from_secs(300),
             mode: Mode::Challenge,

@@ -9,6 +9,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::domain::held::OriginalRequest;
+use crate::domain::policy::BoundField;
 use crate::service::stepup::fill_message;
 
 /// Why the message cannot be filled from one reading of the request.
@@ -40,6 +41,68 @@ pub fn fill(
     max_chars: usize,
 ) -> Result<String, AmbiguousMessage> {
     let names = placeholders(template);
+    let reading = read(&names, original)?;
+    Ok(fill_message(
+        template,
+        &reading.form,
+        &reading.query,
+        &reading.headers,
+        max_chars,
+    ))
+}
+
+/// The values of the request parts `fields` names, `(label, value)` in their order, read by
+/// the same rules as the message (refused when ambiguous). An absent field binds as empty; the
+/// body binds as the hex SHA-256 of its bytes.
+pub fn bound_values(
+    fields: &[BoundField],
+    original: &OriginalRequest,
+) -> Result<Vec<(String, String)>, AmbiguousMessage> {
+    let labels: Vec<String> = fields.iter().map(BoundField::label).collect();
+    let names: Vec<(&str, &str)> = labels
+        .iter()
+        .filter_map(|label| label.split_once('.'))
+        .collect();
+    let reading = read(&names, original)?;
+    let first = |list: &[(String, String)], name: &str, case_blind: bool| {
+        list.iter()
+            .find(|(key, _)| {
+                if case_blind {
+                    key.eq_ignore_ascii_case(name)
+                } else {
+                    key == name
+                }
+            })
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    };
+    Ok(fields
+        .iter()
+        .map(|field| {
+            let value = match field {
+                BoundField::Form(name) => first(&reading.form, name, false),
+                BoundField::Query(name) => first(&reading.query, name, false),
+                BoundField::Header(name) => first(&reading.headers, name, true),
+                BoundField::Body => {
+                    use sha2::Digest as _;
+                    hex::encode(sha2::Sha256::digest(&original.body))
+                }
+            };
+            (field.label(), value)
+        })
+        .collect())
+}
+
+/// The request's form, query and headers as far as `names` need them.
+struct Reading {
+    form: Vec<(String, String)>,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+}
+
+/// Reads what `names` (`(source, name)` pairs) need, refusing a request that could be read
+/// two ways for them.
+fn read(names: &[(&str, &str)], original: &OriginalRequest) -> Result<Reading, AmbiguousMessage> {
     let headers: Vec<(String, String)> = original
         .headers
         .iter()
@@ -69,7 +132,7 @@ pub fn fill(
     } else {
         Vec::new()
     };
-    for (source, name) in &names {
+    for (source, name) in names {
         let count = |list: &[(String, String)], case_blind: bool| {
             list.iter()
                 .filter(|(key, _)| {
@@ -91,7 +154,11 @@ pub fn fill(
             return Err(AmbiguousMessage::DuplicateField);
         }
     }
-    Ok(fill_message(template, &form, &query, &headers, max_chars))
+    Ok(Reading {
+        form,
+        query,
+        headers,
+    })
 }
 
 /// `(source, name)` of every `{source.name}` in the template.

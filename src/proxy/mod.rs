@@ -44,7 +44,7 @@ use crate::config::settings::UpstreamSettings;
 use crate::domain::canonical::RouterModel;
 use crate::domain::guard::Block;
 use crate::domain::held::{HeldTicket, OriginalRequest};
-use crate::domain::policy::{Decision, Mode, StepUp};
+use crate::domain::policy::{Bound, Decision, Mode, StepUp};
 use crate::domain::transaction::{Status, Transaction};
 use crate::service::guard::Refused;
 use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService};
@@ -306,21 +306,79 @@ impl StepGateProxy {
                 return Ok(true);
             }
         };
+        // Dynamic linking: a binding policy reads the request first, since a grant admits
+        // only a request with the values its approval was bound to.
+        let prepared = if step_up.bind.is_empty() {
+            None
+        } else {
+            match self.read_bound(session, ctx, step_up, policy).await? {
+                Some(prepared) => Some(prepared),
+                None => return Ok(true),
+            }
+        };
         let req = session.req_header();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
         let stepup = &self.state.stepup;
-        if let Some(grant) =
-            grants.and_then(|grants| stepup.grant_admitting(grants, &requester.user_id, policy))
+        let digest = prepared.as_ref().map(|(_, bound)| bound.digest.as_str());
+        if let Some(grant) = grants
+            .and_then(|grants| stepup.grant_admitting(grants, &requester.user_id, policy, digest))
         {
             ctx.decision = "granted";
-            if let Some(assertion) = stepup.assertion_for_grant(&grant) {
-                ctx.rewrite.get_or_insert_with(Box::default).assertion = Some(assertion);
+            let assertion = stepup.assertion_for_grant(&grant);
+            let Some((original, _)) = prepared else {
+                if let Some(assertion) = assertion {
+                    ctx.rewrite.get_or_insert_with(Box::default).assertion = Some(assertion);
+                }
+                return Ok(false);
+            };
+            // The body is read already: the request goes upstream as held requests do.
+            let html = wants_html(session.req_header());
+            if self
+                .replay(session, ctx, &original, assertion.as_deref(), &[], html)
+                .await?
+                .is_some()
+            {
+                tracing::info!(policy, "bound request forwarded on its grant");
             }
-            return Ok(false);
+            return Ok(true);
         }
-        self.step_up(session, ctx, policy, step_up, &requester)
+        self.step_up(session, ctx, policy, step_up, &requester, prepared)
             .await?;
         Ok(true)
+    }
+
+    /// Reads a binding policy's request and the values it binds; `None` when it was refused
+    /// (too large, unreadable, ambiguous) and the answer is sent.
+    async fn read_bound(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        step_up: &StepUp,
+        policy: &str,
+    ) -> pingora::Result<Option<(OriginalRequest, Bound)>> {
+        let html = wants_html(session.req_header());
+        let original = match self.read_original(session, ctx).await? {
+            Ok(original) => original,
+            Err(refusal) => {
+                ctx.decision = if refusal == Refusal::TooLarge {
+                    "too_large"
+                } else {
+                    "invalid"
+                };
+                send(session, Reply::refusal(&refusal, html)).await?;
+                return Ok(None);
+            }
+        };
+        match message::bound_values(&step_up.bind, &original) {
+            Ok(values) => Ok(Some((original, Bound::of(&values)))),
+            Err(ambiguous) => {
+                ctx.decision = "invalid";
+                tracing::info!(policy, %ambiguous, "bound request refused as ambiguous");
+                let refusal = Refusal::Ambiguous(ambiguous.reason());
+                send(session, Reply::refusal(&refusal, html)).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Everything but passing: stepgate's own endpoints, immediate answers, step-ups.
@@ -350,18 +408,22 @@ impl StepGateProxy {
         policy: &str,
         step_up: &StepUp,
         requester: &Requester,
+        prepared: Option<(OriginalRequest, Bound)>,
     ) -> pingora::Result<()> {
         let html = wants_html(session.req_header());
-        let original = match self.read_original(session, ctx).await? {
-            Ok(original) => original,
-            Err(refusal) => {
-                ctx.decision = if refusal == Refusal::TooLarge {
-                    "too_large"
-                } else {
-                    "invalid"
-                };
-                return send(session, Reply::refusal(&refusal, html)).await;
-            }
+        let (original, bound) = match prepared {
+            Some((original, bound)) => (original, Some(bound)),
+            None => match self.read_original(session, ctx).await? {
+                Ok(original) => (original, None),
+                Err(refusal) => {
+                    ctx.decision = if refusal == Refusal::TooLarge {
+                        "too_large"
+                    } else {
+                        "invalid"
+                    };
+                    return send(session, Reply::refusal(&refusal, html)).await;
+                }
+            },
         };
         let message = match step_up
             .message
@@ -380,7 +442,7 @@ impl StepGateProxy {
         let challenge = match self
             .state
             .stepup
-            .challenge(policy, step_up, requester, message, original)
+            .challenge(policy, step_up, requester, message, original, bound)
             .await
         {
             Ok(challenge) => challenge,
@@ -544,6 +606,34 @@ impl StepGateProxy {
         ctx.decision = "approved";
         let extra = self.grant_headers(session.req_header(), &held.ticket, tx, ctx.scheme);
         let assertion = self.state.stepup.assertion_for_approval(&held.ticket, tx);
+        if let Some(status) = self
+            .replay(
+                session,
+                ctx,
+                &held.request,
+                assertion.as_deref(),
+                &extra,
+                html,
+            )
+            .await?
+        {
+            tracing::info!(transaction_id = %tx.id, policy = %held.ticket.policy, status, "approved request forwarded");
+        }
+        Ok(())
+    }
+
+    /// Sends a request read in full (held, or bound) upstream and its answer to this client,
+    /// with `extra` headers; `Some(status)` when the upstream answered, `None` when the client
+    /// got 502 instead.
+    async fn replay(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        request: &OriginalRequest,
+        assertion: Option<&str>,
+        extra: &[(&'static str, String)],
+        html: bool,
+    ) -> pingora::Result<Option<u16>> {
         let origin = Origin {
             peer_ip: ctx.peer_ip,
             scheme: ctx.scheme,
@@ -552,24 +642,22 @@ impl StepGateProxy {
         match replay::forward(
             &self.connector,
             &self.state.upstream,
-            &held.request,
+            request,
             &origin,
-            assertion.as_deref(),
+            assertion,
             session,
-            &extra,
+            extra,
         )
         .await
         {
-            Ok(status) => {
-                tracing::info!(transaction_id = %tx.id, policy = %held.ticket.policy, status, "approved request forwarded");
-                Ok(())
-            }
+            Ok(status) => Ok(Some(status)),
             Err(ReplayError::Upstream(cause)) => {
-                tracing::error!(transaction_id = %tx.id, %cause, "approved request could not be forwarded");
-                send(session, Reply::refusal(&Refusal::UpstreamFailed, html)).await
+                tracing::error!(%cause, "request could not be forwarded");
+                send(session, Reply::refusal(&Refusal::UpstreamFailed, html)).await?;
+                Ok(None)
             }
             Err(ReplayError::BrokenOff(cause)) => {
-                tracing::error!(transaction_id = %tx.id, %cause, "upstream answer broke off");
+                tracing::error!(%cause, "upstream answer broke off");
                 Err(pingora::Error::explain(
                     pingora::ErrorType::WriteError,
                     "upstream answer broke off",

@@ -25,6 +25,7 @@ use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::SecretKey;
 use crate::domain::grant::{Grant, GrantKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
+use crate::domain::policy::Bound;
 use crate::domain::policy::StepUp;
 use crate::domain::ports::{BoundedList, HeldRequestStore, SendError, StoreError};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
@@ -206,6 +207,7 @@ impl StepUpService {
                 .and_then(|method| method.parse::<Method>().ok()),
             auth_time: grant.approved_at.unwrap_or_else(|| self.clock.now()),
             transaction_id: grant.transaction_id.as_deref(),
+            bound: grant.bound.as_deref(),
         };
         signer.sign(&facts, self.clock.now())
     }
@@ -221,6 +223,7 @@ impl StepUpService {
             method: Some(tx.method),
             auth_time: tx.finished_at.unwrap_or(now),
             transaction_id: Some(&id),
+            bound: ticket.bound.as_deref(),
         };
         signer.sign(&facts, now)
     }
@@ -243,9 +246,16 @@ impl StepUpService {
 
     /// The grant among `grants` (as the client sent them) that admits `user_id` to `policy`
     /// now, if one does. Needs no store.
-    pub fn grant_admitting(&self, grants: &str, user_id: &str, policy: &str) -> Option<Grant> {
+    /// `bound`: the request's binding digest when the policy binds its approvals.
+    pub fn grant_admitting(
+        &self,
+        grants: &str,
+        user_id: &str,
+        policy: &str,
+        bound: Option<&str>,
+    ) -> Option<Grant> {
         self.grants
-            .admitting(grants, user_id, policy, self.clock.now())
+            .admitting(grants, user_id, policy, bound, self.clock.now())
     }
 
     /// A grant for the `ticket` that `tx` approved, added in front of the client's `existing`
@@ -271,6 +281,8 @@ impl StepUpService {
             transaction_id: asserting.then(|| tx.id.to_string()),
             method: asserting.then(|| tx.method.as_str().to_owned()),
             approved_at: asserting.then(|| tx.finished_at.unwrap_or(now)),
+            // A bound approval's grant admits only requests with the same bound values.
+            bound: ticket.bound.clone(),
         });
         Some(IssuedGrant {
             list: self.grants.add_to_list(existing, &token, now),
@@ -315,6 +327,7 @@ impl StepUpService {
         requester: &Requester,
         message: Option<String>,
         request: OriginalRequest,
+        bound: Option<Bound>,
     ) -> Result<Challenge, StepUpError> {
         let binding_token = random_token();
         let mode = HeldMode::from(step_up.mode);
@@ -341,7 +354,14 @@ impl StepUpService {
                 .map_err(EngineError::from)?;
         }
         let started = self
-            .start_first_usable(step_up, requester, &message, mode, &binding_token)
+            .start_first_usable(
+                step_up,
+                requester,
+                &message,
+                mode,
+                &binding_token,
+                bound.as_ref(),
+            )
             .await;
         let (transaction, otp) = match started {
             Ok(started) => started,
@@ -356,6 +376,7 @@ impl StepUpService {
         };
         let held = HeldRequest {
             ticket: HeldTicket {
+                bound: bound.as_ref().map(|bound| bound.digest.clone()),
                 policy: policy.to_owned(),
                 user_id: requester.user_id.clone(),
                 mode,
@@ -426,6 +447,7 @@ impl StepUpService {
         message: &Option<String>,
         mode: HeldMode,
         binding_token: &str,
+        bound: Option<&Bound>,
     ) -> Result<(Transaction, Option<OtpDisplay>), StepUpError> {
         let mut last_failure = None;
         for auth_type in self.auth_types.fallback_chain(&step_up.auth_type) {
@@ -463,6 +485,9 @@ impl StepUpService {
                 let request = PushStart {
                     user_id: requester.user_id.clone(),
                     message: message.clone(),
+                    // Dynamic linking: the phone shows the bound values and, when the type
+                    // signs transactions, signs them.
+                    signing_data: bound.map(|bound| bound.text.clone()),
                     ..PushStart::default()
                 };
                 match push.start(auth_type, &PushTarget::Any, request).await {

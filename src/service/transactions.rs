@@ -187,15 +187,15 @@ impl TransactionEngine {
     }
 
     /// Whether the transaction named `id` is still pending (a listed entry of the pending
-    /// bound that ended early frees its room). A store fault counts as pending: fail closed.
+    /// bound that ended early frees its room). One not stored (yet) counts: its entry is made
+    /// before the insert, and a failed insert releases it. A store fault counts: fail closed.
     async fn still_pending(&self, id: &str) -> bool {
         let Ok(id) = id.parse::<TransactionId>() else {
             return false;
         };
         match self.get(&id).await {
             Ok(Some(tx)) => tx.status == Status::Pending,
-            Ok(None) => false,
-            Err(_) => true,
+            Ok(None) | Err(_) => true,
         }
     }
 

@@ -163,6 +163,7 @@ impl Harness {
     fn held_request(&self, user_id: &str, body: Vec<u8>) -> HeldRequest {
         HeldRequest {
             ticket: HeldTicket {
+                bound: None,
                 policy: "transfers".into(),
                 user_id: user_id.into(),
                 mode: HeldMode::Hold,

@@ -404,6 +404,7 @@ mod tests {
         let store = Instrumented::new(MemoryStore::new(clock, Duration::from_secs(1)));
         let held = HeldRequest {
             ticket: HeldTicket {
+                bound: None,
                 policy: "transfers".into(),
                 user_id: "u1".into(),
                 mode: HeldMode::Hold,

@@ -468,6 +468,7 @@ mod tests {
         use crate::domain::held::{BindingDigest, HeldMode, OriginalRequest};
         HeldRequest {
             ticket: HeldTicket {
+                bound: None,
                 policy: "transfers".into(),
                 user_id: "u".into(),
                 mode: HeldMode::Hold,

@@ -1148,6 +1148,7 @@ mod tests {
         use crate::domain::held::{BindingDigest, HeldMode};
         HeldRequest {
             ticket: HeldTicket {
+                bound: None,
                 policy: "transfers".into(),
                 user_id: "user-1".into(),
                 mode: HeldMode::Hold,

@@ -13,6 +13,7 @@ mod cdp;
 mod cli;
 mod demo;
 mod device_cli;
+mod dynamic_linking;
 mod edge;
 mod end_user_api;
 mod fakes;
