@@ -401,7 +401,7 @@ sms: {{ gateway: console }}
 policies:
   - name: transfers
     match: {{ methods: [POST], paths: ["/transfer"] }}
-    require: {{ auth_type: sms_code, freshness_seconds: 60 }}
+    require: {{ auth_type: sms_code, freshness_seconds: 60, bind: [form.amount, form.iban] }}
     message: "Approve transfer of {{form.amount}} EUR to {{form.iban}}"
 proxy:
   upstream: {{ address: "{bank}" }}

@@ -12,8 +12,8 @@
 //! Routes: `GET /` (sign-in form), `POST /login`, `GET /account`, `POST /transfer`,
 //! `POST /logout`, `GET /style.css`.
 //!
-//! May import: the pure domain (its phone-number rule) and external crates; nothing else of the
-//! gateway.
+//! May import: the pure domain (its phone-number rule, the binding digest an approval carries)
+//! and external crates; nothing else of the gateway.
 
 pub mod pages;
 pub mod session;
@@ -81,7 +81,7 @@ struct Bank {
 impl Bank {
     /// What stepgate's assertion on this request proves, for the receipt: `None` when the bank
     /// does not check assertions.
-    fn step_up(&self, headers: &HeaderMap, user: &str) -> Option<String> {
+    fn step_up(&self, headers: &HeaderMap, user: &str, form: &TransferForm) -> Option<String> {
         let key = self.assertion_key.as_ref()?;
         let Some(token) = headers
             .get("stepgate-assertion")
@@ -106,8 +106,20 @@ impl Bank {
                             .join(", ")
                     })
                     .unwrap_or_default();
+                // Dynamic linking: the approval's digest of the amount and IBAN it was for.
+                let expected = crate::domain::policy::binding_digest(&[
+                    ("form.amount".to_owned(), form.amount.clone()),
+                    ("form.iban".to_owned(), form.iban.clone()),
+                ]);
+                let bound = match data.claims["bind"].as_str() {
+                    Some(bind) if bind == expected => {
+                        " The approval is bound to this amount and IBAN."
+                    }
+                    Some(_) => " The approval was for another amount or IBAN.",
+                    None => "",
+                };
                 format!(
-                    "Step-up verified: stepgate's signed assertion ({amr}, transaction {}).",
+                    "Step-up verified: stepgate's signed assertion ({amr}, transaction {}).{bound}",
                     data.claims["txn"].as_str().unwrap_or("-")
                 )
             }
@@ -308,7 +320,7 @@ async fn transfer(
     let Some(who) = bank.sessions.from_headers(&headers) else {
         return html(StatusCode::UNAUTHORIZED, pages::signed_out());
     };
-    let step_up = bank.step_up(&headers, &who.sub);
+    let step_up = bank.step_up(&headers, &who.sub, &form);
     let outcome = match (amount_cents(&form.amount), iban(&form.iban)) {
         (None, _) => {
             Err("The amount must be a positive number of euros with at most two decimals.")

@@ -306,6 +306,11 @@ async fn a_transfer_through_the_demo_is_approved_with_the_printed_code_and_arriv
         page.contains("Step-up verified: stepgate&#39;s signed assertion (sms, transaction"),
         "{page}"
     );
+    // Dynamic linking: the approval is bound to the amount and IBAN the bank received.
+    assert!(
+        page.contains("The approval is bound to this amount and IBAN."),
+        "{page}"
+    );
     assert_eq!(demo.received(&cookie).await, 1);
 
     // The same code cannot send it again.
