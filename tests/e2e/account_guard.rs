@@ -284,6 +284,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    a_burst_of_pushes_sends_exactly_the_cap,
     pending_step_ups_are_bounded_per_user,
     held_requests_are_bounded_per_user,
     sms_failures_lock_the_account_across_transactions,
@@ -562,4 +563,56 @@ async fn held_requests_are_bounded_per_user(store: Store) {
         metrics.contains("stepgate_account_guard_total{event=\"refused_too_many_held\"} 8"),
         "{metrics}"
     );
+}
+
+/// Twenty push inits for one user at once with `max_pushes: 3`: exactly three pushes go out, the
+/// others answer 1006 with Retry-After (the push cap is counted atomically in the store).
+async fn a_burst_of_pushes_sends_exactly_the_cap(store: Store) {
+    let w = push_flow::world(
+        match store {
+            Store::Memory => push_flow::Store::Memory,
+            Store::Redis => push_flow::Store::Redis,
+        },
+        "single",
+        "account_guard: { max_pushes: 3, push_backoff_seconds: 300, max_pending_step_ups: 50 }\n",
+    );
+    let (_phone, device_id) = w.phone("ann", ANN_TOKEN).await;
+    let callback = w.callback_url();
+    let url = w.gate.url("/oauth/api/v4/authenticate/user");
+    let mut burst = JoinSet::new();
+    for _ in 0..20 {
+        let (url, device_id, callback) = (url.clone(), device_id.clone(), callback.clone());
+        burst.spawn(async move {
+            let response = client()
+                .post(url)
+                .basic_auth(push_flow::CLIENT_ID, Some(push_flow::CLIENT_SECRET))
+                .form(&[
+                    ("type", "short_push"),
+                    ("user_id", "ann"),
+                    ("device_id", device_id.as_str()),
+                    ("callback_uri", callback.as_str()),
+                ])
+                .send()
+                .await
+                .expect("init");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (
+                status,
+                retry_after,
+                body["error_code"].as_str().unwrap_or("").to_owned(),
+            )
+        });
+    }
+    let (mut sent, mut held_back) = (0, 0);
+    while let Some(answer) = burst.join_next().await {
+        match answer.unwrap() {
+            (200, _, _) => sent += 1,
+            (429, true, code) if code == "1006" => held_back += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((sent, held_back), (3, 17));
+    assert_eq!(w.apns.received().len(), 3, "three pushes reached APNs");
 }
