@@ -437,7 +437,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
         &settings.secret_key,
         callbacks.clone(),
         settings.otp.deep_link_scheme.clone(),
-    );
+    )
+    .with_guard(guard.clone());
     let stepup = StepUpService::new(
         settings.auth_types.clone(),
         engine,

@@ -278,7 +278,6 @@ async fn events(
     Ok(ok(&json!({ "events": events })))
 }
 
-/// Reloads the config's policies now, as SIGHUP does, and says how it went.
 /// Users whose account is locked (consecutive failures) or whose push is blocked by a "this
 /// wasn't me" report, soonest to open first.
 async fn locks(
@@ -317,6 +316,7 @@ async fn unlock(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Reloads the config's policies now, as SIGHUP does, and says how it went.
 async fn reload(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

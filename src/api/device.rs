@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::json_response;
+use crate::domain::auth_type::NumberMatching;
 use crate::domain::device::{Authenticator, DeviceKeys, Platform};
 use crate::domain::transaction::{Status, TransactionId};
 use crate::service::devices::{DeviceError, DeviceService, EnrollRequest, SignedRequest};
@@ -123,14 +124,12 @@ impl IntoResponse for DeviceApiError {
             body["remaining_attempts"] = json!(remaining);
         }
         let mut response = json_response(status, &body);
-        if let DeviceApiError::AccountLocked(refused) = self {
-            let after = refused.retry_after;
-            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, value);
-            }
+        if let DeviceApiError::AccountLocked(refused) = self
+            && let Some(value) = super::error::retry_after_value(refused.retry_after)
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
         }
         response
     }
@@ -176,6 +175,7 @@ impl From<OtpError> for DeviceApiError {
             OtpError::UnknownTransaction => DeviceApiError::UnknownTransaction,
             OtpError::NotPending(status) => DeviceApiError::NotPending(status),
             OtpError::WrongCode { remaining } => DeviceApiError::InvalidOtp { remaining },
+            OtpError::Blocked(refused) => DeviceApiError::AccountLocked(refused),
             OtpError::Store(error) => DeviceApiError::Unavailable(error.to_string()),
         }
     }
@@ -354,13 +354,12 @@ async fn details(
     let details = state.push.details(&device, &transaction_id(&id)?).await?;
     let mut answer = transaction_summary(&details.transaction);
     answer["number_choices"] = json!(details.number_choices);
-    answer["number_matching"] = json!(details.transaction.details.number.map(|_| {
-        if details.transaction.details.number_typed {
-            "type"
-        } else {
-            "pick"
-        }
-    }));
+    answer["number_matching"] = json!(
+        details
+            .transaction
+            .number_matching()
+            .map(NumberMatching::as_str)
+    );
     answer["encrypted"] = json!(details.sealed);
     Ok(json_response(StatusCode::OK, &answer))
 }

@@ -92,6 +92,12 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
+/// `Retry-After` in whole seconds (rounded up, at least 1).
+pub fn retry_after_value(after: Duration) -> Option<HeaderValue> {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    HeaderValue::from_str(&seconds.max(1).to_string()).ok()
+}
+
 fn numeric(status: StatusCode, code: &str, description: &str) -> Response {
     json_response(
         status,
@@ -193,8 +199,7 @@ impl IntoResponse for ApiError {
                     "too_many_requests",
                     "Too many requests; retry later.",
                 );
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                if let Some(value) = retry_after_value(retry_after) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 response
@@ -222,9 +227,7 @@ impl IntoResponse for ApiError {
                         "Too many authentications pending for this user; finish or wait for one.",
                     ),
                 };
-                let after = refused.retry_after;
-                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                if let Some(value) = retry_after_value(refused.retry_after) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
                 response

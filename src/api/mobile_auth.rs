@@ -19,7 +19,7 @@ use super::client_auth::{authenticate, form_fields};
 use super::error::{ApiError, json_response};
 use crate::config::settings::{ApiClient, ApiScope, CallbackSettings};
 use crate::domain::address;
-use crate::domain::auth_type::{AuthTypes, Method};
+use crate::domain::auth_type::{AuthTypes, Method, NumberMatching};
 use crate::domain::callback;
 use crate::domain::device::PushEnrollmentMode;
 use crate::domain::ports::StoreError;
@@ -146,13 +146,17 @@ fn admit_for(
     if !state.enabled {
         return Err(ApiError::Disabled);
     }
-    let client_ip = address::is_trusted(peer.ip(), &state.trusted_proxies).then(|| {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|value| value.to_str().ok());
-        address::client_behind(peer.ip(), forwarded, &state.trusted_proxies)
-    });
+    // Only an address a trusted proxy forwarded names an end user; the proxy's own address
+    // (no forwarded hop, or only trusted ones) is none.
+    let client_ip = address::is_trusted(peer.ip(), &state.trusted_proxies)
+        .then(|| {
+            let forwarded = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|value| value.to_str().ok());
+            address::client_behind(peer.ip(), forwarded, &state.trusted_proxies)
+        })
+        .filter(|ip| !address::is_trusted(*ip, &state.trusted_proxies));
     Ok(Admitted {
         form: parsed?,
         client_id: client.client_id.clone(),
@@ -358,11 +362,7 @@ async fn start_push(
         json!({"name": started.device.name, "platform": started.device.platform.as_str()});
     if let Some(number) = tx.details.number {
         body["number"] = json!(number);
-        body["number_matching"] = json!(if tx.details.number_typed {
-            "type"
-        } else {
-            "pick"
-        });
+        body["number_matching"] = json!(tx.number_matching().map(NumberMatching::as_str));
     }
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -14,6 +14,21 @@ pub fn unmapped(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The key a per-client quota counts `ip` under: the IPv4 address, or the IPv6 /64 (one
+/// subscriber's network: addresses within it cost nothing to rotate).
+pub fn quota_key(ip: IpAddr) -> String {
+    match unmapped(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            format!(
+                "{:x}:{:x}:{:x}:{:x}::/64",
+                segments[0], segments[1], segments[2], segments[3]
+            )
+        }
+    }
+}
+
 /// Whether `ip` (IPv4-mapped forms included) is in one of the `trusted` networks.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = unmapped(ip);
@@ -78,5 +93,18 @@ mod tests {
         );
         let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         assert!(is_trusted(mapped, &trusted));
+    }
+
+    #[test]
+    fn quotas_count_ipv6_clients_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(quota_key(a), quota_key(b));
+        assert_ne!(quota_key(a), quota_key(c));
+        assert_eq!(
+            quota_key("::ffff:198.51.100.7".parse().unwrap()),
+            "198.51.100.7"
+        );
     }
 }

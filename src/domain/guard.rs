@@ -121,7 +121,7 @@ impl Block {
 /// One step of the guard, applied atomically to one user's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardOp {
-    /// May a non-push step-up start (or a code be checked)? Changes nothing.
+    /// May a step-up start, or an approval stand, for the user (not locked)? Changes nothing.
     Check,
     /// May a push go out? When it may, it is counted.
     AdmitPush,
@@ -159,7 +159,8 @@ impl GuardOp {
 /// What a step came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardVerdict {
-    /// Allowed (`Check`, `AdmitPush`), or recorded (`Success`, `Unlock`).
+    /// Allowed (`Check`, `AdmitPush`, `BeginAttempt`), or recorded (`Success`, `Refund`,
+    /// `Unlock`).
     Clear,
     /// Refused (`Check`, `AdmitPush`), or a failure while already locked (not counted).
     Blocked(Block),

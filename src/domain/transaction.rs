@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth_type::Method;
+use super::auth_type::{Method, NumberMatching};
 use super::clock::Timestamp;
 use super::code::CodeHash;
 
@@ -282,6 +282,18 @@ impl Transaction {
         } else {
             self.status
         }
+    }
+
+    /// How the user answers the transaction's matching number on the phone: `None` without
+    /// number matching.
+    pub fn number_matching(&self) -> Option<NumberMatching> {
+        self.details.number.map(|_| {
+            if self.details.number_typed {
+                NumberMatching::Type
+            } else {
+                NumberMatching::Pick
+            }
+        })
     }
 
     /// Whether the transaction was started by `client_id` (`None`: by the proxy).

@@ -19,6 +19,9 @@ pub enum AmbiguousMessage {
     DuplicateField,
     TwoContentTypes,
     UnreadableBody,
+    /// A value the approval binds is missing, empty, not a plain value, or would not be shown
+    /// in full by the message.
+    BoundValueNotShown,
 }
 
 impl AmbiguousMessage {
@@ -29,6 +32,9 @@ impl AmbiguousMessage {
             Self::TwoContentTypes => "the request has more than one Content-Type",
             Self::UnreadableBody => {
                 "the body cannot be read unambiguously as a form or a JSON object"
+            }
+            Self::BoundValueNotShown => {
+                "a value the confirmation is bound to is missing or cannot be shown in full"
             }
         }
     }
@@ -52,11 +58,14 @@ pub fn fill(
 }
 
 /// The values of the request parts `fields` names, `(label, value)` in their order, read by
-/// the same rules as the message (refused when ambiguous). An absent field binds as empty; the
-/// body binds as the hex SHA-256 of its bytes.
+/// the same rules as the message (refused when ambiguous), each of which `shown` (the filled
+/// message) must show in full: what the user approves is exactly what is bound. A missing or
+/// empty field, or a JSON member that is no plain value, is refused. The body binds as the hex
+/// SHA-256 of its bytes.
 pub fn bound_values(
     fields: &[BoundField],
     original: &OriginalRequest,
+    shown: &str,
 ) -> Result<Vec<(String, String)>, AmbiguousMessage> {
     let labels: Vec<String> = fields.iter().map(BoundField::label).collect();
     let names: Vec<(&str, &str)> = labels
@@ -76,7 +85,7 @@ pub fn bound_values(
             .map(|(_, value)| value.clone())
             .unwrap_or_default()
     };
-    Ok(fields
+    fields
         .iter()
         .map(|field| {
             let value = match field {
@@ -85,12 +94,18 @@ pub fn bound_values(
                 BoundField::Header(name) => first(&reading.headers, name, true),
                 BoundField::Body => {
                     use sha2::Digest as _;
-                    hex::encode(sha2::Sha256::digest(&original.body))
+                    return Ok((
+                        field.label(),
+                        hex::encode(sha2::Sha256::digest(&original.body)),
+                    ));
                 }
             };
-            (field.label(), value)
+            if value.is_empty() || !shown.contains(&value) {
+                return Err(AmbiguousMessage::BoundValueNotShown);
+            }
+            Ok((field.label(), value))
         })
-        .collect())
+        .collect()
 }
 
 /// The request's form, query and headers as far as `names` need them.

@@ -360,16 +360,19 @@ impl StepGateProxy {
         let original = match self.read_original(session, ctx).await? {
             Ok(original) => original,
             Err(refusal) => {
-                ctx.decision = if refusal == Refusal::TooLarge {
-                    "too_large"
-                } else {
-                    "invalid"
-                };
-                send(session, Reply::refusal(&refusal, html)).await?;
+                refuse_unread(session, ctx, &refusal, html).await?;
                 return Ok(None);
             }
         };
-        match message::bound_values(&step_up.bind, &original) {
+        let shown = step_up
+            .message
+            .as_deref()
+            .map(|template| message::fill(template, &original, self.state.max_message_length))
+            .transpose();
+        let values = shown.and_then(|shown| {
+            message::bound_values(&step_up.bind, &original, shown.as_deref().unwrap_or(""))
+        });
+        match values {
             Ok(values) => Ok(Some((original, Bound::of(&values)))),
             Err(ambiguous) => {
                 ctx.decision = "invalid";
@@ -415,14 +418,7 @@ impl StepGateProxy {
             Some((original, bound)) => (original, Some(bound)),
             None => match self.read_original(session, ctx).await? {
                 Ok(original) => (original, None),
-                Err(refusal) => {
-                    ctx.decision = if refusal == Refusal::TooLarge {
-                        "too_large"
-                    } else {
-                        "invalid"
-                    };
-                    return send(session, Reply::refusal(&refusal, html)).await;
-                }
+                Err(refusal) => return refuse_unread(session, ctx, &refusal, html).await,
             },
         };
         let message = match step_up
@@ -693,6 +689,21 @@ impl StepGateProxy {
     }
 }
 
+/// Answers a request whose body could not be read for holding (too large, unreadable).
+async fn refuse_unread(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    refusal: &Refusal,
+    html: bool,
+) -> pingora::Result<()> {
+    ctx.decision = if *refusal == Refusal::TooLarge {
+        "too_large"
+    } else {
+        "invalid"
+    };
+    send(session, Reply::refusal(refusal, html)).await
+}
+
 /// What a failed start or lookup tells the client.
 fn refusal_for(error: &StepUpError) -> Refusal {
     match error {
@@ -783,13 +794,8 @@ fn challenge_reply(challenge: &Challenge, scheme: &str, html: bool) -> Reply {
 /// How the user answers `number` on the phone: `type`, `pick`, or `null` without number
 /// matching (for the challenge and status JSON).
 pub(crate) fn number_matching(tx: &Transaction) -> Option<&'static str> {
-    tx.details.number.map(|_| {
-        if tx.details.number_typed {
-            "type"
-        } else {
-            "pick"
-        }
-    })
+    tx.number_matching()
+        .map(crate::domain::auth_type::NumberMatching::as_str)
 }
 
 /// Waiting longer than this in one status poll is cut short; clients poll again.

@@ -35,8 +35,9 @@ impl Refused {
         matches!(self.block, Block::Locked { .. })
     }
 
-    /// Nothing may start for the user: the account is locked, or the attempts in flight take
-    /// what is left of the failure limit (as opposed to push alone being held back).
+    /// Nothing may start for the user: the account is locked, the attempts in flight take what
+    /// is left of the failure limit, or the user's pending step-ups or held requests are at
+    /// their bound (as opposed to push alone being held back, which a fallback may answer).
     pub fn is_lock(&self) -> bool {
         matches!(
             self.block,
@@ -323,9 +324,17 @@ impl AccountGuard {
         }
     }
 
-    /// Users locked or with push blocked, soonest to open first.
+    /// Users locked or with push blocked, soonest to open first; a lock or block that has run
+    /// out shows as `None`.
     pub async fn guarded_users(&self) -> Result<Vec<GuardedUser>, StoreError> {
-        self.store.guarded_users().await
+        let now = self.clock.now();
+        let mut users = self.store.guarded_users().await?;
+        for user in &mut users {
+            user.state.locked_until = user.state.locked_until.filter(|until| now < *until);
+            user.state.push_blocked_until =
+                user.state.push_blocked_until.filter(|until| now < *until);
+        }
+        Ok(users)
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use rand_core::OsRng;
 
 use super::callbacks::CallbackService;
+use super::guard::{AccountGuard, GuardError, Refused};
 use crate::domain::auth_type::{AuthType, Method};
 use crate::domain::clock::SharedClock;
 use crate::domain::code::SecretKey;
@@ -49,6 +50,9 @@ pub enum OtpError {
     /// The secret was wrong; the attempt was counted (`Some(0)`: that was the last one).
     #[error("wrong code")]
     WrongCode { remaining: Option<u32> },
+    /// The user's account is locked by the account guard: nothing is approved.
+    #[error("refused by the account guard: {}", .0.block.as_str())]
+    Blocked(Refused),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -102,6 +106,8 @@ pub struct OtpService {
     callbacks: CallbackService,
     deep_link_scheme: String,
     rebuild_key: [u8; 32],
+    /// The account guard: a locked account approves nothing; an approval is a success.
+    guard: Option<AccountGuard>,
 }
 
 impl OtpService {
@@ -119,7 +125,14 @@ impl OtpService {
             callbacks,
             deep_link_scheme: deep_link_scheme.into(),
             rebuild_key: secret.derive("otp-rebuild"),
+            guard: None,
         }
+    }
+
+    /// Applies the account guard to approvals.
+    pub fn with_guard(mut self, guard: AccountGuard) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// `<scheme>://otp?c=<code>`, the link a QR code or an "open the app" button carries.
@@ -224,6 +237,15 @@ impl OtpService {
             .await?
             .filter(|tx| otp::may_redeem(tx, &device.user_id))
             .ok_or(OtpError::UnknownTransaction)?;
+        if approve && let Some(guard) = &self.guard {
+            guard
+                .check(&device.user_id, Some(&id))
+                .await
+                .map_err(|error| match error {
+                    GuardError::Blocked(refused) => OtpError::Blocked(refused),
+                    GuardError::Store(error) => OtpError::Store(error),
+                })?;
+        }
         let answer = OtpAnswer {
             user_id: device.user_id.clone(),
             approve,
@@ -268,6 +290,9 @@ impl OtpService {
                     ..tx.clone()
                 };
                 self.finished(&finished).await;
+                if approved && let Some(guard) = &self.guard {
+                    guard.succeeded(&device.user_id).await;
+                }
                 Ok(OtpSubmitted {
                     transaction_id: id,
                     status,

@@ -341,6 +341,13 @@ impl PushService {
             .await?
             .ok_or(PushServiceError::NoDevice)?;
         let (push, _) = self.push_message(&device, &tx)?;
+        // A resent push is a push: the lock, a report and the push cap apply to it too.
+        if let Some(guard) = self.engine.guard() {
+            guard
+                .admit_push(owner.user_id)
+                .await
+                .map_err(EngineError::from)?;
+        }
         match self.engine.count_resend(id).await? {
             ResendOutcome::Resent { .. } => {}
             refused => return Err(PushServiceError::ResendRefused(refused)),
@@ -492,21 +499,25 @@ impl PushService {
     ) -> Result<Status, PushServiceError> {
         let tx = self.owned_pending(device, id).await?;
         if !answer.approve {
-            if answer.report
-                && let Some(guard) = self.engine.guard()
-            {
-                guard
-                    .report(&device.user_id, &tx.id, device.id.as_str())
-                    .await?;
-            }
             // The portal's callback and result say so too (`reported`).
             let evidence = answer.report.then(|| Evidence {
                 reported: Some(true),
                 ..Evidence::default()
             });
-            return self
+            let denied = self
                 .finish(&tx, Status::Denied, Some(Reason::NotAccepted), evidence)
-                .await;
+                .await?;
+            // The denial stands whatever happens to the report: a store fault only loses the
+            // block, never the user's "no".
+            if answer.report
+                && let Some(guard) = self.engine.guard()
+                && let Err(error) = guard
+                    .report(&device.user_id, &tx.id, device.id.as_str())
+                    .await
+            {
+                tracing::warn!(%error, transaction_id = %tx.id, "report not recorded; push stays open for the user");
+            }
+            return Ok(denied);
         }
         if answer.report {
             return Err(PushServiceError::InvalidAnswer(

@@ -149,7 +149,7 @@ impl SmsService {
             return Err(SmsError::DestinationRefused(refused));
         }
         let country = country_code(phone);
-        let ip = client_ip.map(|ip| address::unmapped(ip).to_string());
+        let ip = client_ip.map(address::quota_key);
         let checks = [
             ("sms_global", "global", Some("all"), self.limits.global),
             (
@@ -409,6 +409,13 @@ impl SmsService {
         client_ip: Option<IpAddr>,
     ) -> Result<Result<(), ResendOutcome>, SmsError> {
         let id = &tx.id.clone();
+        // A locked account is sent nothing, resends included.
+        if let Some(guard) = self.engine.guard() {
+            guard
+                .check(user_id, Some(id))
+                .await
+                .map_err(EngineError::from)?;
+        }
         let spent = self.admit(user_id, phone, client_ip).await?;
         let resent = match self.engine.resend(tx.clone()).await {
             Ok(ResendResult::Resent(resent)) => resent,

@@ -389,9 +389,18 @@ impl StepUpService {
         };
         let ttl = self.clock.now().until(transaction.expires_at) + HOLD_GRACE;
         let user_key = (mode == HeldMode::Hold).then(|| self.user_key(&requester.user_id));
-        self.held
+        if let Err(error) = self
+            .held
             .hold(&transaction.id, &held, ttl, user_key.as_deref())
-            .await?;
+            .await
+        {
+            if let Some(guard) = self.engine.guard() {
+                guard
+                    .release(&requester.user_id, BoundedList::HeldRequests, &reservation)
+                    .await;
+            }
+            return Err(error.into());
+        }
         if let Some(guard) = self.engine.guard()
             && let Err(error) = guard
                 .replace(

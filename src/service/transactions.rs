@@ -132,11 +132,7 @@ impl TransactionEngine {
         // A locked account starts nothing; a push also needs the push cap's consent (which
         // counts it); and the user's pending step-ups are bounded.
         if let (Some(guard), Some(user_id)) = (&self.guard, user_id.as_deref()) {
-            if auth_type.method.is_push() {
-                guard.admit_push(user_id).await?;
-            } else {
-                guard.check(user_id, None).await?;
-            }
+            guard.check(user_id, None).await?;
             guard
                 .admit(
                     user_id,
@@ -146,6 +142,15 @@ impl TransactionEngine {
                     self.pending_check(),
                 )
                 .await?;
+            // Counted last, so a push refused for another reason is not counted as sent.
+            if auth_type.method.is_push()
+                && let Err(error) = guard.admit_push(user_id).await
+            {
+                guard
+                    .release(user_id, BoundedList::PendingStepUps, &id.to_string())
+                    .await;
+                return Err(error.into());
+            }
         }
         let code = (auth_type.method == Method::Sms).then(|| OneTimeCode::generate(&mut OsRng));
         let transaction = Transaction {
@@ -226,6 +231,35 @@ impl TransactionEngine {
     /// unknown and costs no attempt). Input that is not six digits counts as a wrong code, so malformed guesses are
     /// not free. The result carries the transaction's type and method for metrics.
     pub async fn verify(
+        &self,
+        id: &TransactionId,
+        owner: Owner<'_>,
+        typed: &str,
+    ) -> Result<Verified, EngineError> {
+        if self.guard.is_none() {
+            return self.verify_counted(id, owner, typed).await;
+        }
+        // Another user's or client's transaction answers as unknown before the user's account
+        // is touched: no API client can spend a stranger's attempts.
+        self.get_owned(id, owner).await?;
+        // Counted, checked and settled to the end even when the client goes away mid-way, so an
+        // attempt is never left counted in flight.
+        let engine = self.clone();
+        let (id, user_id) = (*id, owner.user_id.to_owned());
+        let client_id = owner.client_id.map(str::to_owned);
+        let typed = typed.to_owned();
+        tokio::spawn(async move {
+            let owner = Owner {
+                user_id: &user_id,
+                client_id: client_id.as_deref(),
+            };
+            engine.verify_counted(&id, owner, &typed).await
+        })
+        .await
+        .map_err(|error| EngineError::Store(StoreError::Unavailable(error.to_string())))?
+    }
+
+    async fn verify_counted(
         &self,
         id: &TransactionId,
         owner: Owner<'_>,

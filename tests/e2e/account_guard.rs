@@ -180,7 +180,22 @@ async fn sms_failures_lock_the_account_across_transactions(store: Store) {
         (429, Some("3007")),
         "{body}"
     );
-    assert_eq!(sms_count(&gate), sent, "a locked account is sent nothing");
+    let (status, body, _) = post(
+        &gate,
+        "/oauth/api/v4/authenticate/user/ann/sms/resend",
+        &[("transaction_id", &second)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (429, Some("3007")),
+        "{body}"
+    );
+    assert_eq!(
+        sms_count(&gate),
+        sent,
+        "a locked account is sent nothing, resends included"
+    );
     // Another user is not affected.
     started(&gate, "bob").await;
 
@@ -212,7 +227,7 @@ async fn sms_failures_lock_the_account_across_transactions(store: Store) {
     for line in [
         "stepgate_account_guard_total{event=\"locked\"} 1",
         "stepgate_account_guard_total{event=\"unlocked\"} 1",
-        "stepgate_account_guard_total{event=\"refused_locked\"} 2",
+        "stepgate_account_guard_total{event=\"refused_locked\"} 3",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
@@ -227,7 +242,8 @@ async fn sms_failures_lock_the_account_across_transactions(store: Store) {
 }
 
 /// Thirty wrong codes sent at once over six transactions of one user: exactly five are
-/// checked (answered 3003), every other answer is 3007, and the account is locked.
+/// checked (answered 3003); every other one is refused unchecked (3007 once locked, or 429 while
+/// the five in flight take the limit), and the account is locked.
 async fn a_burst_of_wrong_codes_checks_exactly_the_limit(store: Store) {
     let gate = gate(store);
     let mut transactions = Vec::new();
@@ -293,7 +309,7 @@ on_both_stores!(
     pushes_beyond_the_cap_wait,
 );
 
-/// "This wasn't me": the denial fails the transaction and calls the portal back, the result
+/// "This wasn't me": the denial ends the transaction (denied) and calls the portal back, the result
 /// says `reported`, push step-ups for the user are blocked (a type with an SMS fallback falls
 /// back, one without answers 1006 with Retry-After), and ops see and lift the block.
 async fn this_wasnt_me_blocks_push_and_tells_the_portal(store: Store) {

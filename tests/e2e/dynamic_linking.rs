@@ -107,7 +107,7 @@ async fn a_bound_grant_admits_only_the_approved_values(store: Store) {
     for other in [
         "amount=9999&iban=NL91ABNA0417164300",
         "amount=10&iban=GB33BUKB20201555555555",
-        "amount=10",
+        "amount=10&iban=NL91ABNA0417164301",
     ] {
         let response = transfer(&gate, other, Some(&grant)).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{other}");
@@ -122,6 +122,21 @@ async fn a_bound_grant_admits_only_the_approved_values(store: Store) {
         sms + 3,
         "each asked for its own approval"
     );
+
+    // A bound field that is missing, empty, or would not be shown in full is refused before any
+    // code is sent: the user must see exactly what the approval binds.
+    let long_amount = format!("amount=1{}&iban=NL91ABNA0417164300", "0".repeat(80));
+    for unshown in [
+        "iban=NL91ABNA0417164300",
+        "amount=&iban=NL91ABNA0417164300",
+        long_amount.as_str(),
+    ] {
+        let response = transfer(&gate, unshown, None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{unshown}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "ambiguous_request", "{body}");
+    }
+    assert_eq!(codes(&gate).len(), sms + 3);
 
     // A duplicated bound field is ambiguous and refused before any code is sent.
     let response = transfer(

@@ -28,7 +28,12 @@ pub struct MemoryGuardStore {
     users: Mutex<HashMap<String, Entry>>,
     /// (user key, list) -> entry -> live until.
     lists: Mutex<HashMap<(String, BoundedList), HashMap<String, Timestamp>>>,
+    /// When the next sweep of entries nobody touched any more is due.
+    next_sweep: Mutex<Timestamp>,
 }
+
+/// How often stale users and lists are swept out (each sweep is one pass over the maps).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl fmt::Debug for MemoryGuardStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,7 +47,34 @@ impl MemoryGuardStore {
             clock,
             users: Mutex::new(HashMap::new()),
             lists: Mutex::new(HashMap::new()),
+            next_sweep: Mutex::new(Timestamp(0)),
         }
+    }
+
+    /// Drops users whose state no longer matters and lists with no live entry, at most once a
+    /// minute, so users who never come back do not stay in memory.
+    fn sweep(&self, now: Timestamp) {
+        {
+            let mut next = self
+                .next_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if now < *next {
+                return;
+            }
+            *next = now.plus(SWEEP_EVERY);
+        }
+        self.users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, entry| now < entry.keep_until);
+        self.lists
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, entries| {
+                entries.retain(|_, until| now < *until);
+                !entries.is_empty()
+            });
     }
 }
 
@@ -56,6 +88,7 @@ impl AccountGuardStore for MemoryGuardStore {
         rules: &GuardRules,
     ) -> Result<GuardVerdict, StoreError> {
         let now = self.clock.now();
+        self.sweep(now);
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = users
             .get(user_key)
@@ -112,6 +145,7 @@ impl AccountGuardStore for MemoryGuardStore {
         remove: &[String],
     ) -> Result<Admission, StoreError> {
         let now = self.clock.now();
+        self.sweep(now);
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
         let entries = lists.entry((user_key.to_owned(), list)).or_default();
         for gone in remove {

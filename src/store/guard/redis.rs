@@ -194,7 +194,10 @@ impl AccountGuardStore for RedisGuardStore {
             })
             .await?;
         let verdict = verdict(kind, value, block)?;
-        self.index(member, op, verdict).await?;
+        // The index is a hint for the admin list; the step itself is already saved.
+        if let Err(error) = self.index(member, op, verdict).await {
+            tracing::warn!(%error, "account guard: blocked-users index not updated");
+        }
         Ok(verdict)
     }
 
