@@ -527,8 +527,23 @@ impl PushService {
         // An approval is an authentication attempt of the user: counted by the account guard
         // before it is checked (refused while the account is locked, whenever the push went
         // out), then settled by what it came to.
+        // Counted, checked and settled to the end even when the phone goes away mid-answer,
+        // so an attempt is never left counted in flight.
+        let service = self.clone();
+        let device = device.clone();
+        tokio::spawn(async move { service.approve_counted(&device, &tx, &answer).await })
+            .await
+            .map_err(|error| PushServiceError::Store(StoreError::Unavailable(error.to_string())))?
+    }
+
+    async fn approve_counted(
+        &self,
+        device: &Device,
+        tx: &Transaction,
+        answer: &Answer,
+    ) -> Result<Status, PushServiceError> {
         self.engine.begin_attempt(&device.user_id, &tx.id).await?;
-        let (outcome, settle) = self.approve(device, &tx, &answer).await;
+        let (outcome, settle) = self.approve(device, tx, answer).await;
         match settle {
             Settle::Success => self.engine.record_success(&device.user_id).await,
             Settle::Failure => {

@@ -300,6 +300,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    a_locked_account_approves_no_otp_login,
     a_burst_of_pushes_sends_exactly_the_cap,
     pending_step_ups_are_bounded_per_user,
     held_requests_are_bounded_per_user,
@@ -631,4 +632,74 @@ async fn a_burst_of_pushes_sends_exactly_the_cap(store: Store) {
     }
     assert_eq!((sent, held_back), (3, 17));
     assert_eq!(w.apns.received().len(), 3, "three pushes reached APNs");
+}
+
+/// A phone whose user is locked (two wrong SMS codes with `max_failures: 2`) cannot approve an
+/// OTP login: 429 `account_locked`, and the portal's result stays unauthenticated.
+async fn a_locked_account_approves_no_otp_login(store: Store) {
+    let portal = crate::fakes::callback::FakePortal::start();
+    let yaml = format!(
+        "api_clients:
+  - {{ client_id: {id}, client_secret: \"{secret}\", apis: [mobile_authentication, end_user] }}
+auth_types:
+  - {{ name: sms_code, method: sms, max_attempts: 3, default_messages: {{ en: \"Code: {{code}}\" }} }}
+  - {{ name: qr_login, method: otp, ttl_seconds: 60, default_messages: {{ en: \"Sign in\" }} }}
+applications:
+  - id: bank-app
+    name: Bank app
+    versions:
+      - {{ version: \"1.0\", platform: ios }}
+sms: {{ gateway: file, file: {{ path: outbox.jsonl }} }}
+otp: {{ deep_link_scheme: bankapp }}
+callbacks:
+  endpoints:
+    - {{ url: \"{callback}\", username: portal-cb, password: \"cb-secret-0123\" }}
+account_guard: {{ max_failures: 2 }}
+",
+        id = PORTAL.0,
+        secret = PORTAL.1,
+        callback = portal.url("/ma-callback"),
+    );
+    let builder = match store {
+        Store::Memory => GateBuilder::memory(),
+        Store::Redis => GateBuilder::redis(redis_url()),
+    };
+    let gate = builder.yaml(&yaml).start();
+    let (status, code, _) = post(&gate, "/oauth/api/v4/users/ann/enrollment-codes", &[]).await;
+    assert_eq!(status, 201, "{code}");
+    let phone = crate::device_cli::DeviceCli::new(&gate.url(""));
+    phone.enroll(
+        code["code"].as_str().unwrap(),
+        "bank-app",
+        &["--platform", "ios"],
+    );
+
+    let tx = started(&gate, "ann").await;
+    let right = last_code(&gate);
+    for _ in 0..2 {
+        verify(&gate, "ann", &tx, &wrong(&right)).await;
+    }
+    let (status, body, _) = start_sms(&gate, "ann").await;
+    assert_eq!(body["error_code"], "3007", "locked: {status} {body}");
+
+    let callback = portal.url("/ma-callback");
+    let (status, init, _) = post(
+        &gate,
+        "/oauth/api/v4/authenticate/user",
+        &[("type", "qr_login"), ("callback_uri", callback.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200, "a portal OTP login names no user yet: {init}");
+    let (exit, _, err) = phone.run(&["otp", init["otp"].as_str().unwrap()]);
+    assert_ne!(exit, 0);
+    assert!(err.contains("429 account_locked"), "{err}");
+    let tx = init["transaction_id"].as_str().unwrap();
+    let response = client()
+        .get(gate.url(&format!("/oauth/api/v4/authenticate/transaction/{tx}")))
+        .basic_auth(PORTAL.0, Some(PORTAL.1))
+        .send()
+        .await
+        .unwrap();
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["is_authenticated"], false, "{result}");
 }
