@@ -56,12 +56,43 @@ pub(super) struct Harness {
 }
 
 /// The Redis run's key prefix; dropping it deletes every key under the prefix.
-struct RedisKeys {
+pub(crate) struct RedisKeys {
     client: ::redis::Client,
-    prefix: String,
+    pub(crate) prefix: String,
+}
+
+/// A Redis store on the test server under a fresh key prefix (5 s response timeout: many
+/// scripts at once on a busy 2-core machine), and the keys' guard that deletes them on drop.
+pub(crate) fn scratch_redis_store(
+    clock: SharedClock,
+    retention: Duration,
+) -> (RedisStore, RedisKeys) {
+    let url = test_redis_url();
+    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
+    let settings = RedisSettings {
+        url: url.clone(),
+        key_prefix: prefix.clone(),
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(5),
+    };
+    let store = RedisStore::new(settings, clock, retention).unwrap();
+    let keys = RedisKeys {
+        client: ::redis::Client::open(url).unwrap(),
+        prefix,
+    };
+    (store, keys)
 }
 
 impl RedisKeys {
+    /// Every key under the prefix.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut connection = self.client.get_connection().unwrap();
+        ::redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query(&mut connection)
+            .unwrap()
+    }
+
     /// The key's remaining time to live, in ms (PTTL).
     fn pttl(&self, key: &str) -> i64 {
         let mut connection = self.client.get_connection().unwrap();
@@ -117,27 +148,15 @@ pub(super) async fn memory_harness() -> Harness {
 
 pub(super) async fn redis_harness() -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let shared: SharedClock = clock.clone();
-    let url = test_redis_url();
-    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        // Generous: 200 scripts at once on a busy 2-core machine.
-        response_timeout: Duration::from_secs(5),
-    };
-    let store = Arc::new(RedisStore::new(settings, shared, RETENTION).unwrap());
+    let (store, keys) = scratch_redis_store(clock.clone(), RETENTION);
+    let store = Arc::new(store);
     Harness {
         tx: store.clone(),
         rl: store.clone(),
         held: store,
         clock,
         hasher: hasher(),
-        redis: Some(RedisKeys {
-            client: ::redis::Client::open(url).unwrap(),
-            prefix,
-        }),
+        redis: Some(keys),
     }
 }
 

@@ -19,8 +19,7 @@ use super::redis::RedisGuardStore;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::guard::{Block, GuardOp, GuardRules, GuardVerdict};
 use crate::domain::ports::{AccountGuardStore, Admission, BoundedList};
-use crate::store::conformance::test_redis_url;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::conformance::{RedisKeys, scratch_redis_store};
 
 const RULES: GuardRules = GuardRules {
     max_failures: 5,
@@ -37,25 +36,7 @@ const RULES: GuardRules = GuardRules {
 pub(super) struct Harness {
     store: Arc<dyn AccountGuardStore>,
     clock: Arc<ManualClock>,
-    redis: Option<(::redis::Client, String)>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let Some((client, prefix)) = &self.redis else {
-            return;
-        };
-        let Ok(mut connection) = client.get_connection() else {
-            return;
-        };
-        if let Ok(keys) = ::redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query::<Vec<String>>(&mut connection)
-            && !keys.is_empty()
-        {
-            let _ = ::redis::cmd("DEL").arg(&keys).query::<i64>(&mut connection);
-        }
-    }
+    redis: Option<RedisKeys>,
 }
 
 pub(super) async fn memory_harness() -> Harness {
@@ -71,20 +52,11 @@ pub(super) async fn memory_harness() -> Harness {
 pub(super) async fn redis_harness() -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
     let shared: SharedClock = clock.clone();
-    let url = test_redis_url();
-    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(5),
-    };
-    let store =
-        Arc::new(RedisStore::new(settings, shared.clone(), Duration::from_secs(60)).unwrap());
+    let (store, keys) = scratch_redis_store(shared.clone(), Duration::from_secs(60));
     Harness {
-        store: Arc::new(RedisGuardStore::new(store, shared)),
+        store: Arc::new(RedisGuardStore::new(Arc::new(store), shared)),
         clock,
-        redis: Some((::redis::Client::open(url).unwrap(), prefix)),
+        redis: Some(keys),
     }
 }
 
@@ -117,6 +89,31 @@ impl Harness {
             .map(|user| user.user_id)
             .collect()
     }
+}
+
+/// Runs `racers` calls of `race` (given the store and the racer's number) released together
+/// behind one barrier, and returns their results.
+async fn at_once<T, F, Fut>(h: &Harness, racers: usize, race: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Arc<dyn AccountGuardStore>, usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(racers));
+    let mut tasks = JoinSet::new();
+    for n in 0..racers {
+        let barrier = barrier.clone();
+        let run = race(h.store.clone(), n);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            run.await
+        });
+    }
+    let mut results = Vec::with_capacity(racers);
+    while let Some(result) = tasks.join_next().await {
+        results.push(result.unwrap());
+    }
+    results
 }
 
 pub(super) async fn failures_lock_until_time_or_an_unlock(h: &Harness) {
@@ -234,7 +231,7 @@ pub(super) async fn the_list_is_soonest_to_open_first(h: &Harness) {
 }
 
 pub(super) async fn keys_hold_no_user_id(h: &Harness) {
-    let Some((client, prefix)) = &h.redis else {
+    let Some(redis) = &h.redis else {
         return;
     };
     for _ in 0..5 {
@@ -245,42 +242,32 @@ pub(super) async fn keys_hold_no_user_id(h: &Harness) {
                 .unwrap();
         }
     }
-    let mut connection = client.get_connection().unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut connection)
-        .unwrap();
+    let keys = redis.keys();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|key| !key.contains("ann")), "{keys:?}");
 }
 
 pub(super) async fn concurrent_failures_lock_exactly_once(h: &Harness) {
-    let barrier = Arc::new(Barrier::new(50));
-    let mut tasks = JoinSet::new();
-    for _ in 0..50 {
-        let store = h.store.clone();
-        let barrier = barrier.clone();
-        tasks.spawn(async move {
-            barrier.wait().await;
-            let begun = store
-                .guard("key-of-ann", "ann", GuardOp::BeginAttempt, &RULES)
-                .await
-                .unwrap();
-            if begun != GuardVerdict::Clear {
-                return (begun, None);
-            }
-            let settled = store
-                .guard("key-of-ann", "ann", GuardOp::Failure, &RULES)
-                .await
-                .unwrap();
-            (begun, Some(settled))
-        });
-    }
+    let outcomes = at_once(h, 50, |store, _| async move {
+        let begun = store
+            .guard("key-of-ann", "ann", GuardOp::BeginAttempt, &RULES)
+            .await
+            .unwrap();
+        if begun != GuardVerdict::Clear {
+            return (begun, None);
+        }
+        let settled = store
+            .guard("key-of-ann", "ann", GuardOp::Failure, &RULES)
+            .await
+            .unwrap();
+        (begun, Some(settled))
+    })
+    .await;
     let mut checked = 0;
     let mut refused = 0;
     let mut locked_now = 0;
-    while let Some(outcome) = tasks.join_next().await {
-        match outcome.unwrap() {
+    for outcome in outcomes {
+        match outcome {
             (GuardVerdict::Clear, Some(settled)) => {
                 checked += 1;
                 if matches!(settled, GuardVerdict::LockedNow { .. }) {
@@ -301,25 +288,17 @@ pub(super) async fn concurrent_failures_lock_exactly_once(h: &Harness) {
 }
 
 pub(super) async fn concurrent_pushes_stop_at_the_cap(h: &Harness) {
-    let barrier = Arc::new(Barrier::new(40));
-    let mut tasks = JoinSet::new();
-    for _ in 0..40 {
-        let store = h.store.clone();
-        let barrier = barrier.clone();
-        tasks.spawn(async move {
-            barrier.wait().await;
-            store
-                .guard("key-of-ann", "ann", GuardOp::AdmitPush, &RULES)
-                .await
-                .unwrap()
-        });
-    }
-    let mut sent = 0;
-    while let Some(verdict) = tasks.join_next().await {
-        if verdict.unwrap() == GuardVerdict::Clear {
-            sent += 1;
-        }
-    }
+    let verdicts = at_once(h, 40, |store, _| async move {
+        store
+            .guard("key-of-ann", "ann", GuardOp::AdmitPush, &RULES)
+            .await
+            .unwrap()
+    })
+    .await;
+    let sent = verdicts
+        .iter()
+        .filter(|verdict| **verdict == GuardVerdict::Clear)
+        .count();
     assert_eq!(sent, 3);
 }
 
@@ -415,33 +394,25 @@ pub(super) async fn bounded_lists_admit_up_to_the_bound(h: &Harness) {
 }
 
 pub(super) async fn concurrent_admissions_stop_at_the_bound(h: &Harness) {
-    let barrier = Arc::new(Barrier::new(40));
-    let mut tasks = JoinSet::new();
     let until = h.now().plus(Duration::from_secs(60));
-    for n in 0..40 {
-        let store = h.store.clone();
-        let barrier = barrier.clone();
-        tasks.spawn(async move {
-            barrier.wait().await;
-            store
-                .admit_entry(
-                    "key-of-ann",
-                    BoundedList::PendingStepUps,
-                    &format!("tx-{n}"),
-                    until,
-                    3,
-                    &[],
-                )
-                .await
-                .unwrap()
-        });
-    }
-    let mut admitted = 0;
-    while let Some(admission) = tasks.join_next().await {
-        if admission.unwrap() == Admission::Admitted {
-            admitted += 1;
-        }
-    }
+    let admissions = at_once(h, 40, |store, n| async move {
+        store
+            .admit_entry(
+                "key-of-ann",
+                BoundedList::PendingStepUps,
+                &format!("tx-{n}"),
+                until,
+                3,
+                &[],
+            )
+            .await
+            .unwrap()
+    })
+    .await;
+    let admitted = admissions
+        .iter()
+        .filter(|admission| **admission == Admission::Admitted)
+        .count();
     assert_eq!(admitted, 3);
 }
 
