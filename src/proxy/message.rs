@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::domain::held::OriginalRequest;
 use crate::domain::policy::BoundField;
-use crate::service::stepup::fill_message;
+use crate::service::stepup::{fill_message, placeholder_value};
 
 /// Why the message cannot be filled from one reading of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -73,37 +73,31 @@ pub fn bound_values(
         .filter_map(|label| label.split_once('.'))
         .collect();
     let reading = read(&names, original)?;
-    let first = |list: &[(String, String)], name: &str, case_blind: bool| {
-        list.iter()
-            .find(|(key, _)| {
-                if case_blind {
-                    key.eq_ignore_ascii_case(name)
-                } else {
-                    key == name
-                }
-            })
-            .map(|(_, value)| value.clone())
-            .unwrap_or_default()
-    };
     fields
         .iter()
-        .map(|field| {
-            let value = match field {
-                BoundField::Form(name) => first(&reading.form, name, false),
-                BoundField::Query(name) => first(&reading.query, name, false),
-                BoundField::Header(name) => first(&reading.headers, name, true),
-                BoundField::Body => {
-                    use sha2::Digest as _;
-                    return Ok((
-                        field.label(),
-                        hex::encode(sha2::Sha256::digest(&original.body)),
-                    ));
-                }
-            };
-            if value.is_empty() || !shown.contains(&value) {
+        .zip(&labels)
+        .map(|(field, label)| {
+            if *field == BoundField::Body {
+                use sha2::Digest as _;
+                let digest = hex::encode(sha2::Sha256::digest(&original.body));
+                return Ok((label.clone(), digest));
+            }
+            let value = label
+                .split_once('.')
+                .and_then(|(source, name)| {
+                    placeholder_value(
+                        source,
+                        name,
+                        &reading.form,
+                        &reading.query,
+                        &reading.headers,
+                    )
+                })
+                .unwrap_or_default();
+            if value.is_empty() || !shown.contains(value) {
                 return Err(AmbiguousMessage::BoundValueNotShown);
             }
-            Ok((field.label(), value))
+            Ok((label.clone(), value.to_owned()))
         })
         .collect()
 }

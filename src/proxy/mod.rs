@@ -262,6 +262,15 @@ impl StepGateProxy {
         }
     }
 
+    /// The client's address behind the trusted proxies (for its SMS quota).
+    pub(crate) fn client_ip(&self, session: &Session, ctx: &Ctx) -> Option<IpAddr> {
+        facts::client_ip(
+            ctx.peer_ip,
+            session.req_header(),
+            &self.state.trusted_proxies,
+        )
+    }
+
     /// Who is asking, for a protected request or one of stepgate's own pages: `Err` holds the
     /// answer to give instead (sign in, ambiguous, unavailable).
     async fn identify(&self, session: &Session, ctx: &Ctx) -> Result<Requester, Reply> {
@@ -271,11 +280,7 @@ impl StepGateProxy {
             return Err(self.login_reply(req, html));
         };
         match identity.resolve(req, ctx.peer_trusted).await {
-            Ok(mut requester) => {
-                requester.client_ip =
-                    facts::client_ip(ctx.peer_ip, req, &self.state.trusted_proxies);
-                Ok(requester)
-            }
+            Ok(requester) => Ok(requester),
             Err(IdentityError::Missing | IdentityError::Rejected(_)) => {
                 Err(self.login_reply(req, html))
             }
@@ -298,7 +303,7 @@ impl StepGateProxy {
         policy: &str,
         step_up: &StepUp,
     ) -> pingora::Result<bool> {
-        let requester = match self.identify(session, ctx).await {
+        let mut requester = match self.identify(session, ctx).await {
             Ok(requester) => requester,
             Err(reply) => {
                 ctx.decision = "refused";
@@ -311,7 +316,7 @@ impl StepGateProxy {
         let prepared = if step_up.bind.is_empty() {
             None
         } else {
-            match self.read_bound(session, ctx, step_up, policy).await? {
+            match self.prepare(session, ctx, step_up, policy).await? {
                 Some(prepared) => Some(prepared),
                 None => return Ok(true),
             }
@@ -319,13 +324,16 @@ impl StepGateProxy {
         let req = session.req_header();
         let grants = header(req, GRANT_HEADER).or_else(|| cookie(req, GRANT_COOKIE));
         let stepup = &self.state.stepup;
-        let digest = prepared.as_ref().map(|(_, bound)| bound.digest.as_str());
+        let digest = prepared
+            .as_ref()
+            .and_then(|prepared| prepared.bound.as_ref())
+            .map(|bound| bound.digest.as_str());
         if let Some(grant) = grants
             .and_then(|grants| stepup.grant_admitting(grants, &requester.user_id, policy, digest))
         {
             ctx.decision = "granted";
             let assertion = stepup.assertion_for_grant(&grant);
-            let Some((original, _)) = prepared else {
+            let Some(Prepared { original, .. }) = prepared else {
                 if let Some(assertion) = assertion {
                     ctx.rewrite.get_or_insert_with(Box::default).assertion = Some(assertion);
                 }
@@ -342,20 +350,24 @@ impl StepGateProxy {
             }
             return Ok(true);
         }
+        // Only a step-up sends codes: the client's address (for its SMS quota) is read here,
+        // not on the granted path.
+        requester.client_ip = self.client_ip(session, ctx);
         self.step_up(session, ctx, policy, step_up, &requester, prepared)
             .await?;
         Ok(true)
     }
 
-    /// Reads a binding policy's request and the values it binds; `None` when it was refused
+    /// Reads the protected request whole, fills the policy's message from it and, when the
+    /// policy binds its approvals, reads the bound values; `None` when the request was refused
     /// (too large, unreadable, ambiguous) and the answer is sent.
-    async fn read_bound(
+    async fn prepare(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         step_up: &StepUp,
         policy: &str,
-    ) -> pingora::Result<Option<(OriginalRequest, Bound)>> {
+    ) -> pingora::Result<Option<Prepared>> {
         let html = wants_html(session.req_header());
         let original = match self.read_original(session, ctx).await? {
             Ok(original) => original,
@@ -364,19 +376,33 @@ impl StepGateProxy {
                 return Ok(None);
             }
         };
-        let shown = step_up
+        let message = step_up
             .message
             .as_deref()
             .map(|template| message::fill(template, &original, self.state.max_message_length))
             .transpose();
-        let values = shown.and_then(|shown| {
-            message::bound_values(&step_up.bind, &original, shown.as_deref().unwrap_or(""))
+        let read = message.and_then(|message| {
+            let bound = if step_up.bind.is_empty() {
+                None
+            } else {
+                let shown = message.as_deref().unwrap_or("");
+                Some(Bound::of(&message::bound_values(
+                    &step_up.bind,
+                    &original,
+                    shown,
+                )?))
+            };
+            Ok((message, bound))
         });
-        match values {
-            Ok(values) => Ok(Some((original, Bound::of(&values)))),
+        match read {
+            Ok((message, bound)) => Ok(Some(Prepared {
+                original,
+                message,
+                bound,
+            })),
             Err(ambiguous) => {
                 ctx.decision = "invalid";
-                tracing::info!(policy, %ambiguous, "bound request refused as ambiguous");
+                tracing::info!(policy, %ambiguous, "held request refused as ambiguous");
                 let refusal = Refusal::Ambiguous(ambiguous.reason());
                 send(session, Reply::refusal(&refusal, html)).await?;
                 Ok(None)
@@ -411,30 +437,21 @@ impl StepGateProxy {
         policy: &str,
         step_up: &StepUp,
         requester: &Requester,
-        prepared: Option<(OriginalRequest, Bound)>,
+        prepared: Option<Prepared>,
     ) -> pingora::Result<()> {
         let html = wants_html(session.req_header());
-        let (original, bound) = match prepared {
-            Some((original, bound)) => (original, Some(bound)),
-            None => match self.read_original(session, ctx).await? {
-                Ok(original) => (original, None),
-                Err(refusal) => return refuse_unread(session, ctx, &refusal, html).await,
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => match self.prepare(session, ctx, step_up, policy).await? {
+                Some(prepared) => prepared,
+                None => return Ok(()),
             },
         };
-        let message = match step_up
-            .message
-            .as_deref()
-            .map(|template| message::fill(template, &original, self.state.max_message_length))
-        {
-            Some(Ok(message)) => Some(message),
-            None => None,
-            Some(Err(ambiguous)) => {
-                ctx.decision = "invalid";
-                tracing::info!(policy, %ambiguous, "held request refused as ambiguous");
-                let refusal = Refusal::Ambiguous(ambiguous.reason());
-                return send(session, Reply::refusal(&refusal, html)).await;
-            }
-        };
+        let Prepared {
+            original,
+            message,
+            bound,
+        } = prepared;
         let challenge = match self
             .state
             .stepup
@@ -687,6 +704,14 @@ impl StepGateProxy {
             ("stepgate-grant", grant.token),
         ]
     }
+}
+
+/// A protected request read whole: what is held, the message the user is shown, and what its
+/// approval is bound to (with `require.bind`).
+struct Prepared {
+    original: OriginalRequest,
+    message: Option<String>,
+    bound: Option<Bound>,
 }
 
 /// Answers a request whose body could not be read for holding (too large, unreadable).

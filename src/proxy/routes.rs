@@ -110,10 +110,14 @@ pub(super) async fn handle(
         };
         return send(session, reply).await;
     }
-    let requester = match proxy.identify(session, ctx).await {
+    let mut requester = match proxy.identify(session, ctx).await {
         Ok(requester) => requester,
         Err(reply) => return send(session, reply).await,
     };
+    // A resend sends a code: its SMS quota counts the client's address.
+    if matches!(route, Route::Resend(_)) {
+        requester.client_ip = proxy.client_ip(session, ctx);
+    }
     let handler = Handler {
         proxy,
         requester,

@@ -700,6 +700,32 @@ fn random_token() -> String {
 /// Longest value a placeholder contributes; messages end up in SMS and on phones.
 const MAX_PLACEHOLDER_CHARS: usize = 64;
 
+/// The value `{source.name}` stands for: the first form field, query parameter or header (by
+/// any case) of that name; `None` for an unknown source or an absent field.
+pub fn placeholder_value<'a>(
+    source: &str,
+    name: &str,
+    form: &'a [(String, String)],
+    query: &'a [(String, String)],
+    headers: &'a [(String, String)],
+) -> Option<&'a str> {
+    let (list, case_blind) = match source {
+        "form" => (form, false),
+        "query" => (query, false),
+        "header" => (headers, true),
+        _ => return None,
+    };
+    list.iter()
+        .find(|(key, _)| {
+            if case_blind {
+                key.eq_ignore_ascii_case(name)
+            } else {
+                key == name
+            }
+        })
+        .map(|(_, value)| value.as_str())
+}
+
 /// Fills `{form.x}`, `{query.x}` and `{header.x}` in a policy message from the held request.
 /// Values lose control characters and braces (so no value can smuggle in a `{code}`) and are
 /// cut to 64 characters; a missing value reads `?`.
@@ -722,24 +748,9 @@ pub fn fill_message(
             break;
         };
         let inner = &after[..close];
-        let value = inner.split_once('.').and_then(|(source, name)| {
-            let list = match source {
-                "form" => form,
-                "query" => query,
-                "header" => headers,
-                _ => return None,
-            };
-            let case_blind = source == "header";
-            list.iter()
-                .find(|(key, _)| {
-                    if case_blind {
-                        key.eq_ignore_ascii_case(name)
-                    } else {
-                        key == name
-                    }
-                })
-                .map(|(_, value)| value.as_str())
-        });
+        let value = inner
+            .split_once('.')
+            .and_then(|(source, name)| placeholder_value(source, name, form, query, headers));
         match value {
             Some(value) => out.extend(
                 value
