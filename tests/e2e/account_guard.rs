@@ -12,17 +12,11 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, client, redis_url};
+use crate::harness::{Gate, Store, client, on_both_stores};
 use crate::push_flow::{self, ANN_TOKEN, OPS_CLIENT_ID, OPS_CLIENT_SECRET};
 
 const PORTAL: (&str, &str) = ("portal", "portal-secret-0123456789");
 const OPS: (&str, &str) = ("ops", "ops-secret-0123456789");
-
-#[derive(Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
 
 fn gate(store: Store) -> Gate {
     gate_with(store, 10)
@@ -47,11 +41,7 @@ account_guard: {{ max_failures: 5, lock_seconds: 600, max_pending_step_ups: {max
         ops = OPS.0,
         ops_secret = OPS.1,
     );
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
-    builder.yaml(&yaml).start()
+    store.builder().yaml(&yaml).start()
 }
 
 async fn post(gate: &Gate, path: &str, form: &[(&str, &str)]) -> (u16, Value, Option<String>) {
@@ -288,17 +278,6 @@ async fn a_burst_of_wrong_codes_checks_exactly_the_limit(store: Store) {
     );
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
-        }
-    };
-}
-
 on_both_stores!(
     a_locked_account_approves_no_otp_login,
     a_burst_of_pushes_sends_exactly_the_cap,
@@ -315,10 +294,7 @@ on_both_stores!(
 /// back, one without answers 1006 with Retry-After), and ops see and lift the block.
 async fn this_wasnt_me_blocks_push_and_tells_the_portal(store: Store) {
     let w = push_flow::world(
-        match store {
-            Store::Memory => push_flow::Store::Memory,
-            Store::Redis => push_flow::Store::Redis,
-        },
+        store,
         "single",
         "account_guard: { report_block_seconds: 3600 }\n",
     );
@@ -410,10 +386,7 @@ async fn admin_get(gate: &Gate, path: &str) -> (StatusCode, Value) {
 /// Retry-After); an approval resets the count.
 async fn pushes_beyond_the_cap_wait(store: Store) {
     let w = push_flow::world(
-        match store {
-            Store::Memory => push_flow::Store::Memory,
-            Store::Redis => push_flow::Store::Redis,
-        },
+        store,
         "single",
         "account_guard: { max_pushes: 2, push_backoff_seconds: 120, max_push_backoff_seconds: 600 }\n",
     );
@@ -541,11 +514,7 @@ async fn held_requests_are_bounded_per_user(store: Store) {
         "challenge",
         "account_guard: { max_held_requests: 2 }\n",
     );
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
-    let gate = builder.yaml(&yaml).start();
+    let gate = store.builder().yaml(&yaml).start();
     gate.wait_for_proxy();
     let transfer = |user: &'static str| {
         let url = gate.proxy_url("/transfer");
@@ -586,10 +555,7 @@ async fn held_requests_are_bounded_per_user(store: Store) {
 /// others answer 1006 with Retry-After (the push cap is counted atomically in the store).
 async fn a_burst_of_pushes_sends_exactly_the_cap(store: Store) {
     let w = push_flow::world(
-        match store {
-            Store::Memory => push_flow::Store::Memory,
-            Store::Redis => push_flow::Store::Redis,
-        },
+        store,
         "single",
         "account_guard: { max_pushes: 3, push_backoff_seconds: 300, max_pending_step_ups: 50 }\n",
     );
@@ -660,11 +626,7 @@ account_guard: {{ max_failures: 2 }}
         secret = PORTAL.1,
         callback = portal.url("/ma-callback"),
     );
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
-    let gate = builder.yaml(&yaml).start();
+    let gate = store.builder().yaml(&yaml).start();
     let (status, code, _) = post(&gate, "/oauth/api/v4/users/ann/enrollment-codes", &[]).await;
     assert_eq!(status, 201, "{code}");
     let phone = crate::device_cli::DeviceCli::new(&gate.url(""));

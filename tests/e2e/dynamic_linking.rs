@@ -9,14 +9,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, client, redis_url};
+use crate::harness::{Gate, Store, client, on_both_stores};
 use crate::proxy::{codes, proxy_yaml};
-
-#[derive(Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
 
 const BOUND: &str = "bind: [form.amount, form.iban]";
 
@@ -29,11 +23,7 @@ fn gate(store: Store, upstream: &RecordingUpstream, bind: bool) -> Gate {
         );
         assert!(yaml.contains(BOUND), "{yaml}");
     }
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
-    let gate = builder.yaml(&yaml).start();
+    let gate = store.builder().yaml(&yaml).start();
     gate.wait_for_proxy();
     gate
 }
@@ -161,17 +151,6 @@ async fn without_bind_a_fresh_grant_admits_any_request_to_the_policy(store: Stor
     .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(upstream.seen_on("/transfer").len(), 2);
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
-        }
-    };
 }
 
 on_both_stores!(

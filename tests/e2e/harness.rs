@@ -85,6 +85,37 @@ pub fn client_without_redirects() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Which store a scenario runs on; `on_both_stores!` runs each on both.
+#[derive(Clone, Copy, Debug)]
+pub enum Store {
+    Memory,
+    Redis,
+}
+
+impl Store {
+    /// A gate on this store (Redis: the shared server, a fresh key prefix per gate).
+    pub fn builder(self) -> GateBuilder {
+        match self {
+            Store::Memory => GateBuilder::memory(),
+            Store::Redis => GateBuilder::redis(redis_url()),
+        }
+    }
+}
+
+/// Runs each named `async fn name(store: Store)` of the calling module as two tests, `memory::name`
+/// and `redis::name` (the module must have `Store` in scope).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
+        }
+    };
+}
+pub(crate) use on_both_stores;
+
 pub enum StoreChoice {
     Memory,
     Redis { url: String },

@@ -10,23 +10,14 @@ use serde_json::Value;
 
 use crate::device_cli::DeviceCli;
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{client, client_without_redirects, eventually};
+use crate::harness::{Store, client, client_without_redirects, eventually, on_both_stores};
 use crate::push_flow::{self, ANN_TOKEN, World};
-
-#[derive(Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
 
 /// The push world plus a proxy in front of `upstream`: `/transfer` needs `login_typed` (push,
 /// typed number matching) in `mode`.
 fn world(store: Store, upstream: &RecordingUpstream, mode: &str) -> World {
     push_flow::world(
-        match store {
-            Store::Memory => push_flow::Store::Memory,
-            Store::Redis => push_flow::Store::Redis,
-        },
+        store,
         "single",
         &format!(
             "policies:
@@ -199,17 +190,6 @@ async fn hold_mode_shows_the_number_and_forwards_after_the_typed_approval(store:
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(upstream.seen_on("/transfer").len(), 1);
     drop(DeviceCli::new(&w.gate.url("")));
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
-        }
-    };
 }
 
 on_both_stores!(

@@ -16,17 +16,11 @@ use serde_json::Value;
 use crate::device_cli::DeviceCli;
 use crate::fakes::callback::FakePortal;
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, client, eventually, redis_url};
+use crate::harness::{Gate, Store, client, eventually};
 
 const CLIENT_ID: &str = "portal";
 const CLIENT_SECRET: &str = "portal-secret-0123456789";
 const INIT: &str = "/oauth/api/v4/authenticate/user";
-
-#[derive(Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
 
 struct World {
     gate: Gate,
@@ -64,12 +58,8 @@ callbacks:
 {extra}",
         callback = portal.url("/ma-callback"),
     );
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
     World {
-        gate: builder.yaml(&yaml).start(),
+        gate: store.builder().yaml(&yaml).start(),
         portal,
     }
 }

@@ -13,7 +13,8 @@ use crate::fakes::callback::FakePortal;
 use crate::fakes::fcm::FakeFcm;
 use crate::fakes::push_keys::{KEY_ID, PushKeys, TEAM_ID};
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, client, eventually, redis_url};
+pub use crate::harness::Store;
+use crate::harness::{Gate, client, eventually};
 
 pub const CLIENT_ID: &str = "portal";
 pub const CLIENT_SECRET: &str = "portal-secret-0123456789";
@@ -28,12 +29,6 @@ pub const ANDROID_VERSION: &str = "2.0";
 pub const BUNDLE: &str = "com.example.bank";
 /// APNs device tokens are 32 bytes in hex.
 pub const ANN_TOKEN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
-
-#[derive(Clone, Copy)]
-pub enum Store {
-    Memory,
-    Redis,
-}
 
 pub struct World {
     pub gate: Gate,
@@ -133,12 +128,8 @@ callbacks:
         endpoint = apns.url(),
         ca = apns.ca_file().display(),
     );
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
     World {
-        gate: builder.yaml(&yaml).start(),
+        gate: store.builder().yaml(&yaml).start(),
         apns,
         portal,
         keys,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::fakes::twilio::FakeTwilio;
-use crate::harness::{Gate, GateBuilder, client, redis_url};
+use crate::harness::{Gate, GateBuilder, Store, client, on_both_stores};
 
 const CLIENT_ID: &str = "portal";
 const CLIENT_SECRET: &str = "portal-secret-0123456789";
@@ -54,17 +54,8 @@ type Form<'a> = Vec<(&'a str, &'a str)>;
 
 const GENEROUS: &str = "  sms_per_user: { limit: 100, window_seconds: 60 }\n  sms_per_phone: { limit: 100, window_seconds: 60 }\n";
 
-enum Store {
-    Memory,
-    Redis,
-}
-
 fn gate(store: &Store, yaml: String) -> Gate {
-    let builder = match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    };
-    builder.yaml(&yaml).start()
+    store.builder().yaml(&yaml).start()
 }
 
 /// A portal: posts forms with Basic client credentials.
@@ -614,17 +605,6 @@ async fn another_clients_transaction_is_unknown(store: Store) {
     // The owner still has every attempt: the right code on the first try.
     let (status, body) = portal.verify("ann", &tx, &code).await;
     assert_eq!(status, 200, "{body}");
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
-        }
-    };
 }
 
 on_both_stores!(

@@ -10,22 +10,9 @@ use tokio::task::JoinSet;
 
 use crate::fakes::twilio::FakeTwilio;
 use crate::fakes::upstream::RecordingUpstream;
-use crate::harness::{Gate, GateBuilder, client, redis_url};
+use crate::harness::{Gate, Store, client, on_both_stores};
 
 const PORTAL: (&str, &str) = ("portal", "portal-secret-0123456789");
-
-#[derive(Clone, Copy)]
-enum Store {
-    Memory,
-    Redis,
-}
-
-fn builder(store: Store) -> GateBuilder {
-    match store {
-        Store::Memory => GateBuilder::memory(),
-        Store::Redis => GateBuilder::redis(redis_url()),
-    }
-}
 
 /// A gate sending through the fake Twilio, with `rate_limits` and `extra` YAML.
 fn gate(store: Store, twilio: &FakeTwilio, rate_limits: &str, extra: &str) -> Gate {
@@ -47,7 +34,7 @@ rate_limits:
         token = twilio.auth_token(),
         base = twilio.base_url(),
     );
-    builder(store).yaml(&yaml).start()
+    store.builder().yaml(&yaml).start()
 }
 
 const GENEROUS: &str = "  sms_per_user: { limit: 100, window_seconds: 60 }\n  sms_per_phone: { limit: 100, window_seconds: 60 }\n";
@@ -325,7 +312,7 @@ async fn the_proxy_counts_its_clients_address(store: Store) {
             "  sms_per_phone: { limit: 100, window_seconds: 60 }\n",
             "  sms_per_phone: { limit: 100, window_seconds: 60 }\n  sms_per_client_ip: { limit: 2, window_seconds: 900 }\n",
         );
-    let gate = builder(store).yaml(&yaml).start();
+    let gate = store.builder().yaml(&yaml).start();
     gate.wait_for_proxy();
     let transfer = |user: &str, from: &str| {
         client()
@@ -391,17 +378,6 @@ async fn concurrent_resends_never_leave_a_dead_code_last(store: Store) {
     )
     .await;
     assert_eq!(status, 200, "the last SMS holds the working code: {body}");
-}
-
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Memory).await; })*
-        }
-        mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Store::Redis).await; })*
-        }
-    };
 }
 
 on_both_stores!(
