@@ -19,9 +19,8 @@ use crate::domain::otp::{OtpAnswer, RedeemOutcome};
 use crate::domain::ports::{AdminStore, AuditEntry, TransactionQuery, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome};
 use crate::domain::transaction::{Details, Status, Transaction, TransactionId};
-use crate::store::conformance::test_redis_url;
+use crate::store::conformance::{RedisKeys, scratch_redis_store};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore};
 
 const RETENTION: Duration = Duration::from_secs(60);
 const TTL: Duration = Duration::from_secs(300);
@@ -30,30 +29,7 @@ pub(super) struct Harness {
     tx: Arc<dyn TransactionStore>,
     admin: Arc<dyn AdminStore>,
     clock: Arc<ManualClock>,
-    _cleanup: Option<RedisCleanup>,
-}
-
-/// Deletes every key under the Redis run's prefix when dropped, even when the test failed.
-struct RedisCleanup {
-    client: ::redis::Client,
-    prefix: String,
-}
-
-impl Drop for RedisCleanup {
-    fn drop(&mut self) {
-        let Ok(mut connection) = self.client.get_connection() else {
-            return;
-        };
-        let Ok(keys) = ::redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query::<Vec<String>>(&mut connection)
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _ = ::redis::cmd("DEL").arg(keys).query::<i64>(&mut connection);
-        }
-    }
+    _cleanup: Option<RedisKeys>,
 }
 
 pub(super) async fn memory_harness() -> Harness {
@@ -70,24 +46,13 @@ pub(super) async fn memory_harness() -> Harness {
 
 pub(super) async fn redis_harness() -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let shared: SharedClock = clock.clone();
-    let url = test_redis_url();
-    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(5),
-    };
-    let store = Arc::new(RedisStore::new(settings, shared, RETENTION).unwrap());
+    let (store, keys) = scratch_redis_store(clock.clone(), RETENTION);
+    let store = Arc::new(store);
     Harness {
         tx: store.clone(),
         admin: store,
         clock,
-        _cleanup: Some(RedisCleanup {
-            client: ::redis::Client::open(url).unwrap(),
-            prefix,
-        }),
+        _cleanup: Some(keys),
     }
 }
 

@@ -2,7 +2,7 @@
 //! `Arc<dyn CallbackQueue>` and a manual clock, run on every backend (`on_memory`, `on_redis`).
 //!
 //! The Redis run uses `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) with a fresh
-//! key prefix per test and deletes its two keys afterwards, even when the test fails.
+//! key prefix per test and deletes the keys under it afterwards, even when the test fails.
 //!
 //! May import: domain, the store adapters under test.
 
@@ -14,12 +14,11 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use super::memory::MemoryCallbackQueue;
-use super::redis::{RedisCallbackQueue, due_key, jobs_key};
+use super::redis::RedisCallbackQueue;
 use crate::domain::callback::{CallbackJob, CallbackQueue};
-use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
+use crate::domain::clock::{Clock, ManualClock, Timestamp};
 use crate::domain::transaction::TransactionId;
-use crate::store::conformance::test_redis_url;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::conformance::{RedisKeys, scratch_redis_store};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -27,22 +26,6 @@ pub(super) struct Harness {
     queue: Arc<dyn CallbackQueue>,
     clock: Arc<ManualClock>,
     _redis: Option<RedisKeys>,
-}
-
-/// Deletes the Redis run's keys when the test ends.
-struct RedisKeys {
-    client: ::redis::Client,
-    keys: [String; 2],
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        if let Ok(mut connection) = self.client.get_connection() {
-            let _ = ::redis::cmd("DEL")
-                .arg(&self.keys)
-                .query::<i64>(&mut connection);
-        }
-    }
 }
 
 pub(super) async fn memory_harness() -> Harness {
@@ -55,23 +38,11 @@ pub(super) async fn memory_harness() -> Harness {
 
 pub(super) async fn redis_harness() -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let shared: SharedClock = clock.clone();
-    let url = test_redis_url();
-    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(5),
-    };
-    let store = Arc::new(RedisStore::new(settings, shared, Duration::from_secs(60)).unwrap());
+    let (store, keys) = scratch_redis_store(clock.clone(), Duration::from_secs(60));
     Harness {
-        queue: Arc::new(RedisCallbackQueue::new(store)),
+        queue: Arc::new(RedisCallbackQueue::new(Arc::new(store))),
         clock,
-        _redis: Some(RedisKeys {
-            client: ::redis::Client::open(url).unwrap(),
-            keys: [due_key(&prefix), jobs_key(&prefix)],
-        }),
+        _redis: Some(keys),
     }
 }
 

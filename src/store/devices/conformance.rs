@@ -25,8 +25,7 @@ use crate::domain::device::{
 };
 use crate::domain::ports::DeviceStore;
 use crate::domain::transaction::TransactionId;
-use crate::store::conformance::test_redis_url;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::conformance::{RedisKeys, scratch_redis_store};
 
 const APP: &str = "bank-app";
 const USER: &str = "ann@example.com";
@@ -35,40 +34,6 @@ pub(super) struct Harness {
     store: Arc<dyn DeviceStore>,
     clock: Arc<ManualClock>,
     redis: Option<RedisKeys>,
-}
-
-/// The Redis run's key prefix; dropping it deletes every key under the prefix.
-struct RedisKeys {
-    client: ::redis::Client,
-    prefix: String,
-}
-
-impl RedisKeys {
-    /// Every key under the prefix.
-    fn keys(&self) -> Vec<String> {
-        let mut connection = self.client.get_connection().unwrap();
-        ::redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query(&mut connection)
-            .unwrap()
-    }
-}
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(mut connection) = self.client.get_connection() else {
-            return;
-        };
-        let Ok(keys) = ::redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query::<Vec<String>>(&mut connection)
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _ = ::redis::cmd("DEL").arg(&keys).query::<i64>(&mut connection);
-        }
-    }
 }
 
 pub(super) async fn memory_harness() -> Harness {
@@ -84,24 +49,11 @@ pub(super) async fn memory_harness() -> Harness {
 pub(super) async fn redis_harness() -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
     let shared: SharedClock = clock.clone();
-    let url = test_redis_url();
-    let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        // Generous: 50 scripts at once on a busy 2-core machine.
-        response_timeout: Duration::from_secs(5),
-    };
-    let transactions =
-        Arc::new(RedisStore::new(settings, shared.clone(), Duration::from_secs(60)).unwrap());
+    let (transactions, keys) = scratch_redis_store(shared.clone(), Duration::from_secs(60));
     Harness {
-        store: Arc::new(RedisDeviceStore::new(transactions, shared)),
+        store: Arc::new(RedisDeviceStore::new(Arc::new(transactions), shared)),
         clock,
-        redis: Some(RedisKeys {
-            client: ::redis::Client::open(url).unwrap(),
-            prefix,
-        }),
+        redis: Some(keys),
     }
 }
 
