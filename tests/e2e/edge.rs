@@ -316,3 +316,132 @@ fn a_client_cannot_hand_the_app_a_step_up_assertion_of_its_own() {
     }
     assert_eq!(upstream.seen().len(), heads.len());
 }
+
+/// The status line and headers of a raw answer, and its body.
+fn split_answer(answer: &str) -> (&str, &str) {
+    answer.split_once("\r\n\r\n").unwrap_or((answer, ""))
+}
+
+/// A header's value in a raw answer's head (case-blind name).
+fn answer_header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
+/// With `require.bind`, a grant from an approval of one transfer is carried to no other
+/// request, whatever the spelling: another amount, a duplicated field, the amount again in the
+/// query string, duplicate JSON keys, two Content-Types, another spelling of the path. Only
+/// the approved transfer reaches the app, and only the approved values.
+#[test]
+fn a_bound_grant_is_carried_to_no_other_spelling_of_the_request() {
+    let upstream = RecordingUpstream::start();
+    let yaml = edge_yaml(&upstream, "Pay {form.amount} to {form.iban}").replacen(
+        "require: { auth_type: sms_code }",
+        "require: { auth_type: sms_code, freshness_seconds: 300, bind: [form.amount, form.iban] }",
+        1,
+    );
+    assert!(yaml.contains("bind: [form.amount, form.iban]"), "{yaml}");
+    let gate = GateBuilder::memory().yaml(&yaml).start();
+    gate.wait_for_proxy();
+    let host = "Host: bank.example\r\n";
+    let approved = "amount=10&iban=NL91ABNA0417164300";
+
+    // Approve the transfer: challenge, then the SMS code on the verify URI.
+    let head =
+        format!("POST /transfer HTTP/1.1\r\n{host}{IDENTITY}{FORM}Accept: application/json\r\n");
+    let (status, answer) = raw(&gate, &head, approved);
+    assert_eq!(status, 401, "{answer}");
+    let challenge: serde_json::Value = serde_json::from_str(split_answer(&answer).1).unwrap();
+    let outbox = std::fs::read_to_string(gate.dir().join("outbox.jsonl")).unwrap();
+    let sms: serde_json::Value = serde_json::from_str(outbox.lines().last().unwrap()).unwrap();
+    let code: String = sms["body"]
+        .as_str()
+        .unwrap()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|part| part.len() == 6)
+        .unwrap()
+        .to_owned();
+    let verify = format!(
+        "POST {} HTTP/1.1\r\n{host}{IDENTITY}{FORM}Stepgate-Binding: {}\r\n",
+        challenge["verify_uri"].as_str().unwrap(),
+        challenge["binding_token"].as_str().unwrap()
+    );
+    let (status, answer) = raw(&gate, &verify, &format!("sms_code={code}"));
+    assert_eq!(status, 200, "{answer}");
+    let grant = answer_header(split_answer(&answer).0, "stepgate-grant").expect("a grant");
+    assert_eq!(upstream.seen_on("/transfer").len(), 1);
+    let sms_sent = std::fs::read_to_string(gate.dir().join("outbox.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+
+    let with_grant = |path: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\n{host}{IDENTITY}Stepgate-Grant: {grant}\r\nAccept: application/json\r\n{extra}"
+        )
+    };
+    let json = "Content-Type: application/json\r\n";
+    for (head, body, expected) in [
+        // Another amount: a new step-up.
+        (
+            with_grant("/transfer", FORM),
+            "amount=99999&iban=NL91ABNA0417164300",
+            401,
+        ),
+        // Another spelling of the path with another amount: still a new step-up.
+        (
+            with_grant("/TRANSFER", FORM),
+            "amount=99999&iban=NL91ABNA0417164300",
+            401,
+        ),
+        (
+            with_grant("/transfer;x=1", FORM),
+            "amount=99999&iban=NL91ABNA0417164300",
+            401,
+        ),
+        // The approved values, but readable another way: refused before anything is sent.
+        (
+            with_grant("/transfer", FORM),
+            "amount=10&iban=NL91ABNA0417164300&amount=99999",
+            400,
+        ),
+        (with_grant("/transfer?amount=99999", FORM), approved, 400),
+        (
+            with_grant("/transfer", json),
+            r#"{"amount":"10","iban":"NL91ABNA0417164300","amount":"99999"}"#,
+            400,
+        ),
+        (
+            with_grant("/transfer", &format!("{FORM}{json}")),
+            approved,
+            400,
+        ),
+    ] {
+        let (status, answer) = raw(&gate, &head, body);
+        assert_eq!(status, expected, "{head}{body}: {answer}");
+    }
+    assert_eq!(
+        upstream.seen_on("/transfer").len(),
+        1,
+        "no other request reached the app on the grant"
+    );
+
+    // The approved values pass on the grant, and the app gets exactly them.
+    let (status, answer) = raw(&gate, &with_grant("/transfer", FORM), approved);
+    assert_eq!(status, 200, "{answer}");
+    let seen = upstream.seen_on("/transfer");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, approved.as_bytes());
+    let sms_now = std::fs::read_to_string(gate.dir().join("outbox.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(
+        sms_now,
+        sms_sent + 3,
+        "each new step-up sent its own code; refusals none"
+    );
+}
