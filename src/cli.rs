@@ -60,8 +60,10 @@ enum Command {
         #[arg(long, short, default_value = "config.yaml", env = "STEPGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Try it in a browser: a demo bank app behind the gateway, its transfer form guarded by an
-    /// SMS code that is printed here (memory store, console SMS gateway).
+    /// Try it in a browser: a demo bank app behind the gateway, its transfer form guarded by a
+    /// push to a demo phone page (typed number matching, the transfer's amount and IBAN signed),
+    /// or, for users without a phone, an SMS code printed here (memory store, console push and
+    /// SMS).
     Demo {
         /// The proxy listener: open this address in a browser.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -75,6 +77,9 @@ enum Command {
         /// The demo bank (the upstream app); reachable directly too, without stepgate.
         #[arg(long, default_value = "127.0.0.1:8090")]
         bank: SocketAddr,
+        /// The demo user's phone (the bank's app, in a browser page).
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        phone: SocketAddr,
     },
     /// The reference phone client: enroll, register for push, answer push transactions.
     Device(device::DeviceArgs),
@@ -98,11 +103,13 @@ pub fn main() -> ExitCode {
             api,
             metrics,
             bank,
+            phone,
         } => demo(DemoAddrs {
             proxy,
             api,
             metrics,
             bank,
+            phone,
         }),
         Command::Device(args) => device::main(args),
         Command::Version => {
@@ -304,6 +311,50 @@ struct DemoAddrs {
     api: SocketAddr,
     metrics: SocketAddr,
     bank: SocketAddr,
+    phone: SocketAddr,
+}
+
+/// The demo's secrets, fresh per run.
+struct DemoSecrets {
+    /// Hashes codes and signs grants.
+    gateway: String,
+    /// The bank's session JWT secret, shared with the gateway so it can read the session.
+    bank: String,
+    /// The demo portal's API client secret (enrollment codes for the phone).
+    portal: String,
+    /// Carried by the phone page's forms.
+    phone_form: String,
+}
+
+impl DemoSecrets {
+    fn create() -> Result<Self, rand_core::Error> {
+        Ok(Self {
+            gateway: random_hex_secret()?,
+            bank: random_hex_secret()?,
+            portal: random_hex_secret()?,
+            phone_form: random_hex_secret()?,
+        })
+    }
+}
+
+/// The demo's API client for enrollment codes, and the phone app it enrolls.
+const DEMO_PORTAL_CLIENT: &str = "demo-portal";
+const DEMO_APPLICATION: &str = "demo-bank-app";
+const DEMO_APP_VERSION: &str = "1.0";
+
+/// The demo phone's key store: a directory in the temp folder that goes away with the demo.
+struct DemoPhoneState(std::path::PathBuf);
+
+impl DemoPhoneState {
+    fn path() -> Self {
+        Self(std::env::temp_dir().join(format!("stepgate-demo-{}-phone", std::process::id())))
+    }
+}
+
+impl Drop for DemoPhoneState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The demo's step-up assertion key: a new P-256 key in a private file that goes away with
@@ -368,14 +419,14 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The demo's whole configuration: memory store, console SMS, one policy on the bank's transfer
-/// form, identity from the bank's session JWT. `gateway_secret` hashes codes and signs grants;
-/// `bank_secret` is the bank's JWT secret, shared with the gateway so it can read the session.
+/// The demo's whole configuration: memory store, one policy on the bank's transfer form (a push
+/// with typed number matching, the amount and IBAN bound and signed, falling back to an SMS
+/// code), console push and SMS, the demo portal's API client for the phone's enrollment code,
+/// identity from the bank's session JWT.
 fn demo_config(
     addrs: DemoAddrs,
     bank: SocketAddr,
-    gateway_secret: &str,
-    bank_secret: &str,
+    secrets: &DemoSecrets,
     assertion_key_file: &Path,
 ) -> String {
     let DemoAddrs {
@@ -387,10 +438,30 @@ fn demo_config(
     let login_url = format!("http://{}/", reachable(proxy));
     format!(
         r#"listen: {{ proxy: "{proxy}", api: "{api}", metrics: "{metrics}" }}
+public_url: "http://{public_api}"
 secret_key: "{gateway_secret}"
 server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
 store: {{ backend: memory }}
+api_clients:
+  - client_id: {portal_client}
+    client_secret: "{portal_secret}"
+    apis: [end_user]
+    allowed_networks: ["127.0.0.0/8", "::1/128"]
+push_configs:
+  - {{ id: demo-phone, platform: android, provider: console }}
+applications:
+  - id: {application}
+    name: Demo bank app
+    versions:
+      - {{ version: "{version}", platform: android, push_config: demo-phone }}
 auth_types:
+  - name: approve_in_app
+    method: push
+    ttl_seconds: 120
+    number_matching: type
+    transaction_signing: true
+    fallback: sms_code
+    default_messages: {{ en: "Approve the request in the demo bank app" }}
   - name: sms_code
     method: sms
     ttl_seconds: 300
@@ -398,10 +469,12 @@ auth_types:
     max_resends: 2
     default_messages: {{ en: "Demo bank code: {{code}}" }}
 sms: {{ gateway: console }}
+# The demo's portal takes no callbacks (internal addresses stay refused all the same).
+callbacks: {{ only_allow_configured: false }}
 policies:
   - name: transfers
     match: {{ methods: [POST], paths: ["/transfer"] }}
-    require: {{ auth_type: sms_code, freshness_seconds: 60, bind: [form.amount, form.iban] }}
+    require: {{ auth_type: approve_in_app, freshness_seconds: 60, bind: [form.amount, form.iban] }}
     message: "Approve transfer of {{form.amount}} EUR to {{form.iban}}"
 proxy:
   upstream: {{ address: "{bank}" }}
@@ -413,33 +486,40 @@ proxy:
 "#,
         cookie = demo::session::COOKIE_NAME,
         assertion = assertion_key_file.display(),
+        public_api = reachable(api),
+        gateway_secret = secrets.gateway,
+        bank_secret = secrets.bank,
+        portal_client = DEMO_PORTAL_CLIENT,
+        portal_secret = secrets.portal,
+        application = DEMO_APPLICATION,
+        version = DEMO_APP_VERSION,
     )
 }
 
 fn demo(addrs: DemoAddrs) -> ExitCode {
-    let (gateway_secret, bank_secret) = match (random_hex_secret(), random_hex_secret()) {
-        (Ok(gateway), Ok(bank)) => (gateway, bank),
-        (Err(error), _) | (_, Err(error)) => {
+    let secrets = match DemoSecrets::create() {
+        Ok(secrets) => secrets,
+        Err(error) => {
             eprintln!("stepgate demo: no randomness from the operating system: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let bank_listener = match std::net::TcpListener::bind(addrs.bank) {
-        Ok(listener) => listener,
+    let listen = |addr: SocketAddr, flag: &str| match std::net::TcpListener::bind(addr)
+        .and_then(|listener| Ok((listener.local_addr()?, listener)))
+    {
+        Ok((bound, listener)) => Ok((reachable(bound), listener)),
         Err(error) => {
-            eprintln!(
-                "stepgate demo: cannot listen on {} (--bank): {error}",
-                addrs.bank
-            );
-            return ExitCode::FAILURE;
+            eprintln!("stepgate demo: cannot listen on {addr} ({flag}): {error}");
+            Err(ExitCode::FAILURE)
         }
     };
-    let bank_addr = match bank_listener.local_addr() {
-        Ok(addr) => reachable(addr),
-        Err(error) => {
-            eprintln!("stepgate demo: the bank listener has no address: {error}");
-            return ExitCode::FAILURE;
-        }
+    let (bank_addr, bank_listener) = match listen(addrs.bank, "--bank") {
+        Ok(bound) => bound,
+        Err(code) => return code,
+    };
+    let (phone_addr, phone_listener) = match listen(addrs.phone, "--phone") {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
     // A fresh step-up assertion key for this run: the gateway signs with it, the bank checks
     // with its public half.
@@ -450,13 +530,7 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let text = demo_config(
-        addrs,
-        bank_addr,
-        &gateway_secret,
-        &bank_secret,
-        &assertion.path,
-    );
+    let text = demo_config(addrs, bank_addr, &secrets, &assertion.path);
     let env = std::collections::BTreeMap::<&str, &str>::new();
     let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
         Ok(settings) => settings,
@@ -468,7 +542,7 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
     };
     let bank = match demo::spawn_with(
         bank_listener,
-        bank_secret.into_bytes(),
+        secrets.bank.clone().into_bytes(),
         Some(assertion.decoding_key.clone()),
     ) {
         Ok(bank) => bank,
@@ -477,22 +551,49 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The phone enrolls itself for alice once the gateway's API answers.
+    let phone_state = DemoPhoneState::path();
+    let phone = match demo::phone::spawn(
+        phone_listener,
+        demo::phone::PhoneSetup {
+            api: format!("http://{}", reachable(addrs.api)),
+            portal_client_id: DEMO_PORTAL_CLIENT.to_owned(),
+            portal_client_secret: secrets.portal.clone(),
+            user_id: demo::DEFAULT_USER.to_owned(),
+            application: DEMO_APPLICATION.to_owned(),
+            version: DEMO_APP_VERSION.to_owned(),
+            state: phone_state.0.clone(),
+            form_token: secrets.phone_form.clone(),
+        },
+    ) {
+        Ok(phone) => phone,
+        Err(error) => {
+            eprintln!("stepgate demo: cannot start the demo phone: {error}");
+            bank.stop(Duration::from_secs(2));
+            return ExitCode::FAILURE;
+        }
+    };
     let browse = reachable(addrs.proxy);
     println!(
         "stepgate demo\n\
          \n  1. Open http://{browse}/ in a browser and sign in (alice, +31612345678 are prefilled).\n\
-         \x20 2. Transfer money: stepgate holds the transfer and asks for an SMS code.\n\
-         \x20 3. SMS codes are printed here, as `SMS to +31*******78: ...`; type the code in the browser.\n\
+         \x20 2. Transfer money: stepgate holds the transfer, pushes it to alice's phone and shows a number.\n\
+         \x20 3. Open alice's phone at http://{phone_addr}/ in another window: it shows the amount and\n\
+         \x20    IBAN it signs; type the number the bank's page shows and approve.\n\
          \x20 4. The bank confirms the transfer; its page counts the transfers it received.\n\
+         \x20 Any other user has no phone: stepgate falls back to an SMS code, printed here as\n\
+         \x20 `SMS to +31*******78: ...`; type it in the browser.\n\
          \n  demo bank (upstream, no step-up): http://{bank_addr}/\n\
          \x20 API: http://{api}/health   metrics: http://{metrics}/metrics\n\
-         \x20 memory store, console SMS gateway; Ctrl-C stops.\n",
+         \x20 memory store, console push and SMS; Ctrl-C stops.\n",
         api = reachable(addrs.api),
         metrics = reachable(addrs.metrics),
     );
     app::init_logging(&settings);
     let outcome = app::run(settings);
+    phone.stop(Duration::from_secs(2));
     bank.stop(Duration::from_secs(2));
+    drop(phone_state);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -514,18 +615,23 @@ mod tests {
             api: "127.0.0.1:18081".parse().unwrap(),
             metrics: "127.0.0.1:19100".parse().unwrap(),
             bank: "127.0.0.1:18090".parse().unwrap(),
+            phone: "127.0.0.1:18091".parse().unwrap(),
         };
-        let (gateway, bank) = (random_hex_secret().unwrap(), random_hex_secret().unwrap());
-        assert_eq!(gateway.len(), 64);
-        assert_ne!(gateway, bank);
+        let secrets = DemoSecrets::create().unwrap();
+        assert_eq!(secrets.gateway.len(), 64);
+        assert_ne!(secrets.gateway, secrets.bank);
         let key = DemoAssertionKey::create().unwrap();
-        let text = demo_config(addrs, addrs.bank, &gateway, &bank, &key.path);
+        let text = demo_config(addrs, addrs.bank, &secrets, &key.path);
         let env = std::collections::BTreeMap::<&str, &str>::new();
         let settings = match config::load_str(&text, Path::new("<demo>"), &env) {
             Ok(settings) => settings,
             Err(error) => panic!("{error}\n{text}"),
         };
         assert_eq!(settings.sms.gateway.name(), "console");
+        assert!(matches!(
+            settings.push_configs[0].provider,
+            config::settings::PushProviderSettings::Console(_)
+        ));
         assert_eq!(settings.listen.proxy, addrs.proxy);
         let upstream = settings.proxy.upstream.as_ref().unwrap();
         assert_eq!(upstream.addr, addrs.bank);

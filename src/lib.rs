@@ -3,6 +3,9 @@
 //!
 //! Layering (see DESIGN.md): edges (`api`, `proxy`) call `service`; services use `domain` and its
 //! ports; adapters (`store`, `notify`) implement the ports; `app` is the composition root.
+//! Outside the gateway proper: `device` (the reference phone client; domain only) and `demo`
+//! (the demo bank and the demo phone that drives `device`; domain and device only), both
+//! talking to the gateway over the network as any app or phone would; `cli` wires everything.
 
 pub mod api;
 pub mod app;

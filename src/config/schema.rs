@@ -876,6 +876,9 @@ pub struct PushConfig {
     pub id: String,
     /// `ios` (APNs) or `android` (FCM).
     pub platform: String,
+    /// Leave out for the platform's provider (APNs, FCM). `console`: no provider at all, each
+    /// push is printed on standard output (demos and local trials only; no other field).
+    pub provider: Option<String>,
     /// iOS: the Apple developer team id (the JWT's `iss`).
     pub team_id: Option<String>,
     /// iOS: the id of the APNs auth key (the JWT's `kid`).
@@ -903,6 +906,7 @@ impl std::fmt::Debug for PushConfig {
         f.debug_struct("PushConfig")
             .field("id", &self.id)
             .field("platform", &self.platform)
+            .field("provider", &self.provider)
             .field("team_id", &self.team_id)
             .field("key_id", &self.key_id)
             .field("key_file", &self.key_file)

@@ -575,6 +575,7 @@ impl PushConfigSettings {
             PushProviderSettings::FcmV1(_) | PushProviderSettings::FcmLegacy(_) => {
                 crate::domain::device::Platform::Android
             }
+            PushProviderSettings::Console(platform) => platform,
         }
     }
 }
@@ -584,6 +585,8 @@ pub enum PushProviderSettings {
     Apns(ApnsSettings),
     FcmV1(FcmV1Settings),
     FcmLegacy(FcmLegacySettings),
+    /// `provider: console`: printed on standard output, for the platform's devices.
+    Console(crate::domain::device::Platform),
 }
 
 /// APNs token auth: ES256 JWTs signed with the team's .p8 key.

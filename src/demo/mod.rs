@@ -12,10 +12,14 @@
 //! Routes: `GET /` (sign-in form), `POST /login`, `GET /account`, `POST /transfer`,
 //! `POST /logout`, `GET /style.css`.
 //!
-//! May import: the pure domain (its phone-number rule, the binding digest an approval carries)
-//! and external crates; nothing else of the gateway.
+//! `phone` is the demo user's phone: a page in front of the reference phone client.
+//!
+//! May import: the pure domain (its phone-number rule, the binding digest an approval carries),
+//! `device` (the reference phone client, which the demo phone drives over the device API, as a
+//! phone app would) and external crates; nothing else of the gateway.
 
 pub mod pages;
+pub mod phone;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};
@@ -168,15 +172,15 @@ pub async fn serve(
         .await
 }
 
-/// The bank running on a thread of its own, with its own runtime (the gateway's runtimes belong
-/// to pingora).
-pub struct BankThread {
+/// A demo server (the bank, the phone) running on a thread of its own, with its own runtime
+/// (the gateway's runtimes belong to pingora).
+pub struct ServerThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Starts the bank on `listener` in a new thread.
-pub fn spawn(listener: std::net::TcpListener, secret: Vec<u8>) -> std::io::Result<BankThread> {
+pub fn spawn(listener: std::net::TcpListener, secret: Vec<u8>) -> std::io::Result<ServerThread> {
     spawn_with(listener, secret, None)
 }
 
@@ -186,40 +190,58 @@ pub fn spawn_with(
     listener: std::net::TcpListener,
     secret: Vec<u8>,
     assertion_key: Option<jsonwebtoken::DecodingKey>,
-) -> std::io::Result<BankThread> {
+) -> std::io::Result<ServerThread> {
+    spawn_server("demo-bank", listener, move || {
+        (router_with(&secret, assertion_key), None)
+    })
+}
+
+/// Work a server starts beside serving (the phone's enrollment).
+type Background = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves the router `make` builds (on the new thread's runtime) on `listener`, with its
+/// background work, until stopped.
+fn spawn_server(
+    name: &'static str,
+    listener: std::net::TcpListener,
+    make: impl FnOnce() -> (Router, Option<Background>) + Send + 'static,
+) -> std::io::Result<ServerThread> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
-        .name("demo-bank".into())
+        .name(name.into())
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,
                     Err(error) => {
-                        tracing::error!(%error, "the demo bank cannot serve");
+                        tracing::error!(%error, server = name, "a demo server cannot serve");
                         return;
                     }
                 };
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                let bank = router_with(&secret, assertion_key);
-                if let Err(error) = serve(listener, bank, shutdown).await {
-                    tracing::error!(%error, "the demo bank stopped");
+                let (router, background) = make();
+                if let Some(background) = background {
+                    tokio::spawn(background);
+                }
+                if let Err(error) = serve(listener, router, shutdown).await {
+                    tracing::error!(%error, server = name, "a demo server stopped");
                 }
             });
         })?;
-    Ok(BankThread {
+    Ok(ServerThread {
         stop: Some(stop),
         thread: Some(thread),
     })
 }
 
-impl BankThread {
-    /// Asks the bank to stop and waits up to `within` for its thread.
+impl ServerThread {
+    /// Asks the server to stop and waits up to `within` for its thread.
     pub fn stop(mut self, within: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -356,6 +356,138 @@ pub async fn execute(args: DeviceArgs) -> Result<Value, DeviceError> {
     }
 }
 
+// ---- the library face ------------------------------------------------------------------------
+
+/// The reference client as a library, for a phone screen in front of it (the demo's phone
+/// page): the same requests, keys and checks as the commands, typed answers instead of printed
+/// JSON. Answers with the device key only (`push`), as a phone without a PIN does.
+pub struct Phone {
+    device: Enrolled,
+}
+
+/// One pending push transaction, as the device's pending list gives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingTransaction {
+    pub transaction_id: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub auth_method: String,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What a phone shows before the user answers: the details with the secure message and the
+/// signing data decoded to text.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub details: TransactionDetails,
+    pub secure_message: Option<String>,
+    pub signing_data: Option<String>,
+}
+
+impl Phone {
+    /// Enrolls a new device in `state` (which must not hold one) with a one-time code.
+    pub async fn enroll(
+        api: &str,
+        state: &Path,
+        code: &str,
+        application: &str,
+        name: &str,
+    ) -> Result<Self, DeviceError> {
+        let options = EnrollArgs {
+            code: Secret::new(code),
+            application: application.to_owned(),
+            name: name.to_owned(),
+            platform: Platform::Android,
+            model: None,
+            os_version: None,
+            pin: None,
+            biometric: false,
+            custom_authenticator: false,
+        };
+        enroll(api, None, state, options).await?;
+        Self::open(state)
+    }
+
+    /// The device enrolled in `state`.
+    pub fn open(state: &Path) -> Result<Self, DeviceError> {
+        Ok(Self {
+            device: Enrolled::open(state, None, None)?,
+        })
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.device.state.user_id
+    }
+
+    /// Registers `token` for push with the enrolled application's `version`.
+    pub async fn register_push(&self, version: &str, token: &Secret) -> Result<(), DeviceError> {
+        let body = json!({
+            "application": self.device.state.application,
+            "version": version,
+            "platform": self.device.state.platform,
+            "token": token.expose(),
+        });
+        self.device
+            .request(Method::PUT, PUSH_REGISTRATION_PATH, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    pub async fn pending(&self) -> Result<Vec<PendingTransaction>, DeviceError> {
+        let answer = self
+            .device
+            .request(Method::GET, TRANSACTIONS_PATH, None)
+            .await?;
+        Ok(parse_answer::<PendingList>(answer)?.transactions)
+    }
+
+    /// The details (fetched once, then from the state directory), decoded for the screen.
+    pub async fn show(&self, transaction: Uuid) -> Result<Shown, DeviceError> {
+        let details = self.device.details(transaction).await?;
+        Ok(Shown {
+            secure_message: decoded_text(details.secure_message.as_deref()),
+            signing_data: decoded_text(details.signing_data.as_deref()),
+            details,
+        })
+    }
+
+    /// Approves with the device key; `number` is the typed or picked number under number
+    /// matching. Returns the server's `status` (`approved`, or `failed` for a wrong number).
+    pub async fn approve(
+        &self,
+        transaction: Uuid,
+        number: Option<u8>,
+    ) -> Result<String, DeviceError> {
+        let answer = self
+            .device
+            .approve(transaction, &AnswerAuthenticator::Device, number)
+            .await?;
+        answer_status(&answer)
+    }
+
+    /// Denies; `report` says "this wasn't me". Returns the server's `status`.
+    pub async fn deny(&self, transaction: Uuid, report: bool) -> Result<String, DeviceError> {
+        let answer = self.device.deny(transaction, report).await?;
+        answer_status(&answer)
+    }
+}
+
+fn decoded_text(field: Option<&str>) -> Option<String> {
+    field.map(|encoded| {
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn answer_status(answer: &Value) -> Result<String, DeviceError> {
+    answer
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| DeviceError::InvalidAnswer(format!("no status in {answer}")))
+}
+
 const PUSH_REGISTRATION_PATH: &str = "/device/v1/push-registration";
 const TRANSACTIONS_PATH: &str = "/device/v1/transactions";
 const OTP_PATH: &str = "/device/v1/otp";
@@ -541,16 +673,6 @@ struct Enrolled {
 #[derive(Deserialize)]
 struct PendingList {
     transactions: Vec<PendingTransaction>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PendingTransaction {
-    transaction_id: String,
-    #[serde(default)]
-    message: Option<String>,
-    auth_method: String,
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -786,12 +908,7 @@ impl Enrolled {
 
 /// What `show` prints: the secure message and signing data as text.
 fn show_output(details: &TransactionDetails) -> Value {
-    let text = |field: &Option<String>| {
-        field.as_ref().map(|encoded| {
-            let bytes = URL_SAFE_NO_PAD.decode(encoded).unwrap_or_default();
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
+    let text = |field: &Option<String>| decoded_text(field.as_deref());
     json!({
         "transaction_id": details.transaction_id,
         "auth_method": details.auth_method,

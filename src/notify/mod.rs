@@ -1,8 +1,9 @@
 //! Outbound providers: the adapters that carry messages out of the gateway. One folder per
-//! provider (`sms` now; push and portal callbacks later), each with a `build` from the compiled
-//! settings, a `startup_check` so that bad credentials fail the boot rather than the first
-//! payment, and a classification of failures into the domain's `SendError` categories (which
-//! decide between retrying with another sender, falling back, or giving up).
+//! provider (`sms`, `push`, portal `callback`s; `console` is what the printing demo ones
+//! share), each with a `build` from the compiled settings, a `startup_check` so that bad
+//! credentials fail the boot rather than the first payment, and a classification of failures
+//! into the domain's `SendError` categories (which decide between retrying with another
+//! sender, falling back, or giving up).
 //!
 //! Every outgoing request has a timeout and never follows redirects; error messages and logs
 //! never carry secrets, codes or message bodies.
@@ -10,6 +11,7 @@
 //! May import: domain, config, telemetry.
 
 pub mod callback;
+pub mod console;
 mod outbound;
 pub mod outgoing;
 pub mod push;

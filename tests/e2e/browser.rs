@@ -21,14 +21,14 @@ const CANARY_IMAGE: &str = "http://canary.invalid/csp.png";
 
 /// Runs `action` (which navigates) and waits until a new document satisfies `ready`. The old
 /// document is marked first, so a check that also holds on it cannot pass too early.
-async fn navigate_by(page: &Page, action: &str, ready: &str, what: &str) {
+pub(crate) async fn navigate_by(page: &Page, action: &str, ready: &str, what: &str) {
     page.evaluate("window.__stepgateOld = true").await.unwrap();
     page.evaluate(action).await.unwrap();
     let check = format!("!window.__stepgateOld && document.readyState === 'complete' && ({ready})");
     page.wait_for(&check, WITHIN, what).await;
 }
 
-async fn text_of(page: &Page, id: &str) -> String {
+pub(crate) async fn text_of(page: &Page, id: &str) -> String {
     let expression = format!("document.getElementById('{id}').innerText");
     page.evaluate(&expression)
         .await

@@ -18,7 +18,10 @@ use crate::config::settings::{
     ApnsSettings, FcmLegacySettings, FcmV1Settings, OutgoingProxySettings, PushConfigSettings,
     PushProviderSettings,
 };
+use crate::domain::device::Platform;
 
+/// The one `provider` value: pushes printed on standard output.
+pub const CONSOLE_PROVIDER: &str = "console";
 pub const DEFAULT_FCM_ENDPOINT: &str = "https://fcm.googleapis.com";
 pub const DEFAULT_FCM_LEGACY_ENDPOINT: &str = "https://fcm.googleapis.com/fcm/send";
 
@@ -45,14 +48,28 @@ pub(super) fn compile(
                 format!("'{id}' is used twice (expected unique push config ids)"),
             );
         }
-        let provider = match entry.platform.trim() {
-            "ios" => apns(entry, base, &at, problems).map(PushProviderSettings::Apns),
-            "android" => fcm(entry, base, &at, problems),
-            "" => {
+        let provider = match (
+            entry.platform.trim(),
+            entry.provider.as_deref().map(str::trim),
+        ) {
+            (_, Some(other)) if other != CONSOLE_PROVIDER => {
+                problems.add(
+                    at("provider"),
+                    format!(
+                        "unknown provider '{other}' (expected console, or leave it out for APNs on ios and FCM on android)"
+                    ),
+                );
+                None
+            }
+            ("ios", Some(_)) => console(entry, Platform::Ios, &at, problems),
+            ("android", Some(_)) => console(entry, Platform::Android, &at, problems),
+            ("ios", None) => apns(entry, base, &at, problems).map(PushProviderSettings::Apns),
+            ("android", None) => fcm(entry, base, &at, problems),
+            ("", _) => {
                 problems.add(at("platform"), "missing (expected ios or android)");
                 None
             }
-            other => {
+            (other, _) => {
                 problems.add(
                     at("platform"),
                     format!("unknown platform '{other}' (expected ios or android)"),
@@ -75,6 +92,35 @@ pub(super) fn compile(
         }
     }
     compiled
+}
+
+/// `provider: console`: nothing to deliver with, so every provider field is a mistake.
+fn console(
+    entry: &schema::PushConfig,
+    platform: Platform,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> Option<PushProviderSettings> {
+    let before = problems.0.len();
+    for (field, set) in [
+        ("team_id", entry.team_id.is_some()),
+        ("key_id", entry.key_id.is_some()),
+        ("key_file", entry.key_file.is_some()),
+        ("service_account_file", entry.service_account_file.is_some()),
+        ("legacy_server_key", entry.legacy_server_key.is_some()),
+        ("endpoint", entry.endpoint.is_some()),
+        ("token_uri", entry.token_uri.is_some()),
+        ("legacy_endpoint", entry.legacy_endpoint.is_some()),
+        ("ca_file", entry.ca_file.is_some()),
+    ] {
+        if set {
+            problems.add(
+                at(field),
+                "not with provider: console (it prints pushes and calls no provider: remove the field)",
+            );
+        }
+    }
+    (problems.0.len() == before).then_some(PushProviderSettings::Console(platform))
 }
 
 fn apns(
@@ -605,6 +651,46 @@ mod tests {
     }
 
     const GOOD: &str = "push_configs:\n  - { id: apns-main, platform: ios, team_id: TEAM123456, key_id: KEY1234567, key_file: AuthKey.p8 }\n  - { id: fcm-main, platform: android, service_account_file: account.json, endpoint: \"http://127.0.0.1:9/\" }\n  - { id: fcm-old, platform: android, legacy_server_key: AAAAlegacy }\n";
+
+    #[test]
+    fn the_console_provider_needs_no_keys_and_takes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = load(
+            "push_configs:\n  - { id: demo-a, platform: android, provider: console }\n  - { id: demo-i, platform: ios, provider: console }\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert!(matches!(
+            settings.push_configs[0].provider,
+            PushProviderSettings::Console(crate::domain::device::Platform::Android)
+        ));
+        assert_eq!(
+            settings.push_configs[1].platform(),
+            crate::domain::device::Platform::Ios
+        );
+
+        let found = problems(
+            "push_configs:\n  - { id: a, platform: android, provider: console, legacy_server_key: k, endpoint: \"http://127.0.0.1:9/\" }\n  - { id: b, platform: ios, provider: pigeon }\n  - { id: c, provider: console }\n",
+            dir.path(),
+        );
+        let has = |needle: &str| found.iter().any(|p| p.contains(needle));
+        assert!(
+            has("push_configs[0].legacy_server_key: not with provider: console"),
+            "{found:#?}"
+        );
+        assert!(
+            has("push_configs[0].endpoint: not with provider: console"),
+            "{found:#?}"
+        );
+        assert!(
+            has("push_configs[1].provider: unknown provider 'pigeon' (expected console"),
+            "{found:#?}"
+        );
+        assert!(
+            has("push_configs[2].platform: missing (expected ios or android)"),
+            "{found:#?}"
+        );
+    }
 
     #[test]
     fn good_push_configs_compile_with_their_keys() {

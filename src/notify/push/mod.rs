@@ -1,5 +1,6 @@
 //! Push delivery: `apns` (HTTP/2, ES256 provider tokens) and `fcm` (HTTP v1 with a service
-//! account, or the legacy server key), both on reqwest through the outgoing proxy. `PushSenders`
+//! account, or the legacy server key), both on reqwest through the outgoing proxy, and
+//! `console` (printed, for demos). `PushSenders`
 //! holds one sender per `push_configs` entry, routes each message by its `push_config`, and
 //! counts and times every send (`stepgate_push_sends_total`, `stepgate_push_provider_seconds`).
 //!
@@ -9,6 +10,7 @@
 //! May import: domain, config, telemetry.
 
 pub mod apns;
+pub mod console;
 pub mod fcm;
 
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use crate::domain::push::{PushError, PushMessage, PushSender};
 use crate::telemetry::metrics;
 
 pub use self::apns::ApnsSender;
+pub use self::console::ConsolePushSender;
 pub use self::fcm::{FcmLegacySender, FcmV1Sender};
 
 /// Connecting to a provider may take this long.
@@ -75,6 +78,10 @@ impl PushSenders {
                 }
                 PushProviderSettings::FcmLegacy(legacy) => {
                     Arc::new(FcmLegacySender::new(legacy, ca_pem, proxy, clock.clone())?)
+                }
+                PushProviderSettings::Console(_) => {
+                    ConsolePushSender::warn_demo_only(&config.id);
+                    Arc::new(ConsolePushSender::new())
                 }
             };
             senders.insert(&config.id, config.platform(), sender);
