@@ -164,6 +164,7 @@ fn main() {
             key_prefix: prefix.clone(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
+            mode: stepgate::config::settings::RedisMode::Standalone,
         };
         let redis_store: Arc<dyn TransactionStore> =
             Arc::new(RedisStore::new(settings, clock.clone(), Duration::from_secs(60)).expect("redis store"));

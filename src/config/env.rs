@@ -34,6 +34,8 @@ impl EnvSource for BTreeMap<&str, &str> {
 
 pub const SECRET_KEY: &str = "STEPGATE_SECRET_KEY";
 pub const REDIS_URL: &str = "STEPGATE_REDIS_URL";
+pub const REDIS_PASSWORD: &str = "STEPGATE_REDIS_PASSWORD";
+pub const REDIS_SENTINEL_PASSWORD: &str = "STEPGATE_REDIS_SENTINEL_PASSWORD";
 pub const STORE_BACKEND: &str = "STEPGATE_STORE_BACKEND";
 pub const PUBLIC_URL: &str = "STEPGATE_PUBLIC_URL";
 pub const LOG_LEVEL: &str = "STEPGATE_LOG_LEVEL";
@@ -79,6 +81,24 @@ pub fn apply(file: &mut ConfigFile, env: &dyn EnvSource) -> BTreeMap<String, Str
         file.public_url = Some(public_url);
     }
     take(REDIS_URL, "store.redis.url", &mut file.store.redis.url);
+    for (var, path, slot) in [
+        (
+            REDIS_PASSWORD,
+            "store.redis.password",
+            &mut file.store.redis.password,
+        ),
+        (
+            REDIS_SENTINEL_PASSWORD,
+            "store.redis.sentinel.password",
+            &mut file.store.redis.sentinel.password,
+        ),
+    ] {
+        let mut value = slot.clone().unwrap_or_default();
+        take(var, path, &mut value);
+        if !value.is_empty() {
+            *slot = Some(value);
+        }
+    }
     take(STORE_BACKEND, "store.backend", &mut file.store.backend);
     take(LOG_LEVEL, "log.level", &mut file.log.level);
     let sms_secrets = [

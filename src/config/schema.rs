@@ -145,11 +145,25 @@ impl Default for Store {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Redis {
-    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS. `STEPGATE_REDIS_URL` overrides.
+    /// `standalone` (one server: `url`), `sentinel` (a primary found through Sentinel, followed
+    /// across failovers) or `cluster` (Redis Cluster, sharded).
+    pub mode: String,
+    /// Standalone: `redis://[user:password@]host:port/db` or `rediss://` for TLS.
+    /// `STEPGATE_REDIS_URL` overrides.
     pub url: String,
+    /// Sentinel and cluster: the data nodes' ACL user (standalone: in `url`).
+    pub username: Option<String>,
+    /// Sentinel and cluster: the data nodes' password. Prefer `STEPGATE_REDIS_PASSWORD`.
+    pub password: Option<String>,
+    /// Sentinel and cluster: TLS to the data nodes.
+    pub tls: bool,
+    /// Sentinel: the database number (a cluster has only 0).
+    pub db: i64,
+    pub sentinel: RedisSentinel,
+    pub cluster: RedisCluster,
     /// Prepended to every key, so several gateways can share one Redis.
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
@@ -157,9 +171,62 @@ pub struct Redis {
     pub response_timeout_ms: u64,
 }
 
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("mode", &self.mode)
+            .field("key_prefix", &self.key_prefix)
+            .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `store.redis.sentinel`: where the Sentinels are and what they call the primary.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedisSentinel {
+    /// The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The Sentinels, `host:port` each (three or more in production).
+    pub nodes: Vec<String>,
+    /// The Sentinels' own ACL user, when they require one.
+    pub username: Option<String>,
+    /// The Sentinels' own password (`requirepass` on the Sentinels). Prefer
+    /// `STEPGATE_REDIS_SENTINEL_PASSWORD`.
+    pub password: Option<String>,
+    /// TLS to the Sentinels.
+    pub tls: bool,
+}
+
+impl std::fmt::Debug for RedisSentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSentinel")
+            .field("master_name", &self.master_name)
+            .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `store.redis.cluster`: the seed nodes the client learns the cluster's layout from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedisCluster {
+    /// Some of the cluster's nodes, `host:port` each.
+    pub nodes: Vec<String>,
+}
+
 impl Default for Redis {
     fn default() -> Self {
         Self {
+            mode: "standalone".into(),
+            username: None,
+            password: None,
+            tls: false,
+            db: 0,
+            sentinel: RedisSentinel::default(),
+            cluster: RedisCluster::default(),
             url: "redis://127.0.0.1:6379/0".into(),
             key_prefix: "stepgate:".into(),
             connect_timeout_ms: 1000,

@@ -230,10 +230,12 @@ pub enum StoreBackend {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
+    /// Standalone mode's server (unused by the other modes).
     pub url: String,
     pub key_prefix: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub mode: RedisMode,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -241,8 +243,82 @@ impl fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url_password(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
+}
+
+/// How the gateway finds its Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server at `RedisSettings::url`.
+    Standalone,
+    /// The primary the Sentinels name, found again after every failover.
+    Sentinel(Box<SentinelSettings>),
+    /// Redis Cluster: keys sharded by hash slot; the client follows MOVED/ASK and failovers.
+    Cluster(ClusterSettings),
+}
+
+impl RedisMode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel(_) => "sentinel",
+            RedisMode::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// One `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisNode {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for RedisNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How to sign in to a set of Redis nodes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: bool,
+}
+
+impl fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    pub master_name: String,
+    pub sentinels: Vec<RedisNode>,
+    /// The Sentinels' own sign-in.
+    pub sentinel_auth: RedisAuth,
+    /// The primary's (and replicas') sign-in.
+    pub data_auth: RedisAuth,
+    pub db: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub nodes: Vec<RedisNode>,
+    pub data_auth: RedisAuth,
 }
 
 /// A URL fit for logs: any password replaced by `***`.
@@ -727,8 +803,22 @@ mod tests {
             key_prefix: "p:".into(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            mode: RedisMode::Sentinel(Box::new(SentinelSettings {
+                master_name: "m".into(),
+                sentinels: Vec::new(),
+                sentinel_auth: RedisAuth {
+                    password: Some("sentinel-hunter2".into()),
+                    ..RedisAuth::default()
+                },
+                data_auth: RedisAuth {
+                    password: Some("data-hunter2".into()),
+                    ..RedisAuth::default()
+                },
+                db: 0,
+            })),
         };
-        assert!(!format!("{settings:?}").contains("hunter2"));
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

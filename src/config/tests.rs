@@ -659,3 +659,104 @@ fn callbacks_reach_only_configured_endpoints_by_default() {
         "{rendered:#?}"
     );
 }
+
+#[test]
+fn redis_sentinel_and_cluster_modes_compile_with_secrets_from_the_environment() {
+    use crate::config::settings::RedisMode;
+    let env = BTreeMap::from([
+        ("STEPGATE_REDIS_PASSWORD", "data-secret"),
+        ("STEPGATE_REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+    ]);
+    let settings = settings_of(
+        &minimal(
+            "store:\n  backend: redis\n  redis:\n    mode: sentinel\n    tls: true\n    db: 2\n    sentinel: { master_name: main, nodes: [\"10.0.0.1:26379\", \"[::1]:26380\", \"sentinel-3.internal:26379\"] }\n",
+        ),
+        &env,
+    );
+    let StoreBackend::Redis(redis) = settings.store.backend else {
+        panic!("redis expected")
+    };
+    let RedisMode::Sentinel(sentinel) = &redis.mode else {
+        panic!("sentinel expected: {:?}", redis.mode)
+    };
+    assert_eq!(sentinel.master_name, "main");
+    assert_eq!(sentinel.sentinels.len(), 3);
+    assert_eq!(sentinel.sentinels[1].host, "::1");
+    assert_eq!(sentinel.sentinels[1].to_string(), "[::1]:26380");
+    assert_eq!(sentinel.db, 2);
+    assert!(sentinel.data_auth.tls);
+    assert_eq!(sentinel.data_auth.password.as_deref(), Some("data-secret"));
+    assert_eq!(
+        sentinel.sentinel_auth.password.as_deref(),
+        Some("sentinel-secret")
+    );
+    assert!(!format!("{redis:?}").contains("secret"));
+
+    let settings = settings_of(
+        &minimal(
+            "store: { backend: redis, redis: { mode: cluster, cluster: { nodes: [\"10.0.0.1:7000\", \"10.0.0.2:7000\"] } } }\n",
+        ),
+        &no_env(),
+    );
+    let StoreBackend::Redis(redis) = settings.store.backend else {
+        panic!("redis expected")
+    };
+    assert!(matches!(&redis.mode, RedisMode::Cluster(cluster) if cluster.nodes.len() == 2));
+}
+
+#[test]
+fn redis_mode_mistakes_are_located() {
+    let messages = |yaml: &str| -> Vec<String> {
+        issues_of(&minimal(yaml))
+            .into_iter()
+            .map(|issue| format!("{}: {}", issue.path, issue.message))
+            .collect()
+    };
+    let found = messages(
+        "store: { backend: redis, redis: { mode: sentinel, cluster: { nodes: [\"a:1\"] }, sentinel: { nodes: [\"nohost\", \"h:0\"] } } }\n",
+    );
+    let has = |needle: &str| found.iter().any(|message| message.starts_with(needle));
+    assert!(
+        has("store.redis.cluster: set, but mode is sentinel"),
+        "{found:#?}"
+    );
+    assert!(
+        has("store.redis.sentinel.master_name: missing"),
+        "{found:#?}"
+    );
+    assert!(
+        has("store.redis.sentinel.nodes[0]: 'nohost' is not host:port"),
+        "{found:#?}"
+    );
+    assert!(
+        has("store.redis.sentinel.nodes[1]: 'h:0' is not host:port"),
+        "{found:#?}"
+    );
+
+    let found = messages("store: { backend: redis, redis: { mode: cluster } }\n");
+    assert!(
+        found
+            .iter()
+            .any(|message| message.starts_with("store.redis.cluster.nodes: missing")),
+        "{found:#?}"
+    );
+    let found = messages("store: { backend: redis, redis: { mode: ring, password: x } }\n");
+    assert!(
+        found
+            .iter()
+            .any(|message| message.starts_with("store.redis.mode: unknown mode 'ring'")),
+        "{found:#?}"
+    );
+    let found = messages("store: { backend: redis, redis: { password: x, db: 3 } }\n");
+    assert!(
+        found.iter().any(|message| message
+            .starts_with("store.redis.password: only for mode: sentinel or cluster")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|message| message.starts_with("store.redis.db: only for mode: sentinel")),
+        "{found:#?}"
+    );
+}

@@ -12,9 +12,9 @@ use url::Url;
 
 use super::schema::{self, ConfigFile};
 use super::settings::{
-    ApiClient, ApiScope, CallbackEndpoint, CallbackSettings, Features, Limit, ListenAddrs,
-    LogFormat, LogSettings, RateLimits, RedisSettings, ServerSettings, Settings, StoreBackend,
-    StoreSettings,
+    ApiClient, ApiScope, CallbackEndpoint, CallbackSettings, ClusterSettings, Features, Limit,
+    ListenAddrs, LogFormat, LogSettings, RateLimits, RedisAuth, RedisMode, RedisNode,
+    RedisSettings, SentinelSettings, ServerSettings, Settings, StoreBackend, StoreSettings,
 };
 use super::settings::{
     BodyTemplate, FileGatewaySettings, HttpAuth, HttpBodyFormat, HttpGatewaySettings, SmsGateway,
@@ -322,6 +322,137 @@ fn log(log: &schema::Log, problems: &mut Problems) -> Option<LogSettings> {
     .filter(|_| level_ok)
 }
 
+/// `store.redis.mode` with its section; the other mode's section must stay empty.
+fn redis_mode(redis: &schema::Redis, problems: &mut Problems) -> Option<RedisMode> {
+    let before = problems.0.len();
+    let data_auth = RedisAuth {
+        username: redis.username.clone().filter(|name| !name.is_empty()),
+        password: redis
+            .password
+            .clone()
+            .filter(|password| !password.is_empty()),
+        tls: redis.tls,
+    };
+    let sentinel = &redis.sentinel;
+    let sentinel_set = !sentinel.master_name.is_empty()
+        || !sentinel.nodes.is_empty()
+        || sentinel.username.is_some()
+        || sentinel.password.is_some()
+        || sentinel.tls;
+    let cluster_set = !redis.cluster.nodes.is_empty();
+    let mode = redis.mode.trim();
+    if mode != "sentinel" && sentinel_set {
+        problems.add(
+            "store.redis.sentinel",
+            format!("set, but mode is {mode} (expected mode: sentinel, or no sentinel section)"),
+        );
+    }
+    if mode != "cluster" && cluster_set {
+        problems.add(
+            "store.redis.cluster",
+            format!("set, but mode is {mode} (expected mode: cluster, or no cluster section)"),
+        );
+    }
+    if mode != "sentinel" && redis.db != 0 {
+        problems.add(
+            "store.redis.db",
+            "only for mode: sentinel (standalone: the database is in url; a cluster has only 0)",
+        );
+    }
+    let mode = match mode {
+        "standalone" => {
+            for (field, set) in [
+                ("username", redis.username.is_some()),
+                ("password", redis.password.is_some()),
+                ("tls", redis.tls),
+            ] {
+                if set {
+                    problems.add(
+                        format!("store.redis.{field}"),
+                        "only for mode: sentinel or cluster (standalone: in url, e.g. rediss://user:password@host:6379/0, or STEPGATE_REDIS_URL)",
+                    );
+                }
+            }
+            Some(RedisMode::Standalone)
+        }
+        "sentinel" => {
+            if sentinel.master_name.trim().is_empty() {
+                problems.add(
+                    "store.redis.sentinel.master_name",
+                    "missing (expected the name the Sentinels monitor the primary under)",
+                );
+            }
+            let sentinels = redis_nodes(&sentinel.nodes, "store.redis.sentinel.nodes", problems);
+            if !(0..=i64::from(u16::MAX)).contains(&redis.db) {
+                problems.add(
+                    "store.redis.db",
+                    format!("{} is out of range (expected 0 or more)", redis.db),
+                );
+            }
+            Some(RedisMode::Sentinel(Box::new(SentinelSettings {
+                master_name: sentinel.master_name.trim().to_owned(),
+                sentinels,
+                sentinel_auth: RedisAuth {
+                    username: sentinel.username.clone().filter(|name| !name.is_empty()),
+                    password: sentinel.password.clone().filter(|p| !p.is_empty()),
+                    tls: sentinel.tls,
+                },
+                data_auth,
+                db: redis.db,
+            })))
+        }
+        "cluster" => {
+            let nodes = redis_nodes(&redis.cluster.nodes, "store.redis.cluster.nodes", problems);
+            Some(RedisMode::Cluster(ClusterSettings { nodes, data_auth }))
+        }
+        other => {
+            problems.add(
+                "store.redis.mode",
+                format!("unknown mode '{other}' (expected standalone, sentinel or cluster)"),
+            );
+            None
+        }
+    };
+    mode.filter(|_| problems.0.len() == before)
+}
+
+/// A non-empty list of `host:port` (IPv6 in brackets).
+fn redis_nodes(nodes: &[String], path: &str, problems: &mut Problems) -> Vec<RedisNode> {
+    if nodes.is_empty() {
+        problems.add(
+            path,
+            "missing (expected a list of host:port, e.g. [\"10.0.0.1:26379\"])",
+        );
+    }
+    let mut parsed = Vec::new();
+    for (i, text) in nodes.iter().enumerate() {
+        let node = text.trim().rsplit_once(':').and_then(|(host, port)| {
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let port = port.parse::<u16>().ok().filter(|port| *port > 0)?;
+            let valid = !host.is_empty()
+                && (host.parse::<std::net::IpAddr>().is_ok()
+                    || host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+            valid.then(|| RedisNode {
+                host: host.to_owned(),
+                port,
+            })
+        });
+        match node {
+            Some(node) => parsed.push(node),
+            None => problems.add(
+                format!("{path}[{i}]"),
+                format!("'{text}' is not host:port (expected e.g. 10.0.0.1:6379 or [::1]:6379)"),
+            ),
+        }
+    }
+    parsed
+}
+
 fn store(store: &schema::Store, problems: &mut Problems) -> Option<StoreSettings> {
     let redis = &store.redis;
     let mut redis_ok = true;
@@ -356,14 +487,18 @@ fn store(store: &schema::Store, problems: &mut Problems) -> Option<StoreSettings
             );
         }
     }
+    let mode = redis_mode(redis, problems);
     let backend = match store.backend.as_str() {
         "memory" => Some(StoreBackend::Memory),
-        "redis" if redis_ok => Some(StoreBackend::Redis(RedisSettings {
-            url: redis.url.clone(),
-            key_prefix: redis.key_prefix.clone(),
-            connect_timeout: Duration::from_millis(redis.connect_timeout_ms),
-            response_timeout: Duration::from_millis(redis.response_timeout_ms),
-        })),
+        "redis" if redis_ok => mode.map(|mode| {
+            StoreBackend::Redis(RedisSettings {
+                url: redis.url.clone(),
+                key_prefix: redis.key_prefix.clone(),
+                connect_timeout: Duration::from_millis(redis.connect_timeout_ms),
+                response_timeout: Duration::from_millis(redis.response_timeout_ms),
+                mode,
+            })
+        }),
         "redis" => None,
         other => {
             problems.add(

@@ -3,8 +3,13 @@
 //! manual clock, run against every backend (`on_memory`, `on_redis`). Both must give the same
 //! outcomes as `domain::regulation`, and hand out each held request exactly once.
 //!
-//! The Redis run uses `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`) with a fresh
-//! key prefix per test, and deletes that prefix's keys afterwards, even when the test fails.
+//! The Redis runs (`on_redis`, `on_sentinel`, `on_cluster`) use, with a fresh key prefix per
+//! test whose keys are deleted afterwards even when the test fails:
+//! - standalone: `STEPGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/0`);
+//! - Sentinel: `STEPGATE_TEST_REDIS_SENTINEL`, `master@host:port,...` (default the set
+//!   `scripts/redis-topologies` starts: `stepgate-test@127.0.0.1:26390,...:26391,...:26392`);
+//! - Cluster: `STEPGATE_TEST_REDIS_CLUSTER`, `host:port,...` (default `127.0.0.1:7100`
+//!   to `7105`, from the same script).
 //! Redis expires held requests and rate-limit windows on its own (real) time, memory on the
 //! injected clock, so the tests of those expiries move both.
 //!
@@ -19,6 +24,7 @@ use tokio::task::JoinSet;
 
 use super::memory::MemoryStore;
 use super::redis::{RedisSettings, RedisStore, held_key, held_user_key, tx_key};
+use crate::config::settings::{ClusterSettings, RedisAuth, RedisMode, RedisNode, SentinelSettings};
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::code::{CodeHash, CodeHasher, OneTimeCode, SecretKey};
@@ -33,6 +39,110 @@ use crate::domain::transaction::{
 /// The Redis server the tests use.
 pub(crate) fn test_redis_url() -> String {
     std::env::var("STEPGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// Which of the test Redis deployments a Redis run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Topology {
+    Standalone,
+    Sentinel,
+    Cluster,
+}
+
+fn nodes(list: &str) -> Vec<RedisNode> {
+    list.split(',')
+        .filter_map(|node| {
+            let (host, port) = node.trim().rsplit_once(':')?;
+            Some(RedisNode {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The test Sentinel set's master name and Sentinels.
+pub(crate) fn test_sentinel() -> (String, Vec<RedisNode>) {
+    let spec = std::env::var("STEPGATE_TEST_REDIS_SENTINEL")
+        .unwrap_or_else(|_| "stepgate-test@127.0.0.1:26390,127.0.0.1:26391,127.0.0.1:26392".into());
+    let (name, list) = spec.split_once('@').unwrap_or(("stepgate-test", &spec));
+    (name.to_owned(), nodes(list))
+}
+
+/// The test Cluster's nodes.
+pub(crate) fn test_cluster_nodes() -> Vec<RedisNode> {
+    nodes(
+        &std::env::var("STEPGATE_TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
+            (7100..=7105)
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+    )
+}
+
+impl Topology {
+    /// The store's settings for this deployment, and the plain servers the test inspects and
+    /// cleans up (the Sentinel set's primary as the Sentinels name it now; every cluster node).
+    fn settings(self, prefix: &str) -> (RedisSettings, Vec<String>) {
+        let mut settings = RedisSettings {
+            url: test_redis_url(),
+            key_prefix: prefix.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(5),
+            mode: RedisMode::Standalone,
+        };
+        let servers = match self {
+            Topology::Standalone => vec![settings.url.clone()],
+            Topology::Sentinel => {
+                let (master_name, sentinels) = test_sentinel();
+                let primary = sentinel_primary(&master_name, &sentinels);
+                settings.mode = RedisMode::Sentinel(Box::new(SentinelSettings {
+                    master_name,
+                    sentinels,
+                    sentinel_auth: RedisAuth::default(),
+                    data_auth: RedisAuth::default(),
+                    db: 0,
+                }));
+                vec![primary]
+            }
+            Topology::Cluster => {
+                let nodes = test_cluster_nodes();
+                let servers = nodes
+                    .iter()
+                    .map(|node| format!("redis://{node}/"))
+                    .collect();
+                settings.mode = RedisMode::Cluster(ClusterSettings {
+                    nodes,
+                    data_auth: RedisAuth::default(),
+                });
+                servers
+            }
+        };
+        (settings, servers)
+    }
+}
+
+/// `redis://host:port/` of the primary the Sentinels name.
+fn sentinel_primary(master_name: &str, sentinels: &[RedisNode]) -> String {
+    for sentinel in sentinels {
+        let Ok(client) = ::redis::Client::open(format!("redis://{sentinel}/")) else {
+            continue;
+        };
+        let Ok(mut connection) = client.get_connection() else {
+            continue;
+        };
+        if let Ok((host, port)) = ::redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master_name)
+            .query::<(String, u16)>(&mut connection)
+        {
+            return format!("redis://{host}:{port}/");
+        }
+    }
+    panic!(
+        "no Sentinel of {sentinels:?} names a primary for {master_name}: start them with scripts/redis-topologies"
+    )
 }
 
 const RETENTION: Duration = Duration::from_secs(60);
@@ -57,77 +167,102 @@ pub(super) struct Harness {
 
 /// The Redis run's key prefix; dropping it deletes every key under the prefix.
 pub(crate) struct RedisKeys {
-    client: ::redis::Client,
+    /// The plain servers holding the keys (several for a cluster; replicas answer with a
+    /// redirect and are skipped).
+    servers: Vec<::redis::Client>,
     pub(crate) prefix: String,
+    pub(crate) topology: Topology,
 }
 
-/// A Redis store on the test server under a fresh key prefix (5 s response timeout: many
-/// scripts at once on a busy 2-core machine), and the keys' guard that deletes them on drop.
+/// A Redis store on the standalone test server under a fresh key prefix, and the keys' guard.
 pub(crate) fn scratch_redis_store(
     clock: SharedClock,
     retention: Duration,
 ) -> (RedisStore, RedisKeys) {
-    let url = test_redis_url();
+    scratch_redis_store_on(Topology::Standalone, clock, retention)
+}
+
+/// A Redis store on the `topology` test deployment under a fresh key prefix (5 s response
+/// timeout: many scripts at once on a busy 2-core machine), and the keys' guard that deletes
+/// them on drop.
+pub(crate) fn scratch_redis_store_on(
+    topology: Topology,
+    clock: SharedClock,
+    retention: Duration,
+) -> (RedisStore, RedisKeys) {
     let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
-    let settings = RedisSettings {
-        url: url.clone(),
-        key_prefix: prefix.clone(),
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(5),
-    };
+    let (settings, servers) = topology.settings(&prefix);
     let store = RedisStore::new(settings, clock, retention).unwrap();
     let keys = RedisKeys {
-        client: ::redis::Client::open(url).unwrap(),
+        servers: servers
+            .into_iter()
+            .map(|url| ::redis::Client::open(url).unwrap())
+            .collect(),
         prefix,
+        topology,
     };
     (store, keys)
 }
 
 impl RedisKeys {
-    /// Every key under the prefix.
-    pub(crate) fn keys(&self) -> Vec<String> {
-        let mut connection = self.client.get_connection().unwrap();
-        ::redis::cmd("KEYS")
-            .arg(format!("{}*", self.prefix))
-            .query(&mut connection)
-            .unwrap()
+    fn connections(&self) -> impl Iterator<Item = ::redis::Connection> + '_ {
+        self.servers
+            .iter()
+            .filter_map(|client| client.get_connection().ok())
     }
 
-    /// The key's remaining time to live, in ms (PTTL).
+    /// Every key under the prefix (a cluster's replicas list their primary's keys too: once).
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        for mut connection in self.connections() {
+            let found: Vec<String> = ::redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut connection)
+                .unwrap();
+            keys.extend(found);
+        }
+        keys.into_iter().collect()
+    }
+
+    /// The key's remaining time to live, in ms (PTTL), from the server that holds its slot.
     fn pttl(&self, key: &str) -> i64 {
-        let mut connection = self.client.get_connection().unwrap();
-        ::redis::cmd("PTTL")
-            .arg(key)
-            .query(&mut connection)
-            .unwrap()
+        self.connections()
+            .find_map(|mut connection| {
+                ::redis::cmd("PTTL")
+                    .arg(key)
+                    .query::<i64>(&mut connection)
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no server answers PTTL {key}"))
     }
 }
 
 impl Drop for RedisKeys {
     fn drop(&mut self) {
-        let Ok(mut connection) = self.client.get_connection() else {
-            return;
-        };
         let pattern = format!("{}*", self.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query::<(u64, Vec<String>)>(&mut connection)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _ = ::redis::cmd("DEL").arg(&keys).query::<i64>(&mut connection);
+        for mut connection in self.connections() {
+            let mut cursor: u64 = 0;
+            loop {
+                let Ok((next, keys)) = ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query::<(u64, Vec<String>)>(&mut connection)
+                else {
+                    break;
+                };
+                // One key per DEL: a cluster node refuses keys of several slots in one command
+                // (and a replica refuses them all, which is fine: its primary deletes them).
+                for key in keys {
+                    let _ = ::redis::cmd("DEL").arg(&key).query::<i64>(&mut connection);
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
         }
     }
 }
@@ -147,8 +282,20 @@ pub(super) async fn memory_harness() -> Harness {
 }
 
 pub(super) async fn redis_harness() -> Harness {
+    redis_harness_on(Topology::Standalone).await
+}
+
+pub(super) async fn sentinel_harness() -> Harness {
+    redis_harness_on(Topology::Sentinel).await
+}
+
+pub(super) async fn cluster_harness() -> Harness {
+    redis_harness_on(Topology::Cluster).await
+}
+
+async fn redis_harness_on(topology: Topology) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let (store, keys) = scratch_redis_store(clock.clone(), RETENTION);
+    let (store, keys) = scratch_redis_store_on(topology, clock.clone(), RETENTION);
     let store = Arc::new(store);
     Harness {
         tx: store.clone(),
@@ -171,8 +318,8 @@ impl Harness {
 
     /// Another store of the same backend: on Redis the same server under another key prefix.
     async fn sibling(&self) -> Harness {
-        if self.redis.is_some() {
-            redis_harness().await
+        if let Some(keys) = &self.redis {
+            redis_harness_on(keys.topology).await
         } else {
             memory_harness().await
         }
@@ -1398,4 +1545,12 @@ mod on_memory {
 
 mod on_redis {
     conformance_suite!(super::redis_harness);
+}
+
+mod on_sentinel {
+    conformance_suite!(super::sentinel_harness);
+}
+
+mod on_cluster {
+    conformance_suite!(super::cluster_harness);
 }

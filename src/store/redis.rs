@@ -42,14 +42,13 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, Script, ServerErrorKind};
+use ::redis::{RedisError, Script};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 
+use self::connection::Connector;
+pub use self::connection::RedisConnection;
 pub use crate::config::settings::RedisSettings;
-use crate::config::settings::redact_url_password;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
 use crate::domain::code::CodeHash;
@@ -62,6 +61,7 @@ use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutc
 use crate::domain::transaction::{Details, Owner, Reason, Status, Transaction, TransactionId};
 
 mod admin;
+mod connection;
 
 const COMMON_LUA: &str = include_str!("lua/common.lua");
 const VERIFY_LUA: &str = include_str!("lua/verify.lua");
@@ -105,10 +105,6 @@ const F_HELD_TICKET: &str = "ticket";
 const F_HELD_REQUEST: &str = "request";
 const F_HELD_BODY: &str = "body";
 
-/// Reconnection attempts inside one connect; kept low because every call is bounded anyway and
-/// the next call starts a fresh attempt.
-const CONNECT_RETRIES: usize = 1;
-
 struct Scripts {
     insert: Script,
     verify: Script,
@@ -140,9 +136,7 @@ impl Scripts {
 
 /// The shared store. Cheap to share behind an `Arc`; connects on first use.
 pub struct RedisStore {
-    client: Client,
-    manager_config: ConnectionManagerConfig,
-    connection: OnceCell<ConnectionManager>,
+    connector: Connector,
     /// Bound on one whole call: connecting (if needed) plus the answer.
     call_timeout: Duration,
     prefix: String,
@@ -159,7 +153,7 @@ impl fmt::Debug for RedisStore {
             .field("url", &self.shown_url)
             .field("prefix", &self.prefix)
             .field("retention", &self.retention)
-            .field("connected", &self.connection.initialized())
+            .field("connected", &self.connector.is_connected())
             .finish_non_exhaustive()
     }
 }
@@ -269,23 +263,16 @@ impl RedisStore {
         clock: SharedClock,
         retention: Duration,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(settings.url.as_str()).map_err(|err| unavailable("url", &err))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_number_of_retries(CONNECT_RETRIES)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
+        let connector = Connector::new(&settings).map_err(|err| unavailable("url", &err))?;
+        let shown_url = connection::shown(&settings);
         Ok(Self {
-            client,
-            manager_config,
-            connection: OnceCell::new(),
+            connector,
             call_timeout: settings.connect_timeout + settings.response_timeout,
             prefix: settings.key_prefix,
             clock,
             retention,
             scripts: Scripts::new(),
-            shown_url: redact_url_password(&settings.url),
+            shown_url,
         })
     }
 
@@ -294,36 +281,33 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// The shared connection, made on first use. A failed connect leaves the cell empty, so the
-    /// next call tries again.
-    pub async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let manager = self
-            .connection
-            .get_or_try_init(|| {
-                self.client
-                    .get_connection_manager_with_config(self.manager_config.clone())
-            })
-            .await
-            .map_err(|err| unavailable("connect", &err))?;
-        Ok(manager.clone())
+    /// The shared connection, made on first use. A failed connect keeps nothing, so the next
+    /// call tries again.
+    pub async fn connection(&self) -> Result<RedisConnection, StoreError> {
+        self.connector.connect().await.map_err(|err| {
+            self.connector.failed(&err);
+            unavailable("connect", &err)
+        })
     }
 
     /// Runs one call on the connection, bounded by the connect and response timeouts (also for
     /// the other Redis-backed stores sharing this connection).
     pub async fn call<T, F, Fut>(&self, operation: &'static str, run: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let attempt = async {
             let connection = self.connection().await?;
-            run(connection)
-                .await
-                .map_err(|err| unavailable(operation, &err))
+            run(connection).await.map_err(|err| {
+                self.connector.failed(&err);
+                unavailable(operation, &err)
+            })
         };
         tokio::time::timeout(self.call_timeout, attempt)
             .await
             .unwrap_or_else(|_| {
+                self.connector.timed_out();
                 Err(StoreError::Unavailable(format!(
                     "redis {operation}: timed out"
                 )))
@@ -490,17 +474,15 @@ impl TransactionStore for RedisStore {
             .arg(now.millis())
             .arg(millis(self.retention))
             .arg(ttl);
-        // KEYS[2..] and ARGV[4..7]: the admin's time index, written in the same step.
-        self.index_on_insert(&mut invocation, tx, now);
         for (name, value) in self.encode(tx)? {
             invocation.arg(name).arg(value);
         }
-        let stored: i64 = self
-            .call("insert", |mut connection| async move {
-                invocation.invoke_async(&mut connection).await
-            })
-            .await?;
-        if stored == 1 {
+        let insert = self.call("insert", |mut connection| async move {
+            invocation.invoke_async::<i64>(&mut connection).await
+        });
+        // The admin's indexes, beside it (other slots): an id taken already is indexed already.
+        let (stored, ()) = tokio::join!(insert, self.index_on_insert(tx, now));
+        if stored? == 1 {
             Ok(())
         } else {
             Err(StoreError::AlreadyExists(tx.id))
@@ -738,39 +720,37 @@ impl HeldRequestStore for RedisStore {
             .map_err(|err| corrupt_held(format!("cannot encode the ticket: {err}")))?;
         let head = serde_json::to_vec(&request.request)
             .map_err(|err| corrupt_held(format!("cannot encode the request: {err}")))?;
-        let mut pipe = ::redis::pipe();
-        {
-            let mut invocation = self.scripts.held_hold.prepare_invoke();
-            invocation
-                .key(held_key(&self.prefix, id))
-                .arg(ttl)
-                .arg(ticket)
-                .arg(head)
-                .arg(request.request.body.as_slice());
-            pipe.invoke_script(&invocation).ignore();
-        }
-        if let Some(user_key) = user_key {
-            // Another slot on a cluster, so not part of the script (see the module docs).
-            pipe.cmd("SET")
-                .arg(held_user_key(&self.prefix, user_key))
-                .arg(id.to_string())
-                .arg("PX")
-                .arg(ttl)
-                .ignore();
-        }
-        let script = &self.scripts.held_hold;
-        self.call("held_hold", |mut connection| async move {
-            match pipe.query_async::<()>(&mut connection).await {
-                // A pipeline does not load scripts by itself (a fresh or flushed server): load it
-                // and send the whole pipeline again; every command in it is idempotent.
-                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load_async(&mut connection).await?;
-                    pipe.query_async::<()>(&mut connection).await
-                }
-                other => other,
-            }
-        })
-        .await
+        let mut invocation = self.scripts.held_hold.prepare_invoke();
+        invocation
+            .key(held_key(&self.prefix, id))
+            .arg(ttl)
+            .arg(ticket)
+            .arg(head)
+            .arg(request.request.body.as_slice());
+        let hold = self.call("held_hold", |mut connection| async move {
+            invocation.invoke_async::<()>(&mut connection).await
+        });
+        // Another slot on a cluster, so not part of the script (see the module docs); sent
+        // beside it, one round trip on the multiplexed connection.
+        let index = async {
+            let Some(user_key) = user_key else {
+                return Ok(());
+            };
+            let key = held_user_key(&self.prefix, user_key);
+            let id = id.to_string();
+            self.call("held_index", |mut connection| async move {
+                ::redis::cmd("SET")
+                    .arg(key)
+                    .arg(id)
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await
+        };
+        let (held, indexed) = tokio::join!(hold, index);
+        held.and(indexed)
     }
 
     async fn ticket(&self, id: &TransactionId) -> Result<Option<HeldTicket>, StoreError> {
@@ -856,6 +836,7 @@ mod tests {
             key_prefix: format!("stepgate-test:{}:", uuid::Uuid::new_v4()),
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(2),
+            mode: crate::config::settings::RedisMode::Standalone,
         }
     }
 
@@ -1055,7 +1036,7 @@ mod tests {
 
     #[tokio::test]
     async fn lua_constant_time_compare_accepts_only_identical_hashes() {
-        let client = Client::open(test_redis_url()).unwrap();
+        let client = ::redis::Client::open(test_redis_url()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let probe = Script::new(&format!(
             "{COMMON_LUA}\nif ct_equal(ARGV[3], ARGV[4]) then return 1 else return 0 end"
@@ -1116,7 +1097,7 @@ mod tests {
         };
         store.insert(&tx).await.unwrap();
 
-        let client = Client::open(url).unwrap();
+        let client = ::redis::Client::open(url).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let key = format!("{prefix}tx:{{{id}}}");
         let fields: HashMap<String, String> = ::redis::cmd("HGETALL")
@@ -1185,7 +1166,7 @@ mod tests {
             .await
             .unwrap();
 
-        let client = Client::open(url).unwrap();
+        let client = ::redis::Client::open(url).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let key = format!("{prefix}held:{{{id}}}");
         let user_key = format!("{prefix}held-user:{{user-key}}");
@@ -1240,7 +1221,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let client = Client::open(url).unwrap();
+        let client = ::redis::Client::open(url).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let good_ticket = serde_json::to_string(&sample_held(Vec::new()).ticket).unwrap();
         let bad_ticket = TransactionId::random();
@@ -1332,7 +1313,7 @@ mod tests {
         .unwrap();
         let id = TransactionId::random();
         let key = tx_key(&prefix, &id);
-        let client = Client::open(url).unwrap();
+        let client = ::redis::Client::open(url).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let _: () = ::redis::cmd("HSET")
             .arg(&key)

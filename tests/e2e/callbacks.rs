@@ -49,6 +49,7 @@ impl RedisPrefix {
             key_prefix: self.0.clone(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(5),
+            mode: stepgate::config::settings::RedisMode::Standalone,
         };
         let clock: SharedClock = Arc::new(SystemClock);
         Arc::new(RedisStore::new(settings, clock, Duration::from_secs(60)).unwrap())

@@ -19,7 +19,7 @@ use crate::domain::otp::{OtpAnswer, RedeemOutcome};
 use crate::domain::ports::{AdminStore, AuditEntry, TransactionQuery, TransactionStore};
 use crate::domain::regulation::{Finish, FinishOutcome};
 use crate::domain::transaction::{Details, Status, Transaction, TransactionId};
-use crate::store::conformance::{RedisKeys, scratch_redis_store};
+use crate::store::conformance::{RedisKeys, Topology, scratch_redis_store_on};
 use crate::store::memory::MemoryStore;
 
 const RETENTION: Duration = Duration::from_secs(60);
@@ -45,8 +45,20 @@ pub(super) async fn memory_harness() -> Harness {
 }
 
 pub(super) async fn redis_harness() -> Harness {
+    redis_harness_on(Topology::Standalone).await
+}
+
+pub(super) async fn sentinel_harness() -> Harness {
+    redis_harness_on(Topology::Sentinel).await
+}
+
+pub(super) async fn cluster_harness() -> Harness {
+    redis_harness_on(Topology::Cluster).await
+}
+
+async fn redis_harness_on(topology: Topology) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let (store, keys) = scratch_redis_store(clock.clone(), RETENTION);
+    let (store, keys) = scratch_redis_store_on(topology, clock.clone(), RETENTION);
     let store = Arc::new(store);
     Harness {
         tx: store.clone(),
@@ -419,4 +431,12 @@ mod on_memory {
 
 mod on_redis {
     admin_suite!(super::redis_harness);
+}
+
+mod on_sentinel {
+    admin_suite!(super::sentinel_harness);
+}
+
+mod on_cluster {
+    admin_suite!(super::cluster_harness);
 }

@@ -18,7 +18,7 @@ use super::redis::RedisCallbackQueue;
 use crate::domain::callback::{CallbackJob, CallbackQueue};
 use crate::domain::clock::{Clock, ManualClock, Timestamp};
 use crate::domain::transaction::TransactionId;
-use crate::store::conformance::{RedisKeys, scratch_redis_store};
+use crate::store::conformance::{RedisKeys, Topology, scratch_redis_store_on};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -37,8 +37,20 @@ pub(super) async fn memory_harness() -> Harness {
 }
 
 pub(super) async fn redis_harness() -> Harness {
+    redis_harness_on(Topology::Standalone).await
+}
+
+pub(super) async fn sentinel_harness() -> Harness {
+    redis_harness_on(Topology::Sentinel).await
+}
+
+pub(super) async fn cluster_harness() -> Harness {
+    redis_harness_on(Topology::Cluster).await
+}
+
+async fn redis_harness_on(topology: Topology) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
-    let (store, keys) = scratch_redis_store(clock.clone(), Duration::from_secs(60));
+    let (store, keys) = scratch_redis_store_on(topology, clock.clone(), Duration::from_secs(60));
     Harness {
         queue: Arc::new(RedisCallbackQueue::new(Arc::new(store))),
         clock,
@@ -263,4 +275,12 @@ mod on_memory {
 
 mod on_redis {
     callback_queue_suite!(super::redis_harness);
+}
+
+mod on_sentinel {
+    callback_queue_suite!(super::sentinel_harness);
+}
+
+mod on_cluster {
+    callback_queue_suite!(super::cluster_harness);
 }

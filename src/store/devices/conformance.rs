@@ -25,7 +25,7 @@ use crate::domain::device::{
 };
 use crate::domain::ports::DeviceStore;
 use crate::domain::transaction::TransactionId;
-use crate::store::conformance::{RedisKeys, scratch_redis_store};
+use crate::store::conformance::{RedisKeys, Topology, scratch_redis_store_on};
 
 const APP: &str = "bank-app";
 const USER: &str = "ann@example.com";
@@ -47,9 +47,22 @@ pub(super) async fn memory_harness() -> Harness {
 }
 
 pub(super) async fn redis_harness() -> Harness {
+    redis_harness_on(Topology::Standalone).await
+}
+
+pub(super) async fn sentinel_harness() -> Harness {
+    redis_harness_on(Topology::Sentinel).await
+}
+
+pub(super) async fn cluster_harness() -> Harness {
+    redis_harness_on(Topology::Cluster).await
+}
+
+async fn redis_harness_on(topology: Topology) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
     let shared: SharedClock = clock.clone();
-    let (transactions, keys) = scratch_redis_store(shared.clone(), Duration::from_secs(60));
+    let (transactions, keys) =
+        scratch_redis_store_on(topology, shared.clone(), Duration::from_secs(60));
     Harness {
         store: Arc::new(RedisDeviceStore::new(Arc::new(transactions), shared)),
         clock,
@@ -777,4 +790,12 @@ mod on_memory {
 
 mod on_redis {
     device_conformance_suite!(super::redis_harness);
+}
+
+mod on_sentinel {
+    device_conformance_suite!(super::sentinel_harness);
+}
+
+mod on_cluster {
+    device_conformance_suite!(super::cluster_harness);
 }

@@ -19,7 +19,7 @@ use super::redis::RedisGuardStore;
 use crate::domain::clock::{Clock, ManualClock, SharedClock, Timestamp};
 use crate::domain::guard::{Block, GuardOp, GuardRules, GuardVerdict};
 use crate::domain::ports::{AccountGuardStore, Admission, BoundedList};
-use crate::store::conformance::{RedisKeys, scratch_redis_store};
+use crate::store::conformance::{RedisKeys, Topology, scratch_redis_store_on};
 
 const RULES: GuardRules = GuardRules {
     max_failures: 5,
@@ -50,9 +50,21 @@ pub(super) async fn memory_harness() -> Harness {
 }
 
 pub(super) async fn redis_harness() -> Harness {
+    redis_harness_on(Topology::Standalone).await
+}
+
+pub(super) async fn sentinel_harness() -> Harness {
+    redis_harness_on(Topology::Sentinel).await
+}
+
+pub(super) async fn cluster_harness() -> Harness {
+    redis_harness_on(Topology::Cluster).await
+}
+
+async fn redis_harness_on(topology: Topology) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
     let shared: SharedClock = clock.clone();
-    let (store, keys) = scratch_redis_store(shared.clone(), Duration::from_secs(60));
+    let (store, keys) = scratch_redis_store_on(topology, shared.clone(), Duration::from_secs(60));
     Harness {
         store: Arc::new(RedisGuardStore::new(Arc::new(store), shared)),
         clock,
@@ -443,4 +455,12 @@ mod on_memory {
 
 mod on_redis {
     guard_conformance_suite!(super::redis_harness);
+}
+
+mod on_sentinel {
+    guard_conformance_suite!(super::sentinel_harness);
+}
+
+mod on_cluster {
+    guard_conformance_suite!(super::cluster_harness);
 }

@@ -1,30 +1,31 @@
 //! The Redis store's admin read side.
 //!
 //! Key layout (`{prefix}` is the configured key prefix):
-//! - `{prefix}tx-index`: a ZSET of every transaction id, scored by `created_at` (epoch ms). The
-//!   insert script (`lua/insert.lua`) adds the id in the same step that stores the transaction,
-//!   trims entries older than `LONGEST_TRANSACTION + retention` (they point at evicted
-//!   transactions) and refreshes the key's TTL to that span.
+//! - `{prefix}tx-index`: a ZSET of every transaction id, scored by `created_at` (epoch ms).
+//!   Beside the insert script (sent together, one round trip on the multiplexed connection),
+//!   one MULTI/EXEC on this key adds the id, trims entries older than `LONGEST_TRANSACTION +
+//!   retention` (they point at evicted transactions) and refreshes the key's TTL to that span.
+//!   It is the deliberate hot key of a cluster: every transaction writes it once (three
+//!   commands), and nothing on a request path reads it.
 //! - `{prefix}tx-user:{<sha256 hex of the user id>}`: the same per user (the hash keeps user
 //!   ids out of key names). An OTP transaction, linked to its user only when it finishes, is
-//!   added then (`lua/admin_link_user.lua`, right after the finish script; a failure there is
-//!   logged and the finish stands).
+//!   added then (right after the finish script; a failure there is logged and the finish
+//!   stands).
 //! - `{prefix}audit`: a ZSET of audit events scored by their time (epoch ms, gateway clock),
 //!   each member `<uuid> <event JSON>` so identical events stay apart. Every append (one
 //!   MULTI/EXEC) trims events older than `AUDIT_MAX_AGE` and all but the newest
 //!   `REDIS_AUDIT_CAPACITY`. A ZSET rather than a stream: stream ids come from one clock and
 //!   must grow, which several gateways with skewed clocks (or a test clock) cannot promise.
 //!
-//! The index keys live in other hash slots than the transaction, so the insert script needs a
-//! single Redis (or Sentinel), not Cluster. Index entries whose transaction is gone are skipped
-//! when read and then removed.
+//! The index keys live in other hash slots than the transaction, so no script spans them: the
+//! index writes are their own steps, each on one key, and valid on a cluster. A failed index
+//! write is logged and the transaction stands (the admin view is not a record). Index entries
+//! whose transaction is gone are skipped when read and then removed.
 //!
 //! May import: domain (and its parent, the Redis store).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
-use ::redis::{Script, ScriptInvocation};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
@@ -36,9 +37,6 @@ use crate::store::admin::{
     AUDIT_MAX_AGE, LONGEST_TRANSACTION, MAX_SCANNED, REDIS_AUDIT_CAPACITY, audit_horizon,
     index_horizon, matches,
 };
-
-static LINK_USER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/admin_link_user.lua")));
 
 /// Index entries read per round trip.
 const PAGE: usize = 200;
@@ -62,43 +60,81 @@ impl RedisStore {
         millis(LONGEST_TRANSACTION + self.retention)
     }
 
-    /// Adds the insert script's index keys (KEYS[2], and KEYS[3] with a user) and arguments
-    /// (ARGV[4..7]); see `lua/insert.lua`.
-    pub(super) fn index_on_insert(
-        &self,
-        invocation: &mut ScriptInvocation<'_>,
-        tx: &Transaction,
-        now: Timestamp,
-    ) {
-        invocation.key(index_key(&self.prefix));
-        if let Some(user_id) = &tx.user_id {
-            invocation.key(user_index_key(&self.prefix, user_id));
+    /// Adds a new transaction to the time index and, with a user, the user's index. Best
+    /// effort: logged, not returned (the transaction is what counts).
+    pub(super) async fn index_on_insert(&self, tx: &Transaction, now: Timestamp) {
+        let time_index = self.index_add(index_key(&self.prefix), tx.created_at, &tx.id, now);
+        let user_index = async {
+            match &tx.user_id {
+                Some(user_id) => {
+                    let key = user_index_key(&self.prefix, user_id);
+                    self.index_add(key, tx.created_at, &tx.id, now).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (time_index, user_index) = tokio::join!(time_index, user_index);
+        if let Err(error) = time_index.and(user_index) {
+            tracing::warn!(transaction_id = %tx.id, %error, "cannot index the transaction for the admin API");
         }
-        invocation
-            .arg(tx.created_at.millis())
-            .arg(tx.id.to_string())
-            .arg(index_horizon(now, self.retention).millis())
-            .arg(self.index_ttl());
     }
 
     /// Puts a transaction linked to its user at finish into that user's index. Best effort:
     /// the finish already happened, so a failure is logged, not returned.
     pub(super) async fn index_linked_user(&self, id: &TransactionId, user_id: &str) {
-        let mut invocation = LINK_USER.prepare_invoke();
-        invocation
-            .key(tx_key(&self.prefix, id))
-            .key(user_index_key(&self.prefix, user_id))
-            .arg(id.to_string())
-            .arg(index_horizon(self.clock.now(), self.retention).millis())
-            .arg(self.index_ttl());
-        let linked: Result<i64, StoreError> = self
-            .call("admin_link_user", |mut connection| async move {
-                invocation.invoke_async(&mut connection).await
-            })
-            .await;
-        if let Err(error) = linked {
+        let key = tx_key(&self.prefix, id);
+        let linked = async {
+            let data: Option<String> = self
+                .call("admin_link_user", |mut connection| async move {
+                    ::redis::cmd("HGET")
+                        .arg(key)
+                        .arg(super::F_DATA)
+                        .query_async(&mut connection)
+                        .await
+                })
+                .await?;
+            // Gone already: nothing to index.
+            let Some(data) = data else { return Ok(()) };
+            let (immutable, _) = super::Immutable::decode(&data)?;
+            let created_at = Timestamp(immutable.created_at);
+            let index = user_index_key(&self.prefix, user_id);
+            self.index_add(index, created_at, id, self.clock.now())
+                .await
+        };
+        if let Err(error) = linked.await {
             tracing::warn!(transaction_id = %id, %error, "cannot index the transaction under its linked user");
         }
+    }
+
+    /// One index entry: add it, trim what points at evicted transactions, refresh the TTL, in
+    /// one MULTI/EXEC on the one key.
+    async fn index_add(
+        &self,
+        key: String,
+        created_at: Timestamp,
+        id: &TransactionId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(created_at.millis())
+            .arg(id.to_string())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({}", index_horizon(now, self.retention).millis()))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.index_ttl())
+            .ignore();
+        self.call("admin_index_add", |mut connection| async move {
+            pipe.query_async::<()>(&mut connection).await
+        })
+        .await
     }
 
     /// One page of index entries at or after `since`, newest first.
@@ -132,14 +168,17 @@ impl RedisStore {
             // An empty pipeline is a client error, not an empty answer.
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for id in ids {
-            pipe.cmd("HGETALL").arg(tx_key(&self.prefix, id));
-        }
-        self.call("admin_read", |mut connection| async move {
-            pipe.query_async(&mut connection).await
-        })
-        .await
+        // One read per transaction, all sent at once: a pipeline would span slots on a cluster.
+        let reads = ids.iter().map(|id| {
+            let key = tx_key(&self.prefix, id);
+            self.call("admin_read", |mut connection| async move {
+                ::redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async::<HashMap<String, String>>(&mut connection)
+                    .await
+            })
+        });
+        futures::future::try_join_all(reads).await
     }
 
     /// Removes index entries that point at nothing; best effort (the next read skips them too).
@@ -337,6 +376,7 @@ mod tests {
                 key_prefix: prefix.clone(),
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_secs(2),
+                mode: crate::config::settings::RedisMode::Standalone,
             },
             clock.clone(),
             retention,
