@@ -10,6 +10,7 @@
 //!   `scripts/redis-topologies` starts: `stepgate-test@127.0.0.1:26390,...:26391,...:26392`);
 //! - Cluster: `STEPGATE_TEST_REDIS_CLUSTER`, `host:port,...` (default `127.0.0.1:7100`
 //!   to `7105`, from the same script).
+//!
 //! Redis expires held requests and rate-limit windows on its own (real) time, memory on the
 //! injected clock, so the tests of those expiries move both.
 //!
@@ -172,14 +173,6 @@ pub(crate) struct RedisKeys {
     servers: Vec<::redis::Client>,
     pub(crate) prefix: String,
     pub(crate) topology: Topology,
-}
-
-/// A Redis store on the standalone test server under a fresh key prefix, and the keys' guard.
-pub(crate) fn scratch_redis_store(
-    clock: SharedClock,
-    retention: Duration,
-) -> (RedisStore, RedisKeys) {
-    scratch_redis_store_on(Topology::Standalone, clock, retention)
 }
 
 /// A Redis store on the `topology` test deployment under a fresh key prefix (5 s response
