@@ -118,7 +118,11 @@ pub(crate) use on_both_stores;
 
 pub enum StoreChoice {
     Memory,
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
+    /// The whole `store:` section, as given (several gates sharing one key prefix).
+    Yaml(String),
 }
 
 pub struct GateBuilder {
@@ -152,6 +156,15 @@ impl GateBuilder {
         }
     }
 
+    /// A gate whose `store:` section is `yaml` as given.
+    #[allow(dead_code)]
+    pub fn store_yaml(yaml: impl Into<String>) -> Self {
+        Self {
+            store: StoreChoice::Yaml(yaml.into()),
+            ..Self::memory()
+        }
+    }
+
     /// Sets an environment variable for the gate process.
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
         self.env.push((name.to_owned(), value.into()));
@@ -179,6 +192,7 @@ impl GateBuilder {
                 "store:\n  backend: redis\n  redis: {{ url: \"{url}\", key_prefix: \"stepgate-e2e:{}:\", connect_timeout_ms: 300, response_timeout_ms: 300 }}\n",
                 uuid_like()
             ),
+            StoreChoice::Yaml(yaml) => yaml.clone(),
         };
         format!(
             "listen: {{ proxy: \"{proxy}\", api: \"{api}\", metrics: \"{metrics}\", admin: \"{admin}\" }}\n\

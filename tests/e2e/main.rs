@@ -26,6 +26,7 @@ mod push_cases;
 mod push_delivery;
 mod push_flow;
 mod redis_outage;
+mod scale_out;
 mod secure_context;
 mod serving;
 mod sms_flow;
