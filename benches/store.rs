@@ -165,6 +165,7 @@ fn main() {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
             mode: stepgate::config::settings::RedisMode::Standalone,
+            durability: Default::default(),
         };
         let redis_store: Arc<dyn TransactionStore> =
             Arc::new(RedisStore::new(settings, clock.clone(), Duration::from_secs(60)).expect("redis store"));

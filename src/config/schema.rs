@@ -164,6 +164,11 @@ pub struct Redis {
     pub db: i64,
     pub sentinel: RedisSentinel,
     pub cluster: RedisCluster,
+    /// After each write that decides something (a transaction stored, an attempt counted, an
+    /// approval, a held request taken), wait until this many replicas have it (`WAIT`); fewer
+    /// within `replica_ack_timeout_ms` fails the call (fail closed). 0: do not wait.
+    pub replicas_to_acknowledge: u32,
+    pub replica_ack_timeout_ms: u64,
     /// Prepended to every key, so several gateways can share one Redis.
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
@@ -227,6 +232,8 @@ impl Default for Redis {
             db: 0,
             sentinel: RedisSentinel::default(),
             cluster: RedisCluster::default(),
+            replicas_to_acknowledge: 0,
+            replica_ack_timeout_ms: 500,
             url: "redis://127.0.0.1:6379/0".into(),
             key_prefix: "stepgate:".into(),
             connect_timeout_ms: 1000,

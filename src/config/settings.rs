@@ -236,6 +236,24 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub mode: RedisMode,
+    pub durability: RedisDurability,
+}
+
+/// How many replicas must hold a deciding write before it counts (`WAIT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisDurability {
+    /// 0: answer as soon as the primary has it.
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl Default for RedisDurability {
+    fn default() -> Self {
+        Self {
+            replicas: 0,
+            timeout: Duration::from_millis(500),
+        }
+    }
 }
 
 impl fmt::Debug for RedisSettings {
@@ -244,6 +262,7 @@ impl fmt::Debug for RedisSettings {
             .field("url", &redact_url_password(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("mode", &self.mode)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -816,6 +835,7 @@ mod tests {
                 },
                 db: 0,
             })),
+            durability: RedisDurability::default(),
         };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -13,8 +13,9 @@ use url::Url;
 use super::schema::{self, ConfigFile};
 use super::settings::{
     ApiClient, ApiScope, CallbackEndpoint, CallbackSettings, ClusterSettings, Features, Limit,
-    ListenAddrs, LogFormat, LogSettings, RateLimits, RedisAuth, RedisMode, RedisNode,
-    RedisSettings, SentinelSettings, ServerSettings, Settings, StoreBackend, StoreSettings,
+    ListenAddrs, LogFormat, LogSettings, RateLimits, RedisAuth, RedisDurability, RedisMode,
+    RedisNode, RedisSettings, SentinelSettings, ServerSettings, Settings, StoreBackend,
+    StoreSettings,
 };
 use super::settings::{
     BodyTemplate, FileGatewaySettings, HttpAuth, HttpBodyFormat, HttpGatewaySettings, SmsGateway,
@@ -475,9 +476,20 @@ fn store(store: &schema::Store, problems: &mut Problems) -> Option<StoreSettings
             "must be non-empty and without spaces (expected e.g. \"stepgate:\")",
         );
     }
+    if redis.replicas_to_acknowledge > 16 {
+        redis_ok = false;
+        problems.add(
+            "store.redis.replicas_to_acknowledge",
+            format!(
+                "{} is out of range (expected 0 to 16 replicas)",
+                redis.replicas_to_acknowledge
+            ),
+        );
+    }
     for (field, value) in [
         ("connect_timeout_ms", redis.connect_timeout_ms),
         ("response_timeout_ms", redis.response_timeout_ms),
+        ("replica_ack_timeout_ms", redis.replica_ack_timeout_ms),
     ] {
         if !(1..=60_000).contains(&value) {
             redis_ok = false;
@@ -497,6 +509,10 @@ fn store(store: &schema::Store, problems: &mut Problems) -> Option<StoreSettings
                 connect_timeout: Duration::from_millis(redis.connect_timeout_ms),
                 response_timeout: Duration::from_millis(redis.response_timeout_ms),
                 mode,
+                durability: RedisDurability {
+                    replicas: redis.replicas_to_acknowledge,
+                    timeout: Duration::from_millis(redis.replica_ack_timeout_ms),
+                },
             })
         }),
         "redis" => None,

@@ -92,6 +92,7 @@ impl Topology {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(5),
             mode: RedisMode::Standalone,
+            durability: Default::default(),
         };
         let servers = match self {
             Topology::Standalone => vec![settings.url.clone()],

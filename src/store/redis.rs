@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use self::connection::Connector;
 pub use self::connection::RedisConnection;
+use crate::config::settings::RedisDurability;
 pub use crate::config::settings::RedisSettings;
 use crate::domain::auth_type::Method;
 use crate::domain::clock::{SharedClock, Timestamp};
@@ -137,6 +138,7 @@ impl Scripts {
 /// The shared store. Cheap to share behind an `Arc`; connects on first use.
 pub struct RedisStore {
     connector: Connector,
+    durability: RedisDurability,
     /// Bound on one whole call: connecting (if needed) plus the answer.
     call_timeout: Duration,
     prefix: String,
@@ -267,7 +269,15 @@ impl RedisStore {
         let shown_url = connection::shown(&settings);
         Ok(Self {
             connector,
-            call_timeout: settings.connect_timeout + settings.response_timeout,
+            durability: settings.durability,
+            // A write may also wait for its replicas.
+            call_timeout: settings.connect_timeout
+                + settings.response_timeout
+                + if settings.durability.replicas > 0 {
+                    settings.durability.timeout
+                } else {
+                    Duration::ZERO
+                },
             prefix: settings.key_prefix,
             clock,
             retention,
@@ -314,6 +324,45 @@ impl RedisStore {
             })
     }
 
+    /// `call` for a write that decides something: when `store.redis.replicas_to_acknowledge`
+    /// is set, `WAIT`s until that many replicas hold it (a failover then loses none of it), and
+    /// fails closed when fewer do within the timeout (the write stays on the primary; the caller
+    /// answers that the store is unavailable, as for any other store failure).
+    pub async fn call_write<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        run: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let durability = self.durability;
+        if durability.replicas == 0 {
+            return self.call(operation, run).await;
+        }
+        let (value, acknowledged) = self
+            .call(operation, |connection| async move {
+                let mut waiter = connection.clone();
+                let value = run(connection).await?;
+                let acknowledged: i64 = ::redis::cmd("WAIT")
+                    .arg(durability.replicas)
+                    .arg(millis(durability.timeout))
+                    .query_async(&mut waiter)
+                    .await?;
+                Ok((value, acknowledged))
+            })
+            .await?;
+        if acknowledged < i64::from(durability.replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "redis {operation}: {acknowledged} of {} replicas acknowledged the write within {} ms",
+                durability.replicas,
+                durability.timeout.as_millis()
+            )));
+        }
+        Ok(value)
+    }
+
     /// Runs a transaction script: KEYS[1] the transaction, ARGV now, retention, then `extra`.
     async fn run_tx_script<R: ::redis::FromRedisValue>(
         &self,
@@ -330,7 +379,7 @@ impl RedisStore {
         for arg in extra {
             invocation.arg(*arg);
         }
-        self.call(operation, |mut connection| async move {
+        self.call_write(operation, |mut connection| async move {
             invocation.invoke_async(&mut connection).await
         })
         .await
@@ -477,7 +526,7 @@ impl TransactionStore for RedisStore {
         for (name, value) in self.encode(tx)? {
             invocation.arg(name).arg(value);
         }
-        let insert = self.call("insert", |mut connection| async move {
+        let insert = self.call_write("insert", |mut connection| async move {
             invocation.invoke_async::<i64>(&mut connection).await
         });
         // The admin's indexes, beside it (other slots): an id taken already is indexed already.
@@ -683,7 +732,7 @@ impl RateLimitStore for RedisStore {
             .key(rl_key(&self.prefix, key))
             .arg(millis(window).max(1));
         let (count, ttl): (i64, i64) = self
-            .call("rate_limit", |mut connection| async move {
+            .call_write("rate_limit", |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
@@ -727,7 +776,7 @@ impl HeldRequestStore for RedisStore {
             .arg(ticket)
             .arg(head)
             .arg(request.request.body.as_slice());
-        let hold = self.call("held_hold", |mut connection| async move {
+        let hold = self.call_write("held_hold", |mut connection| async move {
             invocation.invoke_async::<()>(&mut connection).await
         });
         // Another slot on a cluster, so not part of the script (see the module docs); sent
@@ -773,7 +822,7 @@ impl HeldRequestStore for RedisStore {
         let mut invocation = self.scripts.held_take.prepare_invoke();
         invocation.key(held_key(&self.prefix, id));
         let taken: Option<HeldFields> = self
-            .call("held_take", |mut connection| async move {
+            .call_write("held_take", |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
@@ -837,6 +886,7 @@ mod tests {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(2),
             mode: crate::config::settings::RedisMode::Standalone,
+            durability: Default::default(),
         }
     }
 

@@ -50,6 +50,7 @@ impl RedisPrefix {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(5),
             mode: stepgate::config::settings::RedisMode::Standalone,
+            durability: Default::default(),
         };
         let clock: SharedClock = Arc::new(SystemClock);
         Arc::new(RedisStore::new(settings, clock, Duration::from_secs(60)).unwrap())

@@ -16,6 +16,7 @@ mod device_cli;
 mod dynamic_linking;
 mod edge;
 mod end_user_api;
+mod failover;
 mod fakes;
 mod harness;
 mod identity;

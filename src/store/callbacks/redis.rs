@@ -133,7 +133,7 @@ impl RedisCallbackQueue {
             invocation.arg(*arg);
         }
         self.store
-            .call(operation, |mut connection| async move {
+            .call_write(operation, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await

@@ -215,7 +215,7 @@ impl RedisDeviceStore {
             invocation.arg(*arg);
         }
         self.store
-            .call(operation, |mut connection| async move {
+            .call_write(operation, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await

@@ -189,7 +189,7 @@ impl AccountGuardStore for RedisGuardStore {
             .arg(millis(guard::IN_FLIGHT_TTL));
         let (kind, value, block): (i64, i64, i64) = self
             .store
-            .call("guard", |mut connection| async move {
+            .call_write("guard", |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
@@ -263,7 +263,7 @@ impl AccountGuardStore for RedisGuardStore {
         }
         let reply: Vec<::redis::Value> = self
             .store
-            .call("guard_admit", |mut connection| async move {
+            .call_write("guard_admit", |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;

@@ -377,6 +377,7 @@ mod tests {
                 connect_timeout: Duration::from_millis(500),
                 response_timeout: Duration::from_secs(2),
                 mode: crate::config::settings::RedisMode::Standalone,
+                durability: Default::default(),
             },
             clock.clone(),
             retention,
