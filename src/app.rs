@@ -23,11 +23,11 @@ use crate::config::Settings;
 use crate::config::env::{EnvSource, ProcessEnv};
 use crate::config::reload::{self, PolicyHandle};
 use crate::config::settings::ApiScope;
-use crate::config::settings::{LogFormat, StoreBackend, redact_url_password};
+use crate::config::settings::{LogFormat, StoreBackend};
 use crate::domain::callback::CallbackQueue;
 use crate::domain::clock::{SharedClock, SystemClock};
 use crate::domain::code::CodeHasher;
-use crate::domain::ports::{AccountGuardStore, AdminStore};
+use crate::domain::ports::{AccountGuardStore, AdminStore, TransactionSignals};
 use crate::domain::ports::{
     DeviceStore, HeldRequestStore, RateLimitStore, StoreError, TransactionStore,
 };
@@ -97,17 +97,19 @@ struct Stores {
     callbacks: Arc<dyn CallbackQueue>,
     admin: Arc<dyn AdminStore>,
     guard: Arc<dyn AccountGuardStore>,
+    /// Wakes waiting requests when their transaction is decided.
+    signals: Arc<dyn TransactionSignals>,
 }
 
 fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppError> {
     let retention = settings.store.retention;
     Ok(match &settings.store.backend {
         StoreBackend::Memory => {
-            let store = Arc::new(Instrumented::new(MemoryStore::new(
-                clock.clone(),
-                retention,
-            )));
+            let memory = MemoryStore::new(clock.clone(), retention);
+            let signals = Arc::new(memory.signals());
+            let store = Arc::new(Instrumented::new(memory));
             Stores {
+                signals,
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 admin: store.clone(),
@@ -121,14 +123,13 @@ fn build_store(settings: &Settings, clock: SharedClock) -> Result<Stores, AppErr
             }
         }
         StoreBackend::Redis(redis) => {
-            let store = Arc::new(Instrumented::new(RedisStore::new(
-                redis.clone(),
-                clock.clone(),
-                retention,
-            )?));
+            let redis_store = RedisStore::new(redis.clone(), clock.clone(), retention)?;
+            let signals = Arc::new(redis_store.signals());
+            let store = Arc::new(Instrumented::new(redis_store));
             // Devices and callbacks share one more connection of their own.
             let shared = Arc::new(RedisStore::new(redis.clone(), clock.clone(), retention)?);
             Stores {
+                signals,
                 transactions: store.clone(),
                 rate_limits: store.clone(),
                 admin: store.clone(),
@@ -149,7 +150,7 @@ fn describe_store(settings: &Settings) -> String {
         StoreBackend::Memory => "memory".to_owned(),
         StoreBackend::Redis(redis) => format!(
             "redis {} prefix {}",
-            redact_url_password(&redis.url),
+            crate::store::redis::describe(redis),
             redis.key_prefix
         ),
     }
@@ -449,7 +450,8 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     )
     .with_push(push.clone())
     .with_otp(otp.clone())
-    .with_assertions(settings.proxy.assertion.clone());
+    .with_assertions(settings.proxy.assertion.clone())
+    .with_signals(stores.signals.clone());
     let mobile_auth = Arc::new(MobileAuthState {
         enabled: settings.features.mobile_authentication,
         clients: settings.api_clients.clone(),

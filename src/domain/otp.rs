@@ -236,6 +236,18 @@ pub enum RedeemOutcome {
     NotPending(Status),
 }
 
+impl RedeemOutcome {
+    /// Whether the transaction left `pending` with this step (its waiters should look).
+    pub fn decided(&self) -> bool {
+        matches!(
+            self,
+            RedeemOutcome::Finished { .. }
+                | RedeemOutcome::Exhausted { .. }
+                | RedeemOutcome::Expired
+        )
+    }
+}
+
 /// Whether an OTP submission by `user_id` may touch `tx` at all: it must be an OTP
 /// transaction, and one bound to a user (started by the proxy for a known user) only answers
 /// that user's phones. Checked before anything is counted, so a guess at another user's

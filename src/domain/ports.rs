@@ -32,6 +32,23 @@ pub enum StoreError {
 
 /// Transactions, with every multi-step change applied atomically (one Lua script on Redis, one
 /// critical section in memory). `None` means the transaction does not exist (or was evicted).
+/// Wakes whoever waits on a transaction (a held request, a status long poll) when it may have
+/// changed, on every gate, so waiters need not poll the store. A signal may be lost (a gate
+/// restarting, a store failover): waiters still read the store now and then.
+pub trait TransactionSignals: Send + Sync {
+    /// Starts listening to `id`: a change signalled after this call wakes
+    /// [`SignalListener::changed`].
+    fn listen(&self, id: &TransactionId) -> Box<dyn SignalListener>;
+}
+
+/// One waiter's subscription to one transaction's changes.
+#[async_trait]
+pub trait SignalListener: Send {
+    /// Resolves at the first signal since `listen` or since the previous return, or after
+    /// `within`, whichever comes first.
+    async fn changed(&mut self, within: Duration);
+}
+
 #[async_trait]
 pub trait TransactionStore: Send + Sync {
     /// A short name for logs and metric labels: `memory` or `redis`.

@@ -56,6 +56,25 @@ pub enum FinishOutcome {
     NotPending(Status),
 }
 
+impl FinishOutcome {
+    /// Whether the transaction left `pending` with this step (its waiters should look).
+    pub fn decided(&self) -> bool {
+        matches!(self, FinishOutcome::Finished | FinishOutcome::Expired)
+    }
+}
+
+impl VerifyOutcome {
+    /// Whether the transaction left `pending` with this step (its waiters should look).
+    pub fn decided(&self) -> bool {
+        matches!(
+            self,
+            VerifyOutcome::Approved { .. }
+                | VerifyOutcome::Exhausted { .. }
+                | VerifyOutcome::Expired
+        )
+    }
+}
+
 /// Marks a pending transaction whose lifetime has passed as expired. Returns whether it did.
 fn expire_if_due(tx: &mut Transaction, now: Timestamp) -> bool {
     if tx.status == Status::Pending && now >= tx.expires_at {

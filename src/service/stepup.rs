@@ -27,12 +27,17 @@ use crate::domain::grant::{Grant, GrantKey};
 use crate::domain::held::{BindingDigest, HeldMode, HeldRequest, HeldTicket, OriginalRequest};
 use crate::domain::policy::Bound;
 use crate::domain::policy::StepUp;
-use crate::domain::ports::{BoundedList, HeldRequestStore, SendError, StoreError};
+use crate::domain::ports::{
+    BoundedList, HeldRequestStore, SendError, StoreError, TransactionSignals,
+};
 use crate::domain::regulation::{ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Owner, Status, Transaction, TransactionId};
 
-/// How often a waiting request looks at the transaction again.
+/// How often a waiting request looks at the transaction again when nothing signals changes.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a waiting request looks at the transaction again although signals wake it: the
+/// safety net for a lost signal (a gate restarted, a store failover).
+pub const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Held requests outlive their transaction a little, so an approval in its last second can
 /// still be completed.
 const HOLD_GRACE: Duration = Duration::from_secs(30);
@@ -158,6 +163,7 @@ pub struct StepUpService {
     push: Option<PushService>,
     otp: Option<OtpService>,
     assertions: Option<AssertionSigner>,
+    signals: Option<Arc<dyn TransactionSignals>>,
 }
 
 impl StepUpService {
@@ -181,7 +187,14 @@ impl StepUpService {
             push: None,
             otp: None,
             assertions: None,
+            signals: None,
         }
+    }
+
+    /// Waiting requests are woken by `signals` instead of polling the store.
+    pub fn with_signals(mut self, signals: Arc<dyn TransactionSignals>) -> Self {
+        self.signals = Some(signals);
+        self
     }
 
     /// Asserts every forwarded step-up to the app (`proxy.assertion`).
@@ -617,12 +630,19 @@ impl StepUpService {
         max_wait: Duration,
     ) -> Result<Transaction, StepUpError> {
         let deadline = tokio::time::Instant::now() + max_wait;
+        // Listening before the first read: a decision between the read and the wait still wakes.
+        let mut listener = self.signals.as_ref().map(|signals| signals.listen(id));
         loop {
             let transaction = self.transaction(id, requester).await?;
-            if transaction.status != Status::Pending || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if transaction.status != Status::Pending || now >= deadline {
                 return Ok(transaction);
             }
-            tokio::time::sleep(POLL_INTERVAL.min(deadline - tokio::time::Instant::now())).await;
+            let left = deadline - now;
+            match &mut listener {
+                Some(listener) => listener.changed(SAFETY_POLL.min(left)).await,
+                None => tokio::time::sleep(POLL_INTERVAL.min(left)).await,
+            }
         }
     }
 

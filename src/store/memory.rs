@@ -30,6 +30,7 @@ use crate::domain::ports::{
 };
 use crate::domain::regulation::{self, Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Owner, Transaction, TransactionId};
+use crate::store::signals::LocalSignals;
 
 mod admin;
 
@@ -41,6 +42,8 @@ pub struct MemoryStore {
     clock: SharedClock,
     retention: Duration,
     state: Mutex<State>,
+    /// Wakes the waiters of a transaction that left `pending`.
+    signals: LocalSignals,
 }
 
 struct State {
@@ -96,6 +99,18 @@ impl MemoryStore {
                 index: BTreeSet::new(),
                 audit: VecDeque::new(),
             }),
+            signals: LocalSignals::new(),
+        }
+    }
+
+    /// Where waiters listen for this store's transactions to be decided.
+    pub fn signals(&self) -> LocalSignals {
+        self.signals.clone()
+    }
+
+    fn signal_if(&self, id: &TransactionId, decided: bool) {
+        if decided {
+            self.signals.signal(id);
         }
     }
 
@@ -240,7 +255,9 @@ impl TransactionStore for MemoryStore {
                 method: tx.method,
             })
         });
-        Ok(verified.flatten())
+        let verified = verified.flatten();
+        self.signal_if(id, verified.as_ref().is_some_and(|v| v.outcome.decided()));
+        Ok(verified)
     }
 
     async fn resend(
@@ -256,7 +273,9 @@ impl TransactionStore for MemoryStore {
         id: &TransactionId,
         update: &Finish,
     ) -> Result<Option<FinishOutcome>, StoreError> {
-        Ok(self.with_live(id, |tx, now| regulation::finish(tx, update, now)))
+        let finished = self.with_live(id, |tx, now| regulation::finish(tx, update, now));
+        self.signal_if(id, finished.as_ref().is_some_and(FinishOutcome::decided));
+        Ok(finished)
     }
 
     async fn redeem_otp(
@@ -265,8 +284,11 @@ impl TransactionStore for MemoryStore {
         candidate: &CodeHash,
         answer: &OtpAnswer,
     ) -> Result<Option<RedeemOutcome>, StoreError> {
-        let redeemed = self.with_live(id, |tx, now| otp::redeem(tx, candidate, answer, now));
-        Ok(redeemed.flatten())
+        let redeemed = self
+            .with_live(id, |tx, now| otp::redeem(tx, candidate, answer, now))
+            .flatten();
+        self.signal_if(id, redeemed.as_ref().is_some_and(RedeemOutcome::decided));
+        Ok(redeemed)
     }
 }
 

@@ -33,6 +33,7 @@ pub mod guard;
 pub mod instrumented;
 pub mod memory;
 pub mod redis;
+pub mod signals;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md house rules)

@@ -40,6 +40,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{RedisError, Script};
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use self::connection::Connector;
 pub use self::connection::RedisConnection;
+pub use self::signals::RedisSignals;
 use crate::config::settings::RedisDurability;
 pub use crate::config::settings::RedisSettings;
 use crate::domain::auth_type::Method;
@@ -60,9 +62,11 @@ use crate::domain::ports::{
 };
 use crate::domain::regulation::{Finish, FinishOutcome, ResendOutcome, VerifyOutcome};
 use crate::domain::transaction::{Details, Owner, Reason, Status, Transaction, TransactionId};
+use crate::store::signals::LocalSignals;
 
 mod admin;
 mod connection;
+mod signals;
 
 const COMMON_LUA: &str = include_str!("lua/common.lua");
 const VERIFY_LUA: &str = include_str!("lua/verify.lua");
@@ -135,9 +139,16 @@ impl Scripts {
     }
 }
 
+/// Where a store with `settings` connects, for logs: never a password.
+pub fn describe(settings: &RedisSettings) -> String {
+    connection::shown(settings)
+}
+
 /// The shared store. Cheap to share behind an `Arc`; connects on first use.
 pub struct RedisStore {
-    connector: Connector,
+    connector: Arc<Connector>,
+    /// This process's waiters on the transactions (see `signals`).
+    signals: LocalSignals,
     durability: RedisDurability,
     /// Bound on one whole call: connecting (if needed) plus the answer.
     call_timeout: Duration,
@@ -268,7 +279,8 @@ impl RedisStore {
         let connector = Connector::new(&settings).map_err(|err| unavailable("url", &err))?;
         let shown_url = connection::shown(&settings);
         Ok(Self {
-            connector,
+            connector: Arc::new(connector),
+            signals: LocalSignals::new(),
             durability: settings.durability,
             // A write may also wait for its replicas.
             call_timeout: settings.connect_timeout
@@ -284,6 +296,35 @@ impl RedisStore {
             scripts: Scripts::new(),
             shown_url,
         })
+    }
+
+    /// Where waiters listen for this store's transactions to be decided, on any gate.
+    pub fn signals(&self) -> RedisSignals {
+        RedisSignals::new(
+            self.signals.clone(),
+            self.connector.clone(),
+            signals::channel(&self.prefix),
+        )
+    }
+
+    /// Tells this process's waiters and every other gate's that `id` was decided. Best
+    /// effort: a waiter that misses it reads the store again a little later.
+    async fn decided(&self, id: &TransactionId) {
+        self.signals.signal(id);
+        let channel = signals::channel(&self.prefix);
+        let message = id.to_string();
+        let published = self
+            .call("publish", |mut connection| async move {
+                ::redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+        if let Err(error) = published {
+            tracing::debug!(transaction_id = %id, %error, "cannot publish the decision");
+        }
     }
 
     /// The configured key prefix, for the other Redis-backed stores sharing this connection.
@@ -591,6 +632,9 @@ impl TransactionStore for RedisStore {
             R_NO_CODE => VerifyOutcome::NoCode,
             _ => return Err(unexpected(&(kind, a, b, status))),
         };
+        if outcome.decided() {
+            self.decided(id).await;
+        }
         let (immutable, method) = Immutable::decode(&data)?;
         Ok(Some(Verified {
             outcome,
@@ -657,6 +701,9 @@ impl TransactionStore for RedisStore {
             R_NOT_PENDING => FinishOutcome::NotPending(reply_status(&reply.3)?),
             _ => return Err(unexpected(&reply)),
         };
+        if outcome.decided() {
+            self.decided(id).await;
+        }
         Ok(Some(outcome))
     }
 
@@ -715,6 +762,9 @@ impl TransactionStore for RedisStore {
             R_NOT_PENDING => RedeemOutcome::NotPending(reply_status(&reply.3)?),
             _ => return Err(unexpected(&reply)),
         };
+        if outcome.decided() {
+            self.decided(id).await;
+        }
         Ok(Some(outcome))
     }
 }

@@ -15,13 +15,13 @@
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use ::redis::{
-    Client, Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind,
-    TlsMode, Value,
+    Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisError, RedisFuture, ServerErrorKind, TlsMode, Value,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -92,6 +92,9 @@ pub enum Connector {
     Cluster {
         client: ClusterClient,
         connection: OnceCell<ClusterConnection>,
+        /// Plain clients of the seed nodes, for the signal subscription (a publish reaches
+        /// every node of a cluster).
+        seeds: Vec<Client>,
     },
 }
 
@@ -118,6 +121,11 @@ impl Connector {
             RedisMode::Cluster(cluster) => Connector::Cluster {
                 client: cluster_client(cluster, settings)?,
                 connection: OnceCell::new(),
+                seeds: cluster
+                    .nodes
+                    .iter()
+                    .map(|node| seed_client(node, &cluster.data_auth))
+                    .collect::<Result<_, _>>()?,
             },
         })
     }
@@ -164,11 +172,37 @@ impl Connector {
                 drop(sentinel);
                 Ok(RedisConnection::Single(manager))
             }
-            Connector::Cluster { client, connection } => {
+            Connector::Cluster {
+                client, connection, ..
+            } => {
                 let cluster = connection
                     .get_or_try_init(|| client.get_async_connection())
                     .await?;
                 Ok(RedisConnection::Cluster(cluster.clone()))
+            }
+        }
+    }
+
+    /// A connection of its own for a subscription: the standalone server, the primary the
+    /// Sentinels name now, or the first seed node of a cluster that answers.
+    pub async fn pubsub(&self) -> Result<PubSub, RedisError> {
+        match self {
+            Connector::Standalone { client, .. } => client.get_async_pubsub().await,
+            Connector::Sentinel { sentinel, .. } => {
+                let client = sentinel.lock().await.async_get_client().await?;
+                client.get_async_pubsub().await
+            }
+            Connector::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds {
+                    match seed.get_async_pubsub().await {
+                        Ok(pubsub) => return Ok(pubsub),
+                        Err(error) => last = Some(error),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    RedisError::from((ErrorKind::InvalidClientConfig, "no cluster node"))
+                }))
             }
         }
     }
@@ -250,6 +284,21 @@ fn address(node: &RedisNode, tls: bool) -> ConnectionAddr {
     } else {
         ConnectionAddr::Tcp(node.host.clone(), node.port)
     }
+}
+
+fn seed_client(node: &RedisNode, auth: &RedisAuth) -> Result<Client, RedisError> {
+    let mut redis = RedisConnectionInfo::default();
+    if let Some(username) = &auth.username {
+        redis = redis.set_username(username);
+    }
+    if let Some(password) = &auth.password {
+        redis = redis.set_password(password);
+    }
+    Client::open(
+        address(node, auth.tls)
+            .into_connection_info()?
+            .set_redis_settings(redis),
+    )
 }
 
 fn sentinel_client(settings: &SentinelSettings) -> Result<SentinelClient, RedisError> {
