@@ -102,6 +102,10 @@ policies:
     match: {{ methods: [POST], paths: [\"/transfer\"] }}
     require: {{ auth_type: sms_code, freshness_seconds: 0 }}
     message: \"Approve transfer of {{form.amount}} EUR\"
+  - name: held-transfers
+    match: {{ methods: [POST], paths: [\"/held-transfer\"] }}
+    require: {{ auth_type: sms_code, freshness_seconds: 0 }}
+    mode: hold
 proxy:
   upstream: {{ address: \"{upstream}\" }}
   trusted_proxies: [\"127.0.0.1/32\"]
@@ -246,6 +250,62 @@ async fn flows_start_on_one_gate_and_finish_on_another(topology: Topology) {
         w.gates[1].log_text()
     );
     assert_eq!(w.upstream.seen_on("/transfer").len(), 1);
+
+    // Hold mode: the request waits on gate 0; the code goes to gate 1. Gate 0 learns of the
+    // approval from gate 1's signal (its own safety read comes only every 5 s).
+    let waiting = {
+        let url = w.gates[0].proxy_url("/held-transfer");
+        tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .header("x-user-id", "dan")
+                .header("x-user-phone", "+31611111111")
+                .header("accept", "application/json")
+                .form(&[("amount", "20")])
+                .send()
+                .await
+                .unwrap();
+            (response.status(), std::time::Instant::now())
+        })
+    };
+    let pending: Value = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = client()
+                .get(w.gates[1].proxy_url("/.stepgate/pending"))
+                .header("x-user-id", "dan")
+                .header("x-user-phone", "+31611111111")
+                .header("accept", "application/json")
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::OK {
+                break response.json().await.unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "no pending request on gate 1");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let code = codes(&w.gates[0]).pop().expect("the hold-mode SMS on gate 0");
+    let verified = client()
+        .post(w.gates[1].proxy_url(pending["verify_uri"].as_str().unwrap()))
+        .header("x-user-id", "dan")
+        .header("x-user-phone", "+31611111111")
+        .header("accept", "application/json")
+        .json(&serde_json::json!({ "sms_code": code }))
+        .send()
+        .await
+        .unwrap();
+    let approved_at = std::time::Instant::now();
+    assert_eq!(verified.status(), StatusCode::OK, "{}", w.gates[1].log_text());
+    let (status, answered_at) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", w.gates[0].log_text());
+    let woken_after = answered_at.saturating_duration_since(approved_at);
+    assert!(
+        woken_after < Duration::from_secs(2),
+        "gate 0 answered {woken_after:?} after gate 1's approval"
+    );
+    assert_eq!(w.upstream.seen_on("/held-transfer").len(), 1);
 
     // Push: the phone enrolled with gate 1's code through gate 2; the push starts on gate 0
     // and is approved through gate 2.
