@@ -264,6 +264,18 @@ impl BackgroundService for PolicyReloader {
     }
 }
 
+/// Tells the proxy's waiting hold-mode requests when the server begins to stop, so they answer
+/// before their connections are closed.
+struct StopRelay(tokio::sync::watch::Sender<bool>);
+
+#[async_trait]
+impl BackgroundService for StopRelay {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let _ = self.0.send(true);
+    }
+}
+
 /// Delivers portal callbacks from the durable queue for as long as the server runs.
 struct CallbackWorker(CallbackService);
 
@@ -538,7 +550,10 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     }
 
     if let Some(upstream) = &settings.proxy.upstream {
+        let (stopping_sender, stopping) = tokio::sync::watch::channel(false);
+        server.add_service(background_service("stop-relay", StopRelay(stopping_sender)));
         let state = Arc::new(ProxyState {
+            stopping,
             policies: policies.clone(),
             stepup,
             identity: settings

@@ -202,6 +202,19 @@ pub trait HeldRequestStore: Send + Sync {
 
     /// The transaction id of the latest request held with this `user_key`, while it is held.
     async fn latest_for_user(&self, user_key: &str) -> Result<Option<TransactionId>, StoreError>;
+
+    /// Says that a client connection waits for this held request for `lease` (renewed before
+    /// it ends), or, with `None`, that none does any more. Whoever completes an approved
+    /// hold-mode request forwards it itself when nobody waits (the waiting connection was
+    /// closed, its gate stopped), so an approval is never dropped.
+    async fn set_waiter(
+        &self,
+        id: &TransactionId,
+        lease: Option<Duration>,
+    ) -> Result<(), StoreError>;
+
+    /// Whether a client connection waits for this held request now.
+    async fn has_waiter(&self, id: &TransactionId) -> Result<bool, StoreError>;
 }
 
 /// Enrolled devices, one-time enrollment codes and the small atomic counters of the device

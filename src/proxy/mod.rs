@@ -66,6 +66,35 @@ pub struct ProxyState {
     pub max_held_body_bytes: usize,
     pub login_url: Option<Url>,
     pub max_message_length: usize,
+    /// Turns `true` when the gate begins to stop (SIGTERM): waiting hold-mode requests answer
+    /// then, instead of having their connection closed under them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How a hold-mode wait ended.
+enum Waited {
+    Decided(Box<Result<Transaction, StepUpError>>),
+    /// The client closed its connection: the request stays held and completable.
+    ClientGone,
+    /// The gate is stopping.
+    Stopping,
+}
+
+/// Resolves when the client closes its connection (its request was read whole before the
+/// wait). Anything else it sends ends the watch without resolving.
+async fn client_closed(session: &mut Session) {
+    match session.downstream_session.read_body_or_idle(true).await {
+        Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Resolves when the gate begins to stop.
+async fn stopping(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        // The sender is gone: nobody will say so, so this never resolves.
+        std::future::pending::<()>().await;
+    }
 }
 
 pub struct StepGateProxy {
@@ -564,12 +593,48 @@ impl StepGateProxy {
             .now()
             .until(challenge.transaction.expires_at);
         metrics::proxy_held(1);
-        let decided = self
-            .state
-            .stepup
-            .wait_for_decision(&id, requester, wait)
-            .await;
+        let stepup = &self.state.stepup;
+        let outcome = {
+            let waited = async {
+                tokio::select! {
+                    decided = stepup.wait_for_decision(&id, requester, wait) => Waited::Decided(Box::new(decided)),
+                    () = client_closed(session) => Waited::ClientGone,
+                    () = stopping(self.state.stopping.clone()) => Waited::Stopping,
+                }
+            };
+            // While this connection waits, its lease says so: an approval given elsewhere then
+            // leaves the forwarding to it; without the lease, whoever completes forwards.
+            let lease = async {
+                loop {
+                    if let Err(error) = stepup.keep_waiting(&id, true).await {
+                        tracing::debug!(transaction_id = %id, %error, "cannot renew the waiter lease");
+                    }
+                    tokio::time::sleep(crate::service::stepup::WAITER_RENEW).await;
+                }
+            };
+            tokio::pin!(waited);
+            tokio::select! {
+                outcome = &mut waited => outcome,
+                () = lease => (&mut waited).await,
+            }
+        };
+        if let Err(error) = stepup.keep_waiting(&id, false).await {
+            tracing::debug!(transaction_id = %id, %error, "cannot drop the waiter lease");
+        }
         metrics::proxy_held(-1);
+        let decided = match outcome {
+            Waited::Decided(decided) => *decided,
+            Waited::ClientGone => {
+                ctx.decision = "client_gone";
+                tracing::info!(transaction_id = %id, "the client of a held request left; it stays held and can be completed at /.stepgate/pending");
+                return Ok(());
+            }
+            Waited::Stopping => {
+                ctx.decision = "restarting";
+                tracing::info!(transaction_id = %id, "the gate stops; the held request stays held and can be completed at /.stepgate/pending");
+                return send(session, Reply::refusal(&Refusal::Restarting, html)).await;
+            }
+        };
         match decided {
             Ok(tx) if tx.status == Status::Approved => {
                 ctx.decision = "approved";

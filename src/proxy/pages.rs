@@ -215,6 +215,23 @@ fn push_error(body: &mut String, error: Option<&str>) {
     }
 }
 
+/// An approved hold-mode request that nobody waits for any more (its connection was closed, or
+/// its gate stopped): one button sends it on, from this page.
+pub fn continue_page(tx_path: &str, csrf: &str) -> String {
+    let body = format!(
+        "<h1>Confirmed</h1>\n\
+         <p id=\"detail\">Your request was confirmed, but the page that sent it is no longer \
+         waiting. Continue it here.</p>\n\
+         <form id=\"complete-form\" method=\"post\" action=\"{}/complete\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\n\
+         <button id=\"complete-button\" type=\"submit\">Continue</button>\n\
+         </form>\n",
+        escape_html(tx_path),
+        escape_html(csrf)
+    );
+    layout("Confirmed — stepgate", "", &body)
+}
+
 /// A short page for errors and outcomes: a title and one explanatory sentence (plain text).
 pub fn message_page(title: &str, detail: &str) -> String {
     let title = escape_html(title);
@@ -779,6 +796,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn continue_page_posts_the_complete_form_with_its_csrf_token() {
+        let page = continue_page("/.stepgate/tx/abc", "t<o>k");
+        assert!(
+            page.contains("action=\"/.stepgate/tx/abc/complete\""),
+            "{page}"
+        );
+        assert!(
+            page.contains("name=\"csrf\" value=\"t&lt;o&gt;k\""),
+            "{page}"
+        );
+        assert!(!has_event_handler(&page));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum Refusal {
     Pending,
     /// The upstream could not be reached or broke off.
     UpstreamFailed,
+    /// The gate stops while a hold-mode request waits: the request stays held, and the user
+    /// finishes it at `/.stepgate/pending` (on any gate).
+    Restarting,
     MethodNotAllowed,
     NotFound,
 }
@@ -83,6 +86,7 @@ impl Refusal {
             Refusal::NotApproved(status) => (401, "step_up_failed", "Not confirmed", format!("The confirmation was not given ({status}). Start again.")),
             Refusal::AlreadyCompleted => (409, "already_completed", "Already done", "This request was already sent.".to_owned()),
             Refusal::Pending => (409, "pending", "Waiting", "The confirmation is still pending.".to_owned()),
+            Refusal::Restarting => (503, "gateway_restarting", "Please continue elsewhere", "The gateway is restarting. Your request is kept: confirm it, then continue it at /.stepgate/pending.".to_owned()),
             Refusal::UpstreamFailed => (502, "bad_gateway", "Service unavailable", "The application did not answer. Try again in a moment.".to_owned()),
             Refusal::MethodNotAllowed => (405, "method_not_allowed", "Not allowed", "This method is not allowed here.".to_owned()),
             Refusal::NotFound => (404, "not_found", "Not found", "There is nothing here.".to_owned()),
@@ -170,6 +174,7 @@ impl Reply {
                 reply.with_header("retry-after", seconds.max(1).to_string())
             }
             Refusal::Unavailable => reply.with_header("retry-after", "5".to_owned()),
+            Refusal::Restarting => reply.with_header("retry-after", "1".to_owned()),
             _ => reply,
         }
     }

@@ -197,8 +197,10 @@ impl Handler<'_> {
                         200,
                         &json!({
                             "transaction_id": id.to_string(),
+                            "status": tx.status.as_str(),
                             "status_uri": format!("{base}/status"),
                             "verify_uri": format!("{base}/verify"),
+                            "complete_uri": format!("{base}/complete"),
                             "number": tx.details.number,
                             "number_matching": number_matching(&tx),
                         }),
@@ -246,6 +248,20 @@ impl Handler<'_> {
         error: Option<&str>,
         otp_link: Option<&str>,
     ) -> pingora::Result<()> {
+        if tx.status == Status::Approved
+            && ticket.mode == HeldMode::Hold
+            && !self
+                .proxy
+                .state
+                .stepup
+                .is_waited_on(&tx.id)
+                .await
+                .unwrap_or(false)
+        {
+            // Approved while nobody waited for it: it continues from here.
+            let page = pages::continue_page(&tx_path(tx), csrf);
+            return send(session, Reply::html(200, page)).await;
+        }
         if tx.status != Status::Pending {
             return self
                 .refuse(session, Refusal::NotApproved(tx.status.as_str()))
@@ -449,6 +465,16 @@ impl Handler<'_> {
                     .await
             }
             HeldMode::Hold => {
+                let stepup = &self.proxy.state.stepup;
+                // Nobody waits for it any more (its connection closed, its gate stopped): it
+                // is forwarded here, to this client, once. Unknown: tried here too, since only
+                // one taker ever gets the held request.
+                if !stepup.is_waited_on(&tx.id).await.unwrap_or(false) {
+                    return self
+                        .proxy
+                        .release_and_forward(session, ctx, tx, self.html)
+                        .await;
+                }
                 let reply = if self.html {
                     Reply::html(
                         200,

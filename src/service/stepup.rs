@@ -38,6 +38,11 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a waiting request looks at the transaction again although signals wake it: the
 /// safety net for a lost signal (a gate restarted, a store failover).
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// A waiting connection's lease on its held request: renewed every `WAITER_RENEW`, so a gate
+/// that stopped without saying so is noticed within this.
+const WAITER_LEASE: Duration = Duration::from_secs(15);
+/// How often a waiting connection renews its lease.
+pub const WAITER_RENEW: Duration = Duration::from_secs(5);
 /// Held requests outlive their transaction a little, so an approval in its last second can
 /// still be completed.
 const HOLD_GRACE: Duration = Duration::from_secs(30);
@@ -644,6 +649,20 @@ impl StepUpService {
                 None => tokio::time::sleep(POLL_INTERVAL.min(left)).await,
             }
         }
+    }
+
+    /// Says that a client connection waits for this hold-mode request (renewed every
+    /// `WAITER_RENEW`), or that none does any more.
+    pub async fn keep_waiting(&self, id: &TransactionId, waiting: bool) -> Result<(), StepUpError> {
+        self.held
+            .set_waiter(id, waiting.then_some(WAITER_LEASE))
+            .await
+            .map_err(StepUpError::from)
+    }
+
+    /// Whether a client connection waits for this hold-mode request now.
+    pub async fn is_waited_on(&self, id: &TransactionId) -> Result<bool, StepUpError> {
+        Ok(self.held.has_waiter(id).await?)
     }
 
     /// Checks an SMS code and counts the attempt (atomic in the store). Only SMS transactions

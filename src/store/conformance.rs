@@ -1125,6 +1125,28 @@ pub(super) async fn missing_held_requests_are_none(h: &Harness) {
     assert_eq!(h.stored(&tx.id).await, tx);
 }
 
+pub(super) async fn a_waiter_lease_is_set_renewed_cleared_and_runs_out(h: &Harness) {
+    let lease = Duration::from_millis(300);
+    let id = TransactionId::random();
+    let other = TransactionId::random();
+    assert!(!h.held.has_waiter(&id).await.unwrap());
+    h.held.set_waiter(&id, Some(lease)).await.unwrap();
+    assert!(h.held.has_waiter(&id).await.unwrap());
+    assert!(!h.held.has_waiter(&other).await.unwrap());
+    h.held.set_waiter(&id, None).await.unwrap();
+    assert!(!h.held.has_waiter(&id).await.unwrap());
+    // Not renewed: it runs out by itself (a gate that stopped waiting without saying so).
+    h.held.set_waiter(&id, Some(lease)).await.unwrap();
+    if let Some(redis) = &h.redis {
+        let pttl = redis.pttl(&super::redis::waiter_key(&redis.prefix, &id));
+        assert!(pttl > 0 && pttl <= 300, "PTTL {pttl} ms");
+        tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    } else {
+        h.clock.advance(lease);
+    }
+    assert!(!h.held.has_waiter(&id).await.unwrap());
+}
+
 pub(super) async fn held_requests_expire_with_their_ttl(h: &Harness) {
     let ttl = Duration::from_millis(300);
     let id = TransactionId::random();
@@ -1516,6 +1538,7 @@ macro_rules! conformance_suite {
                 held_request_is_taken_once,
                 missing_held_requests_are_none,
                 held_requests_expire_with_their_ttl,
+                a_waiter_lease_is_set_renewed_cleared_and_runs_out,
                 latest_for_user_follows_the_newest_hold,
                 latest_for_user_keeps_users_apart,
                 held_requests_are_isolated_by_key_prefix,

@@ -195,6 +195,20 @@ impl<S: HeldRequestStore> HeldRequestStore for Instrumented<S> {
         self.timed("held_latest", self.inner.latest_for_user(user_key))
             .await
     }
+
+    async fn set_waiter(
+        &self,
+        id: &TransactionId,
+        lease: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.timed("held_set_waiter", self.inner.set_waiter(id, lease))
+            .await
+    }
+
+    async fn has_waiter(&self, id: &TransactionId) -> Result<bool, StoreError> {
+        self.timed("held_has_waiter", self.inner.has_waiter(id))
+            .await
+    }
 }
 
 #[async_trait]

@@ -52,6 +52,8 @@ struct State {
     held: HashMap<TransactionId, Held>,
     /// Each user key's latest held request.
     held_users: HashMap<String, HeldUser>,
+    /// Held requests a client connection waits for, until when.
+    waiters: HashMap<TransactionId, Timestamp>,
     /// No sweep of transactions before this time.
     next_sweep: Timestamp,
     /// No sweep of rate-limit windows before this time.
@@ -93,6 +95,7 @@ impl MemoryStore {
                 windows: HashMap::new(),
                 held: HashMap::new(),
                 held_users: HashMap::new(),
+                waiters: HashMap::new(),
                 next_sweep: Timestamp(0),
                 next_window_sweep: Timestamp(0),
                 next_held_sweep: Timestamp(0),
@@ -387,6 +390,31 @@ impl HeldRequestStore for MemoryStore {
         }
         let id = user.id;
         Ok(state.live_held(&id, now).map(|_| id))
+    }
+
+    async fn set_waiter(
+        &self,
+        id: &TransactionId,
+        lease: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.now();
+        state.waiters.retain(|_, until| now < *until);
+        match lease {
+            Some(lease) => {
+                state.waiters.insert(*id, now.plus(lease));
+            }
+            None => {
+                state.waiters.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_waiter(&self, id: &TransactionId) -> Result<bool, StoreError> {
+        let state = self.lock();
+        let now = self.clock.now();
+        Ok(state.waiters.get(id).is_some_and(|until| now < *until))
     }
 }
 

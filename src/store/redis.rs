@@ -17,6 +17,8 @@
 //!   base64) and `body` (the raw bytes, never inside JSON). `hold` writes the fields and the
 //!   key's PEXPIRE in one script; `ticket` reads the `ticket` field alone (HGET); `take` reads
 //!   and deletes the hash in one script, so it answers once.
+//! - `{prefix}held:{<uuid>}:waiter`: a STRING with a PX lease while a client connection waits
+//!   for the held request (hold mode); its absence lets a completion forward the request.
 //! - `{prefix}held-user:{<user_key>}`: a STRING, the id of the user's latest held request, with
 //!   the same PX TTL. Its hash tag is the user key, so it cannot join the hold script (another
 //!   slot on a cluster): `hold` sends it as a second command in the same, non-atomic, pipeline
@@ -220,6 +222,11 @@ fn rl_key(prefix: &str, key: &str) -> String {
 /// The held request's hash; the same hash tag as its transaction.
 pub(crate) fn held_key(prefix: &str, id: &TransactionId) -> String {
     format!("{prefix}held:{{{id}}}")
+}
+
+/// The held request's waiter lease; the same hash tag as its transaction.
+pub(crate) fn waiter_key(prefix: &str, id: &TransactionId) -> String {
+    format!("{prefix}held:{{{id}}}:waiter")
 }
 
 /// The user's latest-held index; its hash tag is the (already hashed) user key.
@@ -912,6 +919,47 @@ impl HeldRequestStore for RedisStore {
             })
             .await?;
         Ok(held.then_some(id))
+    }
+
+    async fn set_waiter(
+        &self,
+        id: &TransactionId,
+        lease: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let key = waiter_key(&self.prefix, id);
+        self.call("held_set_waiter", |mut connection| async move {
+            match lease {
+                Some(lease) => {
+                    ::redis::cmd("SET")
+                        .arg(key)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(millis(lease).max(1))
+                        .query_async::<()>(&mut connection)
+                        .await
+                }
+                None => {
+                    ::redis::cmd("DEL")
+                        .arg(key)
+                        .query_async::<()>(&mut connection)
+                        .await
+                }
+            }
+        })
+        .await
+    }
+
+    async fn has_waiter(&self, id: &TransactionId) -> Result<bool, StoreError> {
+        let key = waiter_key(&self.prefix, id);
+        let exists: i64 = self
+            .call("held_has_waiter", |mut connection| async move {
+                ::redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(exists == 1)
     }
 }
 

@@ -19,6 +19,7 @@ mod end_user_api;
 mod failover;
 mod fakes;
 mod harness;
+mod hold_mode;
 mod identity;
 mod number_matching;
 mod otp_flow;

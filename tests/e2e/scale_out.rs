@@ -282,11 +282,16 @@ async fn flows_start_on_one_gate_and_finish_on_another(topology: Topology) {
             if response.status() == StatusCode::OK {
                 break response.json().await.unwrap();
             }
-            assert!(std::time::Instant::now() < deadline, "no pending request on gate 1");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no pending request on gate 1"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let code = codes(&w.gates[0]).pop().expect("the hold-mode SMS on gate 0");
+    let code = codes(&w.gates[0])
+        .pop()
+        .expect("the hold-mode SMS on gate 0");
     let verified = client()
         .post(w.gates[1].proxy_url(pending["verify_uri"].as_str().unwrap()))
         .header("x-user-id", "dan")
@@ -297,7 +302,12 @@ async fn flows_start_on_one_gate_and_finish_on_another(topology: Topology) {
         .await
         .unwrap();
     let approved_at = std::time::Instant::now();
-    assert_eq!(verified.status(), StatusCode::OK, "{}", w.gates[1].log_text());
+    assert_eq!(
+        verified.status(),
+        StatusCode::OK,
+        "{}",
+        w.gates[1].log_text()
+    );
     let (status, answered_at) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{}", w.gates[0].log_text());
     let woken_after = answered_at.saturating_duration_since(approved_at);
