@@ -94,7 +94,12 @@ const R_LIMIT: i64 = 8;
 const R_CORRUPT: i64 = 9;
 
 // Hash fields.
+/// The immutable JSON stored whole (transactions written before 0.2 only).
 const F_DATA: &str = "data";
+/// How many chunks (`d0`, `d1`, ...) the immutable JSON is stored in.
+const F_DATA_CHUNKS: &str = "dn";
+/// Redis keeps a hash compact (listpack) while every value is at most this long.
+const LISTPACK_VALUE: usize = 64;
 const F_STATUS: &str = "status";
 const F_ATTEMPTS: &str = "attempts";
 const F_MAX_ATTEMPTS: &str = "max_attempts";
@@ -433,7 +438,7 @@ impl RedisStore {
         .await
     }
 
-    fn encode(&self, tx: &Transaction) -> Result<Vec<(&'static str, String)>, StoreError> {
+    fn encode(&self, tx: &Transaction) -> Result<Vec<(String, String)>, StoreError> {
         let immutable = Immutable {
             auth_type: tx.auth_type.clone(),
             method: tx.method.as_str().to_owned(),
@@ -442,8 +447,12 @@ impl RedisStore {
         };
         let data = serde_json::to_string(&immutable)
             .map_err(|err| corrupt(format!("cannot encode: {err}")))?;
-        let mut fields = vec![
-            (F_DATA, data),
+        let chunks = data_chunks(&data);
+        let mut fields = vec![(F_DATA_CHUNKS.to_owned(), chunks.len().to_string())];
+        for (i, chunk) in chunks.iter().enumerate() {
+            fields.push((format!("d{i}"), (*chunk).to_owned()));
+        }
+        let scalars = [
             (F_STATUS, tx.status.as_str().to_owned()),
             (F_ATTEMPTS, tx.attempts.to_string()),
             (F_MAX_ATTEMPTS, tx.max_attempts.to_string()),
@@ -465,11 +474,51 @@ impl RedisStore {
                     .unwrap_or_default(),
             ),
         ];
+        fields.extend(scalars.map(|(name, value)| (name.to_owned(), value)));
         if let Some(user_id) = &tx.user_id {
-            fields.push((F_USER_ID, user_id.clone()));
+            fields.push((F_USER_ID.to_owned(), user_id.clone()));
         }
         Ok(fields)
     }
+}
+
+/// `data` cut at character boundaries into pieces of at most `LISTPACK_VALUE` bytes (at least
+/// one piece), so that the hash stays in Redis's compact encoding.
+fn data_chunks(data: &str) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(LISTPACK_VALUE);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    if chunks.is_empty() {
+        chunks.push("");
+    }
+    chunks
+}
+
+/// The immutable JSON of a transaction's hash: whole (written before 0.2) or from its chunks.
+fn joined_data(fields: &HashMap<String, String>) -> Result<String, StoreError> {
+    if let Some(whole) = fields.get(F_DATA) {
+        return Ok(whole.clone());
+    }
+    let count: usize = fields
+        .get(F_DATA_CHUNKS)
+        .and_then(|count| count.parse().ok())
+        .ok_or_else(|| corrupt(format!("field {F_DATA_CHUNKS} missing")))?;
+    let mut data = String::new();
+    for i in 0..count {
+        let chunk = fields
+            .get(&format!("d{i}"))
+            .ok_or_else(|| corrupt(format!("field d{i} missing")))?;
+        data.push_str(chunk);
+    }
+    Ok(data)
 }
 
 /// Rebuilds a transaction from its hash.
@@ -490,7 +539,7 @@ fn decode(id: TransactionId, fields: &HashMap<String, String>) -> Result<Transac
     };
     let optional = |name: &str| fields.get(name).filter(|value| !value.is_empty());
 
-    let (immutable, method) = Immutable::decode(field(F_DATA)?)?;
+    let (immutable, method) = Immutable::decode(&joined_data(fields)?)?;
     let status: Status = field(F_STATUS)?
         .parse()
         .map_err(|err| corrupt(format!("field {F_STATUS}: {err}")))?;
@@ -988,6 +1037,13 @@ mod tests {
         }
     }
 
+    fn settings_with_prefix(url: &str, prefix: &str) -> RedisSettings {
+        RedisSettings {
+            key_prefix: prefix.to_owned(),
+            ..settings(url)
+        }
+    }
+
     fn store(url: &str) -> RedisStore {
         RedisStore::new(
             settings(url),
@@ -1253,6 +1309,15 @@ mod tests {
             .query_async(&mut connection)
             .await
             .unwrap();
+        // Every value within the listpack limit: Redis keeps the hash compact.
+        let encoding: String = ::redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "listpack");
+        assert!(fields.values().all(|value| value.len() <= LISTPACK_VALUE));
         let _: () = ::redis::cmd("DEL")
             .arg(&key)
             .query_async(&mut connection)
@@ -1268,9 +1333,77 @@ mod tests {
         assert_eq!(fields["reason"], "");
         assert_eq!(fields["finished_at"], "");
         assert!(!fields.contains_key("user_id"));
-        let data: serde_json::Value = serde_json::from_str(&fields["data"]).unwrap();
+        assert!(!fields.contains_key("data"));
+        let data: serde_json::Value = serde_json::from_str(&joined_data(&fields).unwrap()).unwrap();
         assert_eq!(data["method"], "sms");
         assert_eq!(data["created_at"], now.millis());
+    }
+
+    #[test]
+    fn data_is_cut_at_character_boundaries_within_the_listpack_limit() {
+        let data = format!("{{\"message\":\"{}\"}}", "Überweisung € ".repeat(20));
+        let chunks = data_chunks(&data);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|chunk| chunk.len() <= LISTPACK_VALUE));
+        assert_eq!(chunks.concat(), data);
+        assert_eq!(data_chunks(""), vec![""]);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_stored_whole_by_an_older_gate_still_reads_and_verifies() {
+        let url = test_redis_url();
+        let prefix = format!("stepgate-test:{}:", uuid::Uuid::new_v4());
+        let clock: SharedClock = Arc::new(crate::domain::clock::SystemClock);
+        let store = RedisStore::new(
+            settings_with_prefix(&url, &prefix),
+            clock.clone(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let now = clock.now();
+        let id = TransactionId::random();
+        let code = CodeHash::from_hex(&"cd".repeat(32)).unwrap();
+        let key = format!("{prefix}tx:{{{id}}}");
+        let client = ::redis::Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let data = format!(
+            "{{\"auth_type\":\"sms_code\",\"method\":\"sms\",\"created_at\":{},\"details\":{{\"phone_number\":\"+31600000000\"}}}}",
+            now.millis()
+        );
+        let _: () = ::redis::cmd("HSET")
+            .arg(&key)
+            .arg(&[
+                ("data", data.as_str()),
+                ("status", "pending"),
+                ("attempts", "0"),
+                ("max_attempts", "3"),
+                ("resends", "0"),
+                ("max_resends", "1"),
+                (
+                    "expires_at",
+                    &now.plus(Duration::from_secs(120)).millis().to_string(),
+                ),
+                ("code", &"cd".repeat(32)),
+                ("reason", ""),
+                ("finished_at", ""),
+                ("user_id", "old-user"),
+            ])
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let tx = store.get(&id).await.unwrap().expect("readable");
+        assert_eq!(tx.details.phone_number.as_deref(), Some("+31600000000"));
+        let verified = store
+            .verify_code(&id, Owner::through_proxy("old-user"), &code)
+            .await
+            .unwrap()
+            .expect("found");
+        assert!(matches!(verified.outcome, VerifyOutcome::Approved { .. }));
+        let _: () = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
     }
 
     fn sample_held(body: Vec<u8>) -> HeldRequest {

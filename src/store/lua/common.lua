@@ -14,6 +14,31 @@ local now_arg = ARGV[1]
 local now = tonumber(ARGV[1])
 local retention = tonumber(ARGV[2])
 
+-- The immutable JSON: the `data` field of a transaction stored whole (before 0.2), else its
+-- `dn` chunks `d0`..: every value of the hash stays within Redis's listpack limit (64 bytes),
+-- which keeps a pending transaction several times smaller. nil when missing or incomplete.
+local function read_data()
+  local whole = redis.call('HGET', key, 'data')
+  if whole then
+    return whole
+  end
+  local count = tonumber(redis.call('HGET', key, 'dn'))
+  if not count or count < 1 then
+    return nil
+  end
+  local names = {}
+  for i = 0, count - 1 do
+    names[#names + 1] = 'd' .. i
+  end
+  local parts = redis.call('HMGET', key, unpack(names))
+  for i = 1, #parts do
+    if not parts[i] then
+      return nil
+    end
+  end
+  return table.concat(parts)
+end
+
 -- Reads the mutable scalars. Returns the transaction, or nil and the reply to give instead.
 local function load_tx()
   local f = redis.call('HMGET', key, 'status', 'attempts', 'max_attempts', 'resends',

@@ -12,7 +12,7 @@ local tx, reply = load_tx()
 if not tx then
   return reply
 end
-local ok, data = pcall(cjson.decode, redis.call('HGET', key, 'data') or '')
+local ok, data = pcall(cjson.decode, read_data() or '')
 if not ok or type(data) ~= 'table' or data.method ~= 'otp' then
   return { R_MISSING, 0, 0, '' }
 end

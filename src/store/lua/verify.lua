@@ -4,10 +4,11 @@
 -- transaction answers as missing and is not touched.
 -- Replies {kind, a, b, status, data}: Approved {1, attempts}, WrongCode {2, attempts, remaining |
 -- -1 when unlimited}, Exhausted {3, attempts}, Expired {4}, NotPending {5, 0, 0, status},
--- NoCode {6} (also for a transaction that is not SMS), Missing {0}; `data` is the immutable JSON (type and method, for metrics), '' when
--- missing.
+-- NoCode {6} (also for a transaction that is not SMS), Missing {0}; `data` is the immutable
+-- JSON (type and method, for metrics), '' when missing.
+local raw_data = read_data()
 local function decide()
-  local ok, data = pcall(cjson.decode, redis.call('HGET', key, 'data') or '')
+  local ok, data = pcall(cjson.decode, raw_data or '')
   if ok and type(data) == 'table' then
     local details = data.details
     local starter = ''
@@ -52,6 +53,6 @@ local reply = decide()
 if reply[1] == R_MISSING or reply[1] == R_CORRUPT then
   reply[5] = ''
 else
-  reply[5] = redis.call('HGET', key, 'data') or ''
+  reply[5] = raw_data or ''
 end
 return reply

@@ -84,18 +84,19 @@ impl RedisStore {
     pub(super) async fn index_linked_user(&self, id: &TransactionId, user_id: &str) {
         let key = tx_key(&self.prefix, id);
         let linked = async {
-            let data: Option<String> = self
+            let fields: HashMap<String, String> = self
                 .call("admin_link_user", |mut connection| async move {
-                    ::redis::cmd("HGET")
+                    ::redis::cmd("HGETALL")
                         .arg(key)
-                        .arg(super::F_DATA)
                         .query_async(&mut connection)
                         .await
                 })
                 .await?;
             // Gone already: nothing to index.
-            let Some(data) = data else { return Ok(()) };
-            let (immutable, _) = super::Immutable::decode(&data)?;
+            if fields.is_empty() {
+                return Ok(());
+            }
+            let (immutable, _) = super::Immutable::decode(&super::joined_data(&fields)?)?;
             let created_at = Timestamp(immutable.created_at);
             let index = user_index_key(&self.prefix, user_id);
             self.index_add(index, created_at, id, self.clock.now())
