@@ -202,14 +202,19 @@ fn held_request(user: &str, now: stepgate::domain::clock::Timestamp) -> HeldRequ
     }
 }
 
-/// Redis memory per pending transaction, and per held request with its transaction.
-async fn memory_per_entry(fx: &Fixture) -> (f64, f64) {
+/// Redis memory per pending transaction, and per held request with its transaction; and the
+/// parts of one pending transaction (`MEMORY USAGE` of its hash, of a one-entry user index).
+async fn memory_per_entry(fx: &Fixture) -> (f64, f64, i64, i64) {
     let client = redis::Client::open(redis_url()).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("redis reachable");
-    let prefix = format!("stepgate-bench-mem:{}:", uuid::Uuid::new_v4());
+    // As long as the default `stepgate:` (every key carries it), unique to this run.
+    let prefix = format!(
+        "sg{:06x}:",
+        rand_core::RngCore::next_u32(&mut rand_core::OsRng) >> 8
+    );
     let store = RedisStore::new(
         settings(RedisMode::Standalone, &prefix),
         fx.clock.clone(),
@@ -225,6 +230,29 @@ async fn memory_per_entry(fx: &Fixture) -> (f64, f64) {
             .expect("insert");
     }
     let pending = (used_memory(&mut conn).await - before) as f64 / STORED as f64;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let usage = |pattern: &'static str| {
+        let key = keys.iter().find(|key| key.contains(pattern)).cloned();
+        let client = client.clone();
+        async move {
+            let Some(key) = key else { return 0 };
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0)
+        }
+    };
+    let (hash, user_index) = (usage("tx:{").await, usage("tx-user:{").await);
     delete_prefix(&mut conn, &prefix).await;
 
     let before = used_memory(&mut conn).await;
@@ -244,7 +272,7 @@ async fn memory_per_entry(fx: &Fixture) -> (f64, f64) {
     }
     let held = (used_memory(&mut conn).await - before) as f64 / STORED as f64;
     delete_prefix(&mut conn, &prefix).await;
-    (pending, held)
+    (pending, held, hash, user_index)
 }
 
 /// Redis commands per second while `WAITERS` hold-mode requests wait in a real gate.
@@ -390,9 +418,10 @@ fn main() {
             println!("  {name:<10} {rate:>8.0} flows/s   {:.2}x standalone", rate / base);
         }
 
-        let (pending, held) = memory_per_entry(&fx).await;
-        println!("Redis memory (used_memory delta over {STORED}):");
+        let (pending, held, hash, user_index) = memory_per_entry(&fx).await;
+        println!("Redis memory (used_memory delta over {STORED}, each of another user, prefix of 9 characters):");
         println!("  per pending SMS transaction (hash + admin index entries): {pending:.0} bytes");
+        println!("    of which its hash {hash} bytes, its user's one-entry index {user_index} bytes (MEMORY USAGE)");
         println!("  per held request (34-byte body) with its transaction:     {held:.0} bytes");
 
         let rate = commands_while_waiting().await;

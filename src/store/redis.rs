@@ -3,8 +3,10 @@
 //! implements the rules of `domain::regulation` with `now` taken from the injected clock.
 //!
 //! Key layout (`{prefix}` is the configured key prefix, `stepgate:` by default):
-//! - `{prefix}tx:{<uuid>}`: a HASH per transaction (the braces are a cluster hash tag). Field
-//!   `data` holds the immutable parts as JSON (`auth_type`, `method`, `created_at`, `details`);
+//! - `{prefix}tx:{<uuid>}`: a HASH per transaction (the braces are a cluster hash tag). Fields
+//!   `d0`, `d1`, ... (`dn` of them, at most 64 bytes each, so that Redis keeps the hash in its
+//!   compact listpack encoding; a gate before 0.2 wrote one `data` field, still read) hold the
+//!   immutable parts as JSON (`auth_type`, `method`, `created_at`, `details`);
 //!   the scalar fields `status`, `attempts`, `max_attempts`, `resends`, `max_resends`,
 //!   `expires_at` (epoch ms), `code` (hex HMAC, empty when none), `reason` (empty when none),
 //!   `finished_at` (epoch ms, empty when none), `user_id` (absent when none) and `evidence`
