@@ -31,7 +31,9 @@ use sha2::{Digest, Sha256};
 
 use super::{RedisStore, decode, millis, tx_key};
 use crate::domain::clock::Timestamp;
-use crate::domain::ports::{AdminStore, AuditEntry, StoreError, TransactionQuery};
+use crate::domain::ports::{
+    AdminStore, AuditEntry, StoreError, TransactionQuery, TransactionStore,
+};
 use crate::domain::transaction::{Transaction, TransactionId};
 use crate::store::admin::{
     AUDIT_MAX_AGE, LONGEST_TRANSACTION, MAX_SCANNED, REDIS_AUDIT_CAPACITY, audit_horizon,
@@ -82,22 +84,12 @@ impl RedisStore {
     /// Puts a transaction linked to its user at finish into that user's index. Best effort:
     /// the finish already happened, so a failure is logged, not returned.
     pub(super) async fn index_linked_user(&self, id: &TransactionId, user_id: &str) {
-        let key = tx_key(&self.prefix, id);
         let linked = async {
-            let fields: HashMap<String, String> = self
-                .call("admin_link_user", |mut connection| async move {
-                    ::redis::cmd("HGETALL")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                })
-                .await?;
             // Gone already: nothing to index.
-            if fields.is_empty() {
+            let Some(tx) = TransactionStore::get(self, id).await? else {
                 return Ok(());
-            }
-            let (immutable, _) = super::Immutable::decode(&super::joined_data(&fields)?)?;
-            let created_at = Timestamp(immutable.created_at);
+            };
+            let created_at = tx.created_at;
             let index = user_index_key(&self.prefix, user_id);
             self.index_add(index, created_at, id, self.clock.now())
                 .await
