@@ -304,15 +304,8 @@ pub async fn execute(args: DeviceArgs) -> Result<Value, DeviceError> {
             platform,
             token,
         } => {
-            let device = open()?;
-            let body = json!({
-                "application": app.unwrap_or_else(|| device.state.application.clone()),
-                "version": version,
-                "platform": platform.unwrap_or(device.state.platform),
-                "token": token.expose(),
-            });
-            device
-                .request(Method::PUT, PUSH_REGISTRATION_PATH, Some(&body))
+            open()?
+                .register_push(app.as_deref(), &version, platform, &token)
                 .await
         }
         DeviceCommand::UnregisterPush => {
@@ -325,10 +318,13 @@ pub async fn execute(args: DeviceArgs) -> Result<Value, DeviceError> {
                 answer
             })
         }
-        DeviceCommand::Pending => open()?.pending().await,
+        DeviceCommand::Pending => {
+            let transactions = open()?.pending().await?;
+            Ok(json!({ "transactions": transactions }))
+        }
         DeviceCommand::Show { transaction } => {
             let details = open()?.details(transaction).await?;
-            Ok(show_output(&details))
+            Ok(show_output(&Shown::of(details)))
         }
         DeviceCommand::Approve {
             transaction,
@@ -422,34 +418,19 @@ impl Phone {
 
     /// Registers `token` for push with the enrolled application's `version`.
     pub async fn register_push(&self, version: &str, token: &Secret) -> Result<(), DeviceError> {
-        let body = json!({
-            "application": self.device.state.application,
-            "version": version,
-            "platform": self.device.state.platform,
-            "token": token.expose(),
-        });
         self.device
-            .request(Method::PUT, PUSH_REGISTRATION_PATH, Some(&body))
+            .register_push(None, version, None, token)
             .await
             .map(drop)
     }
 
     pub async fn pending(&self) -> Result<Vec<PendingTransaction>, DeviceError> {
-        let answer = self
-            .device
-            .request(Method::GET, TRANSACTIONS_PATH, None)
-            .await?;
-        Ok(parse_answer::<PendingList>(answer)?.transactions)
+        self.device.pending().await
     }
 
     /// The details (fetched once, then from the state directory), decoded for the screen.
     pub async fn show(&self, transaction: Uuid) -> Result<Shown, DeviceError> {
-        let details = self.device.details(transaction).await?;
-        Ok(Shown {
-            secure_message: decoded_text(details.secure_message.as_deref()),
-            signing_data: decoded_text(details.signing_data.as_deref()),
-            details,
-        })
+        Ok(Shown::of(self.device.details(transaction).await?))
     }
 
     /// Approves with the device key; `number` is the typed or picked number under number
@@ -470,6 +451,16 @@ impl Phone {
     pub async fn deny(&self, transaction: Uuid, report: bool) -> Result<String, DeviceError> {
         let answer = self.device.deny(transaction, report).await?;
         answer_status(&answer)
+    }
+}
+
+impl Shown {
+    fn of(details: TransactionDetails) -> Self {
+        Self {
+            secure_message: decoded_text(details.secure_message.as_deref()),
+            signing_data: decoded_text(details.signing_data.as_deref()),
+            details,
+        }
     }
 }
 
@@ -742,10 +733,28 @@ impl Enrolled {
         Ok(self.client.signed(method, path, body, &signer).await?)
     }
 
-    async fn pending(&self) -> Result<Value, DeviceError> {
+    /// `PUT` the push registration: the enrolled application and platform unless others are
+    /// given. Returns the server's answer.
+    async fn register_push(
+        &self,
+        application: Option<&str>,
+        version: &str,
+        platform: Option<Platform>,
+        token: &Secret,
+    ) -> Result<Value, DeviceError> {
+        let body = json!({
+            "application": application.unwrap_or(&self.state.application),
+            "version": version,
+            "platform": platform.unwrap_or(self.state.platform),
+            "token": token.expose(),
+        });
+        self.request(Method::PUT, PUSH_REGISTRATION_PATH, Some(&body))
+            .await
+    }
+
+    async fn pending(&self) -> Result<Vec<PendingTransaction>, DeviceError> {
         let answer = self.request(Method::GET, TRANSACTIONS_PATH, None).await?;
-        let list: PendingList = parse_answer(answer)?;
-        Ok(json!({ "transactions": list.transactions }))
+        Ok(parse_answer::<PendingList>(answer)?.transactions)
     }
 
     /// The details from the cache, else fetched (once), decrypted and cached.
@@ -907,14 +916,14 @@ impl Enrolled {
 }
 
 /// What `show` prints: the secure message and signing data as text.
-fn show_output(details: &TransactionDetails) -> Value {
-    let text = |field: &Option<String>| decoded_text(field.as_deref());
+fn show_output(shown: &Shown) -> Value {
+    let details = &shown.details;
     json!({
         "transaction_id": details.transaction_id,
         "auth_method": details.auth_method,
         "message": details.message,
-        "secure_message": text(&details.secure_message),
-        "signing_data": text(&details.signing_data),
+        "secure_message": shown.secure_message,
+        "signing_data": shown.signing_data,
         "number_choices": details.number_choices,
         "number_matching": details.number_matching,
         "expires_at": details.expires_at,
@@ -1038,10 +1047,11 @@ mod tests {
             secure_message: Some(URL_SAFE_NO_PAD.encode("Pay 10 EUR")),
             signing_data: None,
         };
-        let shown = show_output(&details);
+        let id = details.transaction_id;
+        let shown = show_output(&Shown::of(details));
         assert_eq!(shown["secure_message"], "Pay 10 EUR");
         assert_eq!(shown["signing_data"], Value::Null);
-        assert_eq!(shown["transaction_id"], details.transaction_id.to_string());
+        assert_eq!(shown["transaction_id"], id.to_string());
     }
 
     #[test]

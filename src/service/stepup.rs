@@ -37,7 +37,7 @@ use crate::domain::transaction::{Owner, Status, Transaction, TransactionId};
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a waiting request looks at the transaction again although signals wake it: the
 /// safety net for a lost signal (a gate restarted, a store failover).
-pub const SAFETY_POLL: Duration = Duration::from_secs(5);
+const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// A waiting connection's lease on its held request: renewed every `WAITER_RENEW`, so a gate
 /// that stopped without saying so is noticed within this.
 const WAITER_LEASE: Duration = Duration::from_secs(15);

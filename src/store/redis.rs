@@ -23,8 +23,8 @@
 //!   for the held request (hold mode); its absence lets a completion forward the request.
 //! - `{prefix}held-user:{<user_key>}`: a STRING, the id of the user's latest held request, with
 //!   the same PX TTL. Its hash tag is the user key, so it cannot join the hold script (another
-//!   slot on a cluster): `hold` sends it as a second command in the same, non-atomic, pipeline
-//!   (one round trip). `latest_for_user` answers the id only while its hash still exists (GET,
+//!   slot on a cluster): `hold` sends it as a second command beside the script, not atomic with
+//!   it (one round trip on the multiplexed connection). `latest_for_user` answers the id only while its hash still exists (GET,
 //!   then EXISTS: two round trips), so an index that outlives a take or a failed hold is harmless.
 //!
 //! - `{prefix}tx-index`, `{prefix}tx-user:{<sha256 of user id>}` and `{prefix}audit`: the admin's

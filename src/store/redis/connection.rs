@@ -210,17 +210,13 @@ impl Connector {
     /// Told of every failed call: under Sentinel, a failure that may mean the primary moved
     /// makes the next call ask the Sentinels again.
     pub fn failed(&self, error: &RedisError) {
-        if let Connector::Sentinel { primary, .. } = self
-            && may_mean_failover(error)
-        {
-            primary
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+        if may_mean_failover(error) {
+            self.timed_out();
         }
     }
 
-    /// Forgets a connection that timed out as a whole (no `RedisError` to look at).
+    /// Forgets a connection that timed out as a whole (no `RedisError` to look at): under
+    /// Sentinel the next call asks the Sentinels again.
     pub fn timed_out(&self) {
         if let Connector::Sentinel { primary, .. } = self {
             primary
