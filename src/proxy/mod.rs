@@ -45,7 +45,7 @@ use crate::domain::canonical::RouterModel;
 use crate::domain::guard::Block;
 use crate::domain::held::{HeldTicket, OriginalRequest};
 use crate::domain::policy::{Bound, Decision, Mode, StepUp};
-use crate::domain::transaction::{Status, Transaction};
+use crate::domain::transaction::{Status, Transaction, TransactionId};
 use crate::service::guard::Refused;
 use crate::service::stepup::{Challenge, Requester, StepUpError, StepUpService};
 use crate::telemetry::metrics;
@@ -618,23 +618,39 @@ impl StepGateProxy {
                 () = lease => (&mut waited).await,
             }
         };
-        if let Err(error) = stepup.keep_waiting(&id, false).await {
-            tracing::debug!(transaction_id = %id, %error, "cannot drop the waiter lease");
-        }
         metrics::proxy_held(-1);
-        let decided = match outcome {
-            Waited::Decided(decided) => *decided,
+        let answered = match outcome {
+            Waited::Decided(decided) => {
+                self.answer_decided(session, ctx, &id, *decided, html).await
+            }
             Waited::ClientGone => {
                 ctx.decision = "client_gone";
                 tracing::info!(transaction_id = %id, "the client of a held request left; it stays held and can be completed at /.stepgate/pending");
-                return Ok(());
+                Ok(())
             }
             Waited::Stopping => {
                 ctx.decision = "restarting";
                 tracing::info!(transaction_id = %id, "the gate stops; the held request stays held and can be completed at /.stepgate/pending");
-                return send(session, Reply::refusal(&Refusal::Restarting, html)).await;
+                send(session, Reply::refusal(&Refusal::Restarting, html)).await
             }
         };
+        // The lease ends only once this connection has taken the request (or given up): an
+        // approval given elsewhere meanwhile leaves the forwarding to it.
+        if let Err(error) = stepup.keep_waiting(&id, false).await {
+            tracing::debug!(transaction_id = %id, %error, "cannot drop the waiter lease");
+        }
+        answered
+    }
+
+    /// Answers a hold-mode request whose transaction was decided (or whose wait ran out).
+    async fn answer_decided(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        id: &TransactionId,
+        decided: Result<Transaction, StepUpError>,
+        html: bool,
+    ) -> pingora::Result<()> {
         match decided {
             Ok(tx) if tx.status == Status::Approved => {
                 ctx.decision = "approved";
