@@ -164,3 +164,103 @@ async fn on_redis_another_gate_completes_what_a_stopping_gate_held() {
     );
     assert_eq!(upstream.seen_on("/transfer").len(), 1);
 }
+
+/// Sends `head` (request line and headers, each ending in CRLF) and a JSON `body` exactly as
+/// written, and returns the status code.
+fn raw(gate: &Gate, head: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(gate.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "{head}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Forwarding an approved request from where the approval is given is the owner's alone:
+/// another user, a request naming two users, or another spelling of the path gets nothing
+/// forwarded and spends none of the owner's attempts; then the owner's code sends the original
+/// bytes, once.
+async fn nobody_else_completes_a_request_whose_client_left(store: Store) {
+    let upstream = RecordingUpstream::start();
+    let gate = gate_on(store.builder(), &upstream);
+    let _ = client();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let form = "amount=10&iban=NL91ABNA0417164300";
+    let gave_up = as_user(impatient.post(gate.proxy_url("/transfer")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    let pending = pending(&gate).await;
+    let tx = pending["transaction_id"].as_str().unwrap().to_owned();
+    let code = codes(&gate).pop().expect("the SMS");
+    let body = format!("{{\"sms_code\":\"{code}\"}}");
+    let mallory = "X-User-Id: mallory\r\nX-User-Phone: +31633333333\r\n";
+    let both = format!(
+        "X-User-Id: {}\r\nX-User-Id: mallory\r\nX-User-Phone: {}\r\n",
+        USER.0, USER.1
+    );
+    let host = "Host: bank.example\r\nAccept: application/json\r\n";
+    let mut attacks = Vec::new();
+    for action in ["verify", "complete"] {
+        attacks.push(format!(
+            "POST /.stepgate/tx/{tx}/{action} HTTP/1.1\r\n{host}{mallory}"
+        ));
+        attacks.push(format!(
+            "POST /.stepgate/tx/{tx}/{action} HTTP/1.1\r\n{host}{both}"
+        ));
+    }
+    for spelling in [
+        format!("/.stepgate/tx/{}/verify", tx.to_uppercase()),
+        format!("/.stepgate//tx/{tx}/verify"),
+        format!("/%2estepgate/tx/{tx}/verify"),
+        format!("/.stepgate/tx/{tx}/verify/"),
+        format!("/.stepgate/tx/{tx}/./verify"),
+    ] {
+        attacks.push(format!("POST {spelling} HTTP/1.1\r\n{host}{mallory}"));
+    }
+    for attack in &attacks {
+        let status = tokio::task::block_in_place(|| raw(&gate, attack, &body));
+        assert_ne!(status, 200, "{attack}");
+        assert!(
+            upstream.seen_on("/transfer").is_empty(),
+            "forwarded by: {attack}"
+        );
+    }
+    // The owner's code still works: none of the above spent an attempt or took the request.
+    let response = verify(&gate, &pending, &code).await;
+    assert_eq!(response.status(), StatusCode::OK, "{}", gate.log_text());
+    let seen = upstream.seen_on("/transfer");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, form.as_bytes());
+    assert_eq!(seen[0].header("x-user-id").as_deref(), Some(USER.0));
+}
+
+mod attacks {
+    use super::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_nobody_else_completes_a_request_whose_client_left() {
+        super::nobody_else_completes_a_request_whose_client_left(Store::Memory).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_nobody_else_completes_a_request_whose_client_left() {
+        super::nobody_else_completes_a_request_whose_client_left(Store::Redis).await;
+    }
+}
