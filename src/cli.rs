@@ -346,9 +346,17 @@ const DEMO_APP_VERSION: &str = "1.0";
 struct DemoPhoneState(std::path::PathBuf);
 
 impl DemoPhoneState {
-    fn path() -> Self {
-        Self(std::env::temp_dir().join(format!("stepgate-demo-{}-phone", std::process::id())))
+    fn path() -> Result<Self, String> {
+        demo_temp_path("phone").map(Self)
     }
+}
+
+/// A fresh path in the temporary folder for this run's `what`: a random part, so a run never
+/// finds what an earlier one (killed before it could clean up, perhaps with the same process
+/// id) left there, nor a file someone else planted under a guessable name.
+fn demo_temp_path(what: &str) -> Result<std::path::PathBuf, String> {
+    let random = random_hex_secret().map_err(|error| error.to_string())?;
+    Ok(std::env::temp_dir().join(format!("stepgate-demo-{}-{what}", &random[..16])))
 }
 
 impl Drop for DemoPhoneState {
@@ -378,12 +386,10 @@ impl DemoAssertionKey {
         let jwk = jwks.keys.first().ok_or("an empty key set")?;
         let decoding_key =
             jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|error| error.to_string())?;
-        let path = std::env::temp_dir().join(format!(
-            "stepgate-demo-{}-assertion.pem",
-            std::process::id()
-        ));
+        let path = demo_temp_path("assertion.pem")?;
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        // Never an existing file (or a link planted there): a new one, private from the start.
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(|error| error.to_string())?;
@@ -552,7 +558,14 @@ fn demo(addrs: DemoAddrs) -> ExitCode {
         }
     };
     // The phone enrolls itself for alice once the gateway's API answers.
-    let phone_state = DemoPhoneState::path();
+    let phone_state = match DemoPhoneState::path() {
+        Ok(state) => state,
+        Err(error) => {
+            eprintln!("stepgate demo: no folder for the demo phone: {error}");
+            bank.stop(Duration::from_secs(2));
+            return ExitCode::FAILURE;
+        }
+    };
     let phone = match demo::phone::spawn(
         phone_listener,
         demo::phone::PhoneSetup {
