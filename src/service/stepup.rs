@@ -407,6 +407,14 @@ impl StepUpService {
         };
         let ttl = self.clock.now().until(transaction.expires_at) + HOLD_GRACE;
         let user_key = (mode == HeldMode::Hold).then(|| self.user_key(&requester.user_id));
+        // Hold mode: the connection that sent it waits for it from the moment it can be found
+        // (`/.stepgate/pending`), so an approval given at once still leaves the forwarding to
+        // that connection, which renews the lease while it waits.
+        if mode == HeldMode::Hold
+            && let Err(error) = self.keep_waiting(&transaction.id, true).await
+        {
+            tracing::debug!(transaction_id = %transaction.id, %error, "cannot take the waiter lease");
+        }
         if let Err(error) = self
             .held
             .hold(&transaction.id, &held, ttl, user_key.as_deref())
